@@ -1,0 +1,286 @@
+"""What two or more stages of AMT-Hyp share (DESIGN.md sections 2, 3, 10, 11).
+
+- the generated policy: the SAC actor of section 2, its flat parameter layout, and a batched forward that
+  runs P flat policies on P observation batches at once;
+- the environments: Cheetah-Vel (HalfCheetah-v5 with a target-velocity reward) and MetaWorld v3 tasks;
+- the MAA rollout features `traj` and `post_success` (section 4);
+- artifacts: atomic save, validated load (section 10);
+- scales and seeding (section 11).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------
+# The generated policy (DESIGN section 2)
+# x -> Linear(obs,128) -> ELU -> Linear(128,128) -> ReLU -> {mean: Linear(128,act), log_std: Linear(128,act)}
+# ----------------------------------------------------------------------------------------------------
+
+HIDDEN = 128
+
+
+class Actor(nn.Module):
+    """The SAC actor, which is also the network that the hypernetwork generates."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = HIDDEN):
+        super().__init__()
+        self.fc1 = nn.Linear(obs_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc_mean = nn.Linear(hidden, act_dim)
+        self.fc_logstd = nn.Linear(hidden, act_dim)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc2(F.elu(self.fc1(x))))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        return self.fc_mean(h), self.fc_logstd(h)
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic action tanh(mean), in [-1, 1]."""
+        return torch.tanh(self.fc_mean(self.trunk(x)))
+
+
+def policy_spec(obs_dim: int, act_dim: int, hidden: int = HIDDEN) -> dict:
+    return {"obs_dim": int(obs_dim), "act_dim": int(act_dim), "hidden": int(hidden)}
+
+
+def param_shapes(spec: dict) -> list[tuple[int, ...]]:
+    """Shapes of the flat layout, in order: each layer's weight [out, in] then its bias."""
+    o, a, h = spec["obs_dim"], spec["act_dim"], spec["hidden"]
+    return [(h, o), (h,), (h, h), (h,), (a, h), (a,), (a, h), (a,)]
+
+
+def num_params(spec: dict) -> int:
+    return sum(int(np.prod(s)) for s in param_shapes(spec))
+
+
+def flatten(actor: Actor) -> torch.Tensor:
+    """The actor's parameters as one float32 vector in the layout of `param_shapes`."""
+    return torch.cat([p.detach().reshape(-1) for p in actor.parameters()]).float()
+
+
+def unflatten(vec: torch.Tensor, actor: Actor) -> Actor:
+    """Load a flat vector into `actor` (in place) and return it."""
+    n = sum(p.numel() for p in actor.parameters())
+    if vec.numel() != n:
+        raise ValueError(f"flat policy has {vec.numel()} values, the actor needs {n}")
+    torch.nn.utils.vector_to_parameters(vec.to(next(actor.parameters())), actor.parameters())
+    return actor
+
+
+def split_params(params: torch.Tensor, spec: dict) -> list[torch.Tensor]:
+    """[N, P] flat policies -> list of views [N, *shape], one per tensor of the layout (no copy)."""
+    out, i = [], 0
+    for s in param_shapes(spec):
+        n = int(np.prod(s))
+        out.append(params[:, i : i + n].view(params.shape[0], *s))
+        i += n
+    return out
+
+
+def batched_act(params: torch.Tensor, obs: torch.Tensor, spec: dict) -> torch.Tensor:
+    """Deterministic actions of N flat policies on N observation batches: one batched matmul per layer.
+
+    params [N, P], obs [N, B, obs_dim] -> actions [N, B, act_dim] = tanh(mean), the same as
+    `Actor.act` of each policy loaded with `unflatten`.
+    """
+    w1, b1, w2, b2, wm, bm, _, _ = split_params(params, spec)
+    h = F.elu(torch.baddbmm(b1.unsqueeze(1), obs, w1.transpose(1, 2)))
+    h = F.relu(torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2)))
+    return torch.tanh(torch.baddbmm(bm.unsqueeze(1), h, wm.transpose(1, 2)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Environments (DESIGN section 3)
+# ----------------------------------------------------------------------------------------------------
+
+CHEETAH_STEPS = 200
+CHEETAH_OBS, CHEETAH_ACT = 17, 6
+# v_i = 0.075 (i + 1), i = 0..39; test tasks are indices 2, 7, 15, 23, 26; the other 35 are training tasks.
+CHEETAH_GRID = [round(0.075 * (i + 1), 3) for i in range(40)]
+CHEETAH_TEST = [CHEETAH_GRID[i] for i in (2, 7, 15, 23, 26)]
+CHEETAH_TRAIN = [v for v in CHEETAH_GRID if v not in CHEETAH_TEST]
+
+
+def cheetah_quick_velocities(seed: int = 0, n: int = 10) -> list[float]:
+    """The paper's 10-seed setting: n of the 35 training velocities, drawn once with a fixed seed."""
+    idx = np.random.default_rng(seed).choice(len(CHEETAH_TRAIN), size=n, replace=False)
+    return sorted(CHEETAH_TRAIN[i] for i in idx)
+
+
+def cheetah_vel_reward(x_velocity: float, action: np.ndarray, target: float) -> float:
+    """r = -|v_x - v*| - 0.05 ||a||^2 (MACAW / Prompt-DT Cheetah-Vel)."""
+    return -abs(x_velocity - target) - 0.05 * float(np.square(action).sum())
+
+
+class CheetahVel:
+    """HalfCheetah-v5 dynamics, 17-d observation (no x position), target-velocity reward, 200 steps,
+    no termination. Same reset/step signature as a gymnasium env."""
+
+    obs_dim, act_dim, max_steps = CHEETAH_OBS, CHEETAH_ACT, CHEETAH_STEPS
+
+    def __init__(self, target_velocity: float, seed: int | None = None):
+        from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv  # the env class, no wrappers
+
+        self.env = HalfCheetahEnv()
+        self.target = float(target_velocity)
+        self.seed, self.t = seed, 0
+
+    def reset(self, seed: int | None = None):
+        self.t = 0
+        obs, info = self.env.reset(seed=self.seed if seed is None else seed)
+        self.seed = None  # seed only the first reset, as gymnasium does
+        return obs.astype(np.float32), info
+
+    def step(self, action: np.ndarray):
+        action = np.clip(action, -1.0, 1.0)
+        obs, _, _, _, info = self.env.step(action)
+        self.t += 1
+        reward = cheetah_vel_reward(info["x_velocity"], action, self.target)
+        return obs.astype(np.float32), reward, False, self.t >= self.max_steps, info
+
+
+MW_SEEN = ["window-open-v3", "door-open-v3", "drawer-open-v3", "dial-turn-v3",
+           "plate-slide-v3", "button-press-v3", "handle-press-v3", "faucet-close-v3"]
+MW_UNSEEN = ["drawer-close-v3", "handle-press-side-v3", "door-lock-v3", "window-close-v3",
+             "reach-wall-v3", "coffee-button-v3", "button-press-wall-v3", "faucet-open-v3"]
+MW_TASKS = MW_SEEN + MW_UNSEEN
+MW_OBS, MW_ACT, MW_STEPS = 39, 4, 500
+
+
+def check_metaworld_tasks(tasks: list[str]) -> list[str]:
+    bad = [t for t in tasks if t not in MW_TASKS]
+    if bad:
+        raise SystemExit(f"error: unknown MetaWorld task(s) {', '.join(bad)}; valid: {', '.join(MW_TASKS)}")
+    return list(tasks)
+
+
+def check_velocities(vels: list[float]) -> list[float]:
+    bad = [v for v in vels if not (0.0 <= float(v) <= 3.0)]
+    if bad:
+        raise SystemExit(f"error: target velocities must lie in [0, 3]; got {', '.join(map(str, bad))}")
+    return [float(v) for v in vels]
+
+
+def metaworld_goals(task: str, seed: int, n: int | None = None) -> list:
+    """Goal configurations (metaworld `Task`s) of one task, fixed by `seed`. MetaWorld ignores
+    `reset(seed=)`; a goal is fixed with `env.set_task(goal)` before `reset()`."""
+    import metaworld
+
+    goals = metaworld.MT1(task, seed=seed).train_tasks
+    return goals if n is None else goals[:n]
+
+
+def make_metaworld(task: str):
+    """The raw metaworld v3 env (goal observable, 39-d obs, 4-d action, 500 steps): call
+    `env.set_task(goal)` then `env.reset()`; success is `info["success"]` at any step."""
+    import warnings
+
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+    check_metaworld_tasks([task])
+    return ALL_V3_ENVIRONMENTS[task]()
+
+
+def task_name(suite: str, task) -> str:
+    """Shard name of a task: `vel-0.225` for Cheetah-Vel, the metaworld name for MetaWorld."""
+    return f"vel-{float(task):g}" if suite == "cheetah-vel" else str(task)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollout features of MAA (DESIGN section 4)
+# ----------------------------------------------------------------------------------------------------
+
+TRAJ_STEPS, TRAJ_EVERY, POST_STATES = 60, 3, 3
+
+
+def traj_dim(obs_dim: int, act_dim: int) -> int:
+    return (TRAJ_STEPS // TRAJ_EVERY) * (obs_dim + TRAJ_EVERY * act_dim)
+
+
+def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | None):
+    """`traj`: (s0, a0, a1, a2, s3, a3, a4, a5, ...) over the first 60 steps;
+    `post_success`: the 3 states from the first success step on, or the last 3 states if none.
+
+    obs [T+1, obs_dim] (states s_0..s_T), acts [T, act_dim]."""
+    parts = []
+    for t in range(0, TRAJ_STEPS, TRAJ_EVERY):
+        parts.append(obs[t])
+        parts.append(acts[t : t + TRAJ_EVERY].reshape(-1))
+    traj = np.concatenate(parts)
+    start = len(obs) - POST_STATES if first_success is None else min(first_success, len(obs) - POST_STATES)
+    post = obs[start : start + POST_STATES].reshape(-1)
+    return traj.astype(np.float32), post.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Artifacts (DESIGN section 10)
+# ----------------------------------------------------------------------------------------------------
+
+
+def save_artifact(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: dict | None = None,
+                  suite: str | None = None) -> dict:
+    """Load a `.pt` artifact with weights_only=True and check it. Any problem stops the program with
+    one line naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"error: {path}: file not found (run the stage that writes it first)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise SystemExit(f"error: {path}: not a readable artifact ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise SystemExit(f"error: {path}: no 'format' key; expected a '{fmt}' artifact")
+    if obj["format"] != fmt:
+        raise SystemExit(f"error: {path}: format is '{obj['format']}', expected '{fmt}'")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise SystemExit(f"error: {path}: missing key(s) {', '.join(missing)}")
+    if suite is not None and obj.get("suite") != suite:
+        raise SystemExit(f"error: {path}: suite is '{obj.get('suite')}', expected '{suite}'")
+    if spec is not None:
+        if obj.get("policy") != spec:
+            raise SystemExit(f"error: {path}: policy is {obj.get('policy')}, expected {spec}")
+        if "params" in obj and obj["params"].shape[-1] != num_params(spec):
+            raise SystemExit(f"error: {path}: params have {obj['params'].shape[-1]} values per policy, "
+                             f"expected {num_params(spec)}")
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scales, seeding, devices (DESIGN sections 9, 11)
+# ----------------------------------------------------------------------------------------------------
+
+
+def apply_scale(args, table: dict) -> None:
+    """Fill every field of `args` left at None from `table` (the defaults of the chosen scale);
+    a flag given on the command line wins."""
+    for f in fields(args):
+        if getattr(args, f.name) is None and f.name in table:
+            setattr(args, f.name, table[f.name])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,622 @@
+"""Stage 0: SAC experts and their policy checkpoints (paper Sec. IV-A "Datasets"; DESIGN.md section 4).
+
+The paper trains SAC [32] per task and saves a policy every 500 steps after the first 150k (800 per
+Cheetah-Vel velocity). The hypernetwork later learns the distribution of these checkpoints, so all
+experts of a suite descend from one parent:
+
+1. parent: Cheetah-Vel, a SAC agent trained at the middle training velocity (`parent_steps`; 0 gives
+   independent runs from one shared init seed instead); MetaWorld, behaviour cloning of metaworld's
+   scripted experts pooled over the training tasks (`parent_demo_episodes` per task).
+2. children: every task's expert is fine-tuned from the parent's saved state with SAC on that task's
+   reward. From `first_checkpoint` steps on, every `checkpoint_every` steps, the actor's flat vector is
+   saved and one deterministic episode is run with it, storing return, success, first-success step and
+   the MAA rollout features `traj` and `post_success` (common.rollout_features).
+3. MetaWorld only (mw-quick, off at paper scale): a buffer of scripted-expert episodes; each batch is half
+   demonstrations, half online data, and a behaviour-cloning term on the demonstration half is added to
+   the actor loss, weighted by the batch's mean |Q| as in TD3+BC and annealed to zero.
+
+One shard per task, `runs/<suite>/stage0/<task>.pt`, written atomically; the training state is saved to
+`<task>.partial.pt` every `save_every` seconds, so a re-run skips finished shards and resumes an
+interrupted one from its last saved state (a new episode starts there).
+
+    python stage0_collect_sac.py                                  # quick Cheetah-Vel, 10 velocities
+    python stage0_collect_sac.py --suite metaworld --scale mw-quick --tasks door-open-v3
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+import common
+
+
+@dataclass
+class Args:
+    suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
+    """task family"""
+    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
+    """sets the defaults of every option left unset (DESIGN section 9)"""
+    run_dir: Optional[str] = None
+    """where artifacts go (default runs/<suite>)"""
+    seed: int = 1
+    velocities: Optional[list[float]] = None
+    """Cheetah-Vel training velocities (default: the scale's; quick = 10 of the 35 drawn with seed 0)"""
+    tasks: Optional[list[str]] = None
+    """MetaWorld tasks to train experts for (default: the scale's)"""
+    jobs: int = 0
+    """worker processes, one task at a time each (0 = all cores)"""
+
+    # parent (DESIGN section 4)
+    parent_steps: Optional[int] = None
+    """Cheetah-Vel: SAC steps of the parent at the middle velocity (0 = independent runs, shared init)"""
+    parent_tasks: Optional[list[str]] = None
+    """MetaWorld: tasks whose scripted demonstrations the parent clones (default: the 8 seen tasks)"""
+    parent_demo_episodes: Optional[int] = None
+    """MetaWorld: scripted episodes per parent task for behaviour cloning"""
+    parent_bc_steps: int = 3000
+    """MetaWorld: gradient steps of parent behaviour cloning (batch `batch_size`)"""
+
+    # checkpoint schedule (paper: 150k, 500, 800)
+    first_checkpoint: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    num_checkpoints: Optional[int] = None
+
+    # SAC (CleanRL defaults unless noted)
+    learning_starts: Optional[int] = None
+    """steps before updates start (random actions only when there is no parent)"""
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_lr: float = 3e-4
+    q_lr: float = 1e-3
+    policy_frequency: int = 2
+    """actor updates happen every this many steps, this many at once (CleanRL's delayed update)"""
+    critic_hidden: Optional[int] = None
+    """width of the twin critics (quick: 128, as in DESIGN's probe; paper: 256, as CleanRL)"""
+    alpha: float = 0.2
+    """initial entropy temperature (tuned automatically towards -act_dim entropy)"""
+
+    # scripted demonstrations (MetaWorld, DESIGN section 4)
+    demo_episodes: Optional[int] = None
+    """scripted-expert episodes per task in the demonstration buffer (0 = off)"""
+    demo_steps: int = 200
+    """steps kept of each scripted episode"""
+    demo_noise: float = 0.1
+    """std of the Gaussian noise added to scripted actions"""
+    bc_weight: float = 0.4
+    """BC term weight relative to mean |Q| (0.4 = TD3+BC's alpha 2.5)"""
+    bc_anneal_steps: Optional[int] = None
+    """the BC weight falls linearly to 0 over this many steps"""
+
+    save_every: float = 60.0
+    """seconds between saves of the resumable training state"""
+    torch_threads: int = 1
+    """torch threads per worker"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+SCALES = {
+    "cheetah-vel": {
+        "smoke": dict(velocities=[0.3, 1.5], parent_steps=600, learning_starts=200, critic_hidden=128, first_checkpoint=300,
+                      checkpoint_every=100, num_checkpoints=4),
+        "quick": dict(velocities=common.cheetah_quick_velocities(seed=0), parent_steps=30_000, critic_hidden=128,
+                      learning_starts=1_000, first_checkpoint=10_000, checkpoint_every=100,
+                      num_checkpoints=101),
+        "paper": dict(velocities=common.CHEETAH_TRAIN, parent_steps=200_000, learning_starts=5_000, critic_hidden=256,
+                      first_checkpoint=150_000, checkpoint_every=500, num_checkpoints=800),
+    },
+    "metaworld": {
+        "smoke": dict(tasks=common.MW_TASKS, parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, critic_hidden=128,
+                      demo_episodes=1, learning_starts=100, first_checkpoint=200, checkpoint_every=100,
+                      num_checkpoints=2, bc_anneal_steps=300),
+        "mw-quick": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
+                         demo_episodes=10, critic_hidden=128, learning_starts=1_000, first_checkpoint=10_000,
+                         checkpoint_every=250, num_checkpoints=41, bc_anneal_steps=15_000),
+        "paper": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
+                      demo_episodes=0, critic_hidden=256, learning_starts=5_000, first_checkpoint=500_000,
+                      checkpoint_every=500, num_checkpoints=1500, bc_anneal_steps=1),
+    },
+}
+SCALES["cheetah-vel"]["mw-quick"] = SCALES["cheetah-vel"]["quick"]
+SCALES["metaworld"]["quick"] = SCALES["metaworld"]["mw-quick"]
+
+SHARD_FORMAT = "amt-hyp/stage0-shard v1"
+PARENT_FORMAT = "amt-hyp/stage0-parent v1"
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v1"
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Environments of the suite
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_env(args: Args, task, seed: int):
+    """A reset/step env for `task`. MetaWorld picks one of 50 training goals (fixed by `seed`) at each
+    reset, like gym.make("Meta-World/MT1", seed=...) does."""
+    if args.suite == "cheetah-vel":
+        return common.CheetahVel(task, seed=seed)
+    return MetaWorldTraining(task, seed)
+
+
+class MetaWorldTraining:
+    obs_dim, act_dim, max_steps = common.MW_OBS, common.MW_ACT, common.MW_STEPS
+
+    def __init__(self, task: str, seed: int):
+        self.env = common.make_metaworld(task)
+        self.goals = common.metaworld_goals(task, seed)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self):
+        self.env.set_task(self.goals[self.rng.integers(len(self.goals))])
+        obs, info = self.env.reset()
+        return obs.astype(np.float32), info
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(np.clip(action, -1.0, 1.0))
+        return obs.astype(np.float32), float(r), bool(term), bool(trunc), info
+
+
+# ----------------------------------------------------------------------------------------------------
+# SAC networks
+# ----------------------------------------------------------------------------------------------------
+
+
+class TwinQ(nn.Module):
+    """Both SAC critics as one network with stacked weights: one batched matmul per layer serves both."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
+        super().__init__()
+
+        def linear(i, o):  # nn.Linear's default init, for n stacked layers
+            bound = 1.0 / math.sqrt(i)
+            return (nn.Parameter(torch.empty(n, i, o).uniform_(-bound, bound)),
+                    nn.Parameter(torch.empty(n, 1, o).uniform_(-bound, bound)))
+
+        self.w1, self.b1 = linear(obs_dim + act_dim, hidden)
+        self.w2, self.b2 = linear(hidden, hidden)
+        self.w3, self.b3 = linear(hidden, 1)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """[B, obs], [B, act] -> Q values [2, B]."""
+        x = torch.cat([obs, act], 1).expand(self.w1.shape[0], -1, -1)
+        h = F.relu(torch.baddbmm(self.b1, x, self.w1))
+        h = F.relu(torch.baddbmm(self.b2, h, self.w2))
+        return torch.baddbmm(self.b3, h, self.w3).squeeze(-1)
+
+
+def sample_action(actor: common.Actor, obs: torch.Tensor):
+    """Reparameterised tanh-Gaussian sample and its log-probability (CleanRL's SAC actor)."""
+    mean, log_std = actor(obs)
+    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+    eps = torch.randn_like(mean)
+    y = torch.tanh(mean + log_std.exp() * eps)
+    log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+                - torch.log(1 - y.pow(2) + 1e-6)).sum(1)
+    return y, log_prob, mean
+
+
+class NumpyActor:
+    """The actor's forward in numpy on views that share memory with the torch parameters (the optimizer
+    updates them in place), for acting one observation at a time without torch call overhead."""
+
+    def __init__(self, actor: common.Actor):
+        self.w = [p.detach().numpy() for p in actor.parameters()]
+
+    def __call__(self, obs: np.ndarray):
+        w1, b1, w2, b2, wm, bm, ws, bs = self.w
+        h = obs @ w1.T + b1
+        h = np.where(h > 0, h, np.expm1(np.minimum(h, 0)))  # ELU
+        h = np.maximum(h @ w2.T + b2, 0)
+        return h @ wm.T + bm, h @ ws.T + bs
+
+    def deterministic(self, obs: np.ndarray) -> np.ndarray:
+        return np.tanh(self(obs)[0])
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        mean, log_std = self(obs)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (np.tanh(log_std) + 1)
+        return np.tanh(mean + np.exp(log_std) * rng.standard_normal(mean.shape).astype(np.float32))
+
+
+class Replay:
+    """Preallocated replay buffer: one float32 tensor [capacity, obs + act + 1 + 1 + obs] with a numpy
+    view for writing, so adding a transition is one row copy and sampling one index_select."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.o, self.a = obs_dim, act_dim
+        self.data = torch.zeros(capacity, 2 * obs_dim + act_dim + 2)
+        self.np = self.data.numpy()
+        self.size = self.pos = 0
+
+    def add(self, obs, act, rew, term, next_obs):
+        row = self.np[self.pos]
+        o, a = self.o, self.a
+        row[:o], row[o : o + a], row[o + a], row[o + a + 1], row[o + a + 2 :] = obs, act, rew, term, next_obs
+        self.pos = (self.pos + 1) % len(self.data)
+        self.size = min(self.size + 1, len(self.data))
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.data[torch.randint(self.size, (n,))]
+
+    def split(self, batch: torch.Tensor):
+        o, a = self.o, self.a
+        return batch[:, :o], batch[:, o : o + a], batch[:, o + a], batch[:, o + a + 1], batch[:, o + a + 2 :]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollouts and scripted demonstrations
+# ----------------------------------------------------------------------------------------------------
+
+
+def rollout(env, act_fn) -> dict:
+    """One episode with `act_fn(obs) -> action`; return, success at any step, first-success step (index
+    of the first state reached with info["success"], -1 if none), and the MAA features."""
+    obs, _ = env.reset()
+    states, actions, ret, first = [obs], [], 0.0, None
+    while True:
+        a = act_fn(obs)
+        obs, r, term, trunc, info = env.step(a)
+        states.append(obs)
+        actions.append(a)
+        ret += r
+        if first is None and info.get("success", 0.0) > 0:
+            first = len(states) - 1
+        if term or trunc:
+            break
+    traj, post = common.rollout_features(np.stack(states), np.stack(actions), first)
+    return {"return": ret, "success": float(first is not None), "first_success": -1 if first is None else first,
+            "traj": traj, "post_success": post, "states": states, "actions": actions}
+
+
+def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) -> list[tuple]:
+    """`n` episodes of metaworld's scripted expert with Gaussian action noise, `steps` long each:
+    a list of (obs [T+1, 39], act [T, 4], rew [T])."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    env, policy = MetaWorldTraining(task, seed), ENV_POLICY_MAP[task]()
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(n):
+        obs, _ = env.reset()
+        O, A, R = [obs], [], []
+        for _ in range(steps):
+            a = np.clip(policy.get_action(obs) + noise * rng.standard_normal(4), -1, 1).astype(np.float32)
+            obs, r, _, _, _ = env.step(a)
+            O.append(obs), A.append(a), R.append(r)
+        out.append((np.stack(O), np.stack(A), np.array(R, np.float32)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The parent
+# ----------------------------------------------------------------------------------------------------
+
+
+def new_agent(args: Args, obs_dim: int, act_dim: int) -> dict:
+    torch.manual_seed(args.seed)  # one shared init for every child when there is no parent
+    actor = common.Actor(obs_dim, act_dim)
+    qf = TwinQ(obs_dim, act_dim, args.critic_hidden)
+    qf_target = TwinQ(obs_dim, act_dim, args.critic_hidden)
+    qf_target.load_state_dict(qf.state_dict())
+    return {"actor": actor, "qf": qf, "qf_target": qf_target,
+            "log_alpha": torch.tensor(math.log(args.alpha), requires_grad=True)}
+
+
+def agent_state(agent: dict) -> dict:
+    return {"actor": agent["actor"].state_dict(), "qf": agent["qf"].state_dict(),
+            "qf_target": agent["qf_target"].state_dict(), "log_alpha": agent["log_alpha"].detach().clone()}
+
+
+def load_agent_state(agent: dict, state: dict) -> None:
+    for k in ("actor", "qf", "qf_target"):
+        agent[k].load_state_dict(state[k])
+    with torch.no_grad():
+        agent["log_alpha"].copy_(state["log_alpha"])
+
+
+def parent_velocity(velocities: list[float]) -> float:
+    """The training velocity nearest the middle of their range (the lower one on a tie)."""
+    mid = (min(velocities) + max(velocities)) / 2
+    return min(velocities, key=lambda v: (round(abs(v - mid), 9), v))
+
+
+def train_parent(args: Args, spec: dict, path: Path) -> dict:
+    """Train the parent (or load it if `path` exists) and save its whole SAC state."""
+    if path.exists():
+        parent = common.load_artifact(path, PARENT_FORMAT, ("agent", "params"), spec=spec, suite=args.suite)
+        print(f"parent: using {path} ({parent['task']})")
+        return parent
+    t0 = time.time()
+    agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
+    if args.suite == "cheetah-vel":
+        task = parent_velocity(args.velocities)
+        if args.parent_steps > 0:
+            print(f"parent: SAC for {args.parent_steps} steps at v* = {task}")
+            run_sac(args, agent, task, total_steps=args.parent_steps, checkpoints=[], from_parent=False,
+                    tag="parent", state_path=path.with_suffix(".partial.pt"))
+        name = common.task_name(args.suite, task)
+    else:
+        print(f"parent: behaviour cloning of {args.parent_demo_episodes} scripted episodes x "
+              f"{len(args.parent_tasks)} tasks")
+        behaviour_clone(args, agent["actor"], args.parent_tasks)
+        name = "bc:" + ",".join(args.parent_tasks)
+    parent = {"format": PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+              "params": common.flatten(agent["actor"]), "agent": agent_state(agent),
+              "trained_with_sac": args.suite == "cheetah-vel" and args.parent_steps > 0,
+              "config": asdict(args), "seconds": time.time() - t0}
+    common.save_artifact(parent, path)
+    path.with_suffix(".partial.pt").unlink(missing_ok=True)
+    print(f"parent: saved {path} in {parent['seconds']:.0f}s")
+    return parent
+
+
+def behaviour_clone(args: Args, actor: common.Actor, tasks: list[str]) -> None:
+    """MSE between the deterministic action tanh(mean) and noisy scripted actions, pooled over tasks."""
+    obs, act = [], []
+    for i, task in enumerate(tasks):
+        for O, A, _ in scripted_episodes(task, args.parent_demo_episodes, args.demo_steps, args.demo_noise,
+                                         seed=args.seed + 1000 * i):
+            obs.append(O[:-1]), act.append(A)
+    obs, act = torch.as_tensor(np.concatenate(obs)), torch.as_tensor(np.concatenate(act))
+    opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    for _ in range(args.parent_bc_steps):
+        idx = torch.randint(len(obs), (args.batch_size,))
+        loss = F.mse_loss(actor.act(obs[idx]), act[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    print(f"parent: behaviour cloning on {len(obs)} samples, final MSE {loss.item():.4f}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# SAC training with checkpoints (one task)
+# ----------------------------------------------------------------------------------------------------
+
+
+def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[int], from_parent: bool,
+            tag: str, state_path: Path, demos: list | None = None, report=None, writer=None) -> dict:
+    """SAC on `task` for `total_steps`; at each step in `checkpoints` save the actor and roll it out.
+    Saves the resumable state to `state_path` every `args.save_every` seconds. Returns the records."""
+    obs_dim, act_dim = agent["actor"].fc1.in_features, agent["actor"].fc_mean.out_features
+    actor, qf, qf_target, log_alpha = agent["actor"], agent["qf"], agent["qf_target"], agent["log_alpha"]
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    q_opt = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    target_entropy = -float(act_dim)
+    rb = Replay(total_steps, obs_dim, act_dim)
+    demo_rb = None
+    if demos:
+        demo_rb = Replay(sum(len(A) for _, A, _ in demos), obs_dim, act_dim)
+        for O, A, R in demos:
+            for t in range(len(A)):
+                demo_rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    records = {k: [] for k in ("params", "step", "return", "success", "first_success", "traj", "post_success")}
+    start = 0
+    if state_path.exists():  # resume
+        st = common.load_artifact(state_path, PARTIAL_FORMAT, ("agent", "step", "records"))
+        load_agent_state(agent, st["agent"])
+        actor_opt.load_state_dict(st["actor_opt"]), q_opt.load_state_dict(st["q_opt"])
+        alpha_opt.load_state_dict(st["alpha_opt"])
+        rb.data[: st["replay"].shape[0]] = st["replay"]
+        rb.size, rb.pos, start, records = st["replay"].shape[0], st["replay"].shape[0], st["step"], st["records"]
+        rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        print(f"{tag}: resuming at step {start} with {len(records['step'])} checkpoints saved")
+
+    def save_state(step):
+        common.save_artifact({"format": PARTIAL_FORMAT, "agent": agent_state(agent), "step": step,
+                              "actor_opt": actor_opt.state_dict(), "q_opt": q_opt.state_dict(),
+                              "alpha_opt": alpha_opt.state_dict(), "replay": rb.data[: rb.size].clone(),
+                              "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                              "records": records}, state_path)
+
+    env = make_env(args, task, seed=args.seed)
+    eval_env = make_env(args, task, seed=args.seed + 1)
+    np_actor = NumpyActor(actor)
+    alpha = log_alpha.exp().item()
+    ckpt_set, next_save = set(checkpoints), time.time() + args.save_every
+    obs, _ = env.reset()
+    ep_ret, ep_len, last_report, t_start = 0.0, 0, start, time.time()
+    for step in range(start, total_steps):
+        # --- act and store ---
+        if step < args.learning_starts and not from_parent:
+            action = rng.uniform(-1, 1, act_dim).astype(np.float32)
+        else:
+            action = np_actor.sample(obs, rng)
+        next_obs, reward, term, trunc, info = env.step(action)
+        rb.add(obs, action, reward, float(term), next_obs)
+        obs, ep_ret, ep_len = next_obs, ep_ret + reward, ep_len + 1
+        if term or trunc:
+            if writer is not None:
+                writer.add_scalar("train/episode_return", ep_ret, step)
+            obs, _ = env.reset()
+            ep_ret, ep_len = 0.0, 0
+
+        # --- update ---
+        if step >= args.learning_starts:
+            batch = rb.sample(args.batch_size if demo_rb is None else args.batch_size // 2)
+            if demo_rb is not None:
+                demo_batch = demo_rb.sample(args.batch_size - len(batch))
+                batch = torch.cat([demo_batch, batch])
+            b_obs, b_act, b_rew, b_term, b_next = rb.split(batch)
+            with torch.no_grad():
+                next_a, next_logp, _ = sample_action(actor, b_next)
+                q_next = qf_target(b_next, next_a).min(0).values - alpha * next_logp
+                q_target = b_rew + args.gamma * (1 - b_term) * q_next
+            q_loss = (qf(b_obs, b_act) - q_target).pow(2).mean(1).sum()
+            q_opt.zero_grad(set_to_none=True)
+            q_loss.backward()
+            q_opt.step()
+
+            if step % args.policy_frequency == 0:
+                qf.requires_grad_(False)  # the actor loss needs no critic weight gradients
+                for _ in range(args.policy_frequency):
+                    a, logp, mean = sample_action(actor, b_obs)
+                    q = qf(b_obs, a).min(0).values
+                    actor_loss = (alpha * logp - q).mean()
+                    if demo_rb is not None and step < args.bc_anneal_steps:
+                        # BC on the demonstration half, scaled by mean |Q| (TD3+BC), annealed to zero
+                        w = args.bc_weight * (1 - step / args.bc_anneal_steps) * q.abs().mean().detach()
+                        n = len(demo_batch)
+                        actor_loss = actor_loss + w * (torch.tanh(mean[:n]) - b_act[:n]).pow(2).mean()
+                    actor_opt.zero_grad(set_to_none=True)
+                    actor_loss.backward()
+                    actor_opt.step()
+                    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+                    alpha_opt.zero_grad(set_to_none=True)
+                    alpha_loss.backward()
+                    alpha_opt.step()
+                    alpha = log_alpha.exp().item()
+                qf.requires_grad_(True)
+
+            with torch.no_grad():  # Polyak averaging of the target critics
+                torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+
+            if writer is not None and step % 1000 == 0:
+                writer.add_scalar("losses/q", q_loss.item(), step)
+                writer.add_scalar("losses/actor", actor_loss.item(), step)
+                writer.add_scalar("losses/alpha", alpha, step)
+                writer.add_scalar("charts/SPS", (step - start) / (time.time() - t_start + 1e-9), step)
+
+        # --- checkpoint: save the actor, roll it out deterministically ---
+        if step + 1 in ckpt_set:
+            r = rollout(eval_env, np_actor.deterministic)
+            records["params"].append(common.flatten(actor))
+            records["step"].append(step + 1)
+            for k in ("return", "success", "first_success", "traj", "post_success"):
+                records[k].append(r[k])
+            if writer is not None:
+                writer.add_scalar("checkpoint/return", r["return"], step + 1)
+                writer.add_scalar("checkpoint/success", r["success"], step + 1)
+            if time.time() > next_save and step + 1 < total_steps:
+                save_state(step + 1)
+                next_save = time.time() + args.save_every
+        elif not checkpoints and time.time() > next_save:
+            save_state(step + 1)
+            next_save = time.time() + args.save_every
+        if report is not None and step + 1 - last_report >= 500:
+            report(step + 1 - last_report)
+            last_report = step + 1
+    if report is not None:
+        report(total_steps - last_report)
+    return records
+
+
+def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, report=None) -> str:
+    """Fine-tune one expert from the parent and write its shard. Returns a one-line summary."""
+    torch.set_num_threads(args.torch_threads)
+    name = common.task_name(args.suite, task)
+    shard_path = stage_dir / f"{name}.pt"
+    if shard_path.exists():
+        return f"{name}: done already ({shard_path})"
+    t0 = time.time()
+    agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
+    load_agent_state(agent, parent["agent"])
+    demos = None
+    if args.suite == "metaworld" and args.demo_episodes > 0:
+        demos = scripted_episodes(task, args.demo_episodes, args.demo_steps, args.demo_noise,
+                                  seed=args.seed + 7919)
+    checkpoints = [args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage0" / name))
+    rec = run_sac(args, agent, task, total_steps=checkpoints[-1], checkpoints=checkpoints,
+                  from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tag=name,
+                  state_path=stage_dir / f"{name}.partial.pt", demos=demos, report=report, writer=writer)
+    writer.close()
+    shard = {
+        "format": SHARD_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+        "params": torch.stack(rec["params"]),
+        "step": torch.tensor(rec["step"], dtype=torch.int64),
+        "return": torch.tensor(rec["return"], dtype=torch.float32),
+        "success": torch.tensor(rec["success"], dtype=torch.float32),
+        "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
+        "traj": torch.as_tensor(np.stack(rec["traj"])),
+        "post_success": torch.as_tensor(np.stack(rec["post_success"])),
+        "config": asdict(args), "seconds": time.time() - t0,
+    }
+    if args.suite == "cheetah-vel":
+        shard["target_velocity"] = float(task)
+    common.save_artifact(shard, shard_path)
+    (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
+    best = int(shard["return"].argmax())
+    return (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
+            f"{shard['return'][best]:.1f} at step {int(shard['step'][best])}; success rate of the last 20 "
+            f"{100 * shard['success'][-20:].mean():.0f}%")
+
+
+def _worker(args, task, parent, spec, stage_dir, q):
+    return train_task(args, task, parent, spec, stage_dir, report=q.put)
+
+
+def main(args: Args) -> None:
+    common.apply_scale(args, SCALES[args.suite][args.scale])
+    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    if args.suite == "cheetah-vel":
+        tasks = common.check_velocities(args.velocities)
+        spec = common.policy_spec(common.CHEETAH_OBS, common.CHEETAH_ACT)
+    else:
+        tasks = common.check_metaworld_tasks(args.tasks)
+        common.check_metaworld_tasks(args.parent_tasks)
+        spec = common.policy_spec(common.MW_OBS, common.MW_ACT)
+    if args.jobs <= 0:
+        args.jobs = os.cpu_count() or 1
+    torch.set_num_threads(args.torch_threads)
+    stage_dir = Path(args.run_dir) / "stage0"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    parent = train_parent(args, spec, Path(args.run_dir) / "parent.pt")
+
+    todo = [t for t in tasks if not (stage_dir / f"{common.task_name(args.suite, t)}.pt").exists()]
+    steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
+    print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
+          f"and {args.num_checkpoints} checkpoints each, {min(args.jobs, max(len(todo), 1))} worker(s)")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo) * steps_per_task, unit="step", disable=not args.progress, smoothing=0.05)
+    lines = []
+    if args.jobs == 1 or len(todo) <= 1:
+        for t in todo:
+            lines.append(train_task(args, t, parent, spec, stage_dir, report=bar.update))
+            bar.write(lines[-1])
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager, ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=ctx) as pool:
+            q = manager.Queue()
+            futures = [pool.submit(_worker, args, t, parent, spec, stage_dir, q) for t in todo]
+            pending = set(futures)
+            while pending:
+                try:
+                    bar.update(q.get(timeout=0.5))
+                except queue.Empty:
+                    pass
+                for f in [f for f in pending if f.done()]:
+                    pending.discard(f)
+                    lines.append(f.result())
+                    bar.write(lines[-1])
+            while not q.empty():
+                bar.update(q.get())
+    bar.close()
+    print(f"stage 0 finished in {time.time() - t0:.0f}s; shards in {stage_dir}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,192 @@
+"""stage0_collect_sac.py: SAC pieces, rollouts, shard schema at smoke scale, resume, bad inputs."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import stage0_collect_sac as s0
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage0(*flags, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--no-progress", *flags],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+class FakeEnv:
+    """Succeeds at steps 5..6 only, then undoes it (as some scripted experts do); 10 steps."""
+
+    def reset(self):
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, a):
+        self.t += 1
+        obs = np.full(3, self.t, np.float32)
+        return obs, 1.0, False, self.t >= 70, {"success": float(self.t in (5, 6))}
+
+
+def test_rollout_counts_success_at_any_step():
+    r = s0.rollout(FakeEnv(), lambda o: np.zeros(2, np.float32))
+    assert r["success"] == 1.0 and r["return"] == 70.0
+    assert r["first_success"] == 5  # s_5 is the first state reached with success
+    np.testing.assert_array_equal(r["post_success"], np.repeat([5.0, 6.0, 7.0], 3))
+    assert r["traj"].shape == (common.traj_dim(3, 2),)
+
+
+def test_twin_q_is_two_independent_critics():
+    torch.manual_seed(0)
+    q = s0.TwinQ(5, 2, 16)
+    obs, act = torch.randn(4, 5), torch.randn(4, 2)
+    out = q(obs, act)
+    assert out.shape == (2, 4)
+    x = torch.cat([obs, act], 1)
+    for i in range(2):
+        h = torch.relu(x @ q.w1[i] + q.b1[i])
+        h = torch.relu(h @ q.w2[i] + q.b2[i])
+        torch.testing.assert_close(out[i], (h @ q.w3[i] + q.b3[i]).squeeze(-1))
+
+
+def test_numpy_actor_matches_torch_and_tracks_updates():
+    torch.manual_seed(0)
+    actor = common.Actor(17, 6)
+    np_actor = s0.NumpyActor(actor)
+    obs = np.random.default_rng(0).standard_normal((3, 17)).astype(np.float32)
+    np.testing.assert_allclose(np_actor.deterministic(obs), actor.act(torch.as_tensor(obs)).detach().numpy(),
+                               atol=1e-6)
+    opt = torch.optim.Adam(actor.parameters(), lr=0.1, fused=True)
+    actor.act(torch.as_tensor(obs)).sum().backward()
+    opt.step()  # in-place update: the numpy views see it
+    np.testing.assert_allclose(np_actor.deterministic(obs), actor.act(torch.as_tensor(obs)).detach().numpy(),
+                               atol=1e-6)
+
+
+def test_sample_action_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    actor = common.Actor(4, 3)
+    obs = torch.randn(6, 4)
+    torch.manual_seed(1)
+    y, logp, mean = s0.sample_action(actor, obs)
+    torch.manual_seed(1)
+    m, ls = actor(obs)
+    ls = s0.LOG_STD_MIN + 0.5 * (s0.LOG_STD_MAX - s0.LOG_STD_MIN) * (torch.tanh(ls) + 1)
+    normal = torch.distributions.Normal(m, ls.exp())
+    x = m + ls.exp() * torch.randn_like(m)
+    ref = (normal.log_prob(x) - torch.log(1 - torch.tanh(x).pow(2) + 1e-6)).sum(1)
+    torch.testing.assert_close(y, torch.tanh(x))
+    torch.testing.assert_close(logp, ref)
+
+
+def test_parent_velocity_is_middle_of_range():
+    assert s0.parent_velocity([0.075, 0.15, 0.3, 0.525, 0.75, 0.9, 1.35, 1.575, 2.1, 2.55]) == 1.35
+    assert s0.parent_velocity([0.3, 1.5]) == 0.3
+
+
+def check_shard(path, suite, spec, n, task):
+    shard = common.load_artifact(path, s0.SHARD_FORMAT, spec=spec, suite=suite)
+    P, T, O = common.num_params(spec), common.traj_dim(spec["obs_dim"], spec["act_dim"]), 3 * spec["obs_dim"]
+    assert shard["params"].shape == (n, P) and shard["params"].dtype == torch.float32
+    for k, dt in (("step", torch.int64), ("return", torch.float32), ("success", torch.float32),
+                  ("first_success", torch.int64)):
+        assert shard[k].shape == (n,) and shard[k].dtype == dt, k
+    assert shard["traj"].shape == (n, T) and shard["post_success"].shape == (n, O)
+    assert shard["task"] == task and shard["suite"] == suite
+    assert torch.isfinite(shard["params"]).all() and torch.isfinite(shard["return"]).all()
+    assert ((shard["success"] == 1) == (shard["first_success"] >= 0)).all()
+    return shard
+
+
+def test_cheetah_smoke_shards(tmp_path):
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    spec = common.policy_spec(17, 6)
+    for v in (0.3, 1.5):
+        shard = check_shard(tmp_path / "stage0" / f"vel-{v:g}.pt", "cheetah-vel", spec, 4, f"vel-{v:g}")
+        assert shard["step"].tolist() == [300, 400, 500, 600]
+        assert shard["target_velocity"] == v and (shard["success"] == 0).all()
+        # the stored return is the return of the stored policy: re-run checkpoint 0 deterministically
+        actor = common.unflatten(shard["params"][0], common.Actor(17, 6))
+        np_actor = s0.NumpyActor(actor)
+        args = s0.Args(seed=1)
+        again = s0.rollout(s0.make_env(args, v, seed=args.seed + 1), np_actor.deterministic)
+        assert again["return"] == pytest.approx(float(shard["return"][0]), abs=1e-3)
+        np.testing.assert_allclose(again["traj"], shard["traj"][0].numpy(), atol=1e-5)
+    parent = common.load_artifact(tmp_path / "parent.pt", s0.PARENT_FORMAT, ("agent",), spec=spec)
+    assert parent["task"] == "vel-0.3" and parent["trained_with_sac"]
+    # children start from the parent: both differ from it, yet stay close to it in parameter space
+    p0 = common.load_artifact(tmp_path / "stage0" / "vel-0.3.pt", s0.SHARD_FORMAT)["params"][0]
+    assert 0 < (p0 - parent["params"]).norm() < 0.5 * parent["params"].norm()
+    # a re-run skips finished shards
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path))
+    assert r.returncode == 0 and "2 tasks (2 done already)" in r.stdout
+
+
+def test_metaworld_smoke_all_16_tasks(tmp_path):
+    r = run_stage0("--suite", "metaworld", "--scale", "smoke", "--run-dir", str(tmp_path), "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    spec = common.policy_spec(39, 4)
+    assert len(list((tmp_path / "stage0").glob("*-v3.pt"))) == 16
+    for task in common.MW_TASKS:
+        shard = check_shard(tmp_path / "stage0" / f"{task}.pt", "metaworld", spec, 2, task)
+        assert shard["step"].tolist() == [200, 300] and "target_velocity" not in shard
+    parent = common.load_artifact(tmp_path / "parent.pt", s0.PARENT_FORMAT, ("agent",), spec=spec)
+    assert parent["task"] == "bc:window-open-v3,door-open-v3" and not parent["trained_with_sac"]
+
+
+def test_resume_after_kill(tmp_path):
+    flags = ["--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.6", "--save-every", "0",
+             "--num-checkpoints", "12", "--checkpoint-every", "50", "--first-checkpoint", "200"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--no-progress", *flags],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    partial = tmp_path / "stage0" / "vel-0.6.partial.pt"
+    saved, deadline = None, time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists():
+            st = torch.load(partial, weights_only=True)
+            if len(st["records"]["step"]) >= 4:
+                proc.kill()
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode != 0, "the run finished before it could be killed"
+    saved = torch.load(partial, weights_only=True)  # the last state written before the kill
+    k = len(saved["records"]["step"])
+    assert 4 <= k < 12 and not (tmp_path / "stage0" / "vel-0.6.pt").exists()
+
+    r = run_stage0(*flags)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming at step {saved['step']} with {k} checkpoints saved" in r.stdout
+    shard = check_shard(tmp_path / "stage0" / "vel-0.6.pt", "cheetah-vel", common.policy_spec(17, 6), 12, "vel-0.6")
+    assert shard["step"].tolist() == [200 + 50 * i for i in range(12)]
+    # checkpoints saved before the kill are kept as they were, not redone
+    assert torch.equal(shard["params"][:k], torch.stack(saved["records"]["params"]))
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--suite", "metaworld", "--tasks", "door-open-v3", "open-door"], "unknown MetaWorld task(s) open-door; valid: "),
+    (["--velocities", "0.5", "4.0"], "target velocities must lie in [0, 3]; got 4.0"),
+])
+def test_bad_input_one_line_error(tmp_path, flags, message):
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), *flags, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr
+    if "valid" in message:
+        assert all(t in r.stderr for t in common.MW_TASKS)
+
+
+def test_bad_parent_artifact_one_line_error(tmp_path):
+    spec = common.policy_spec(39, 4)  # a MetaWorld-sized parent where Cheetah-Vel is expected
+    common.save_artifact({"format": s0.PARENT_FORMAT, "suite": "cheetah-vel", "policy": spec,
+                          "params": torch.zeros(22_664), "agent": {}}, tmp_path / "parent.pt")
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+    assert "parent.pt: policy is" in r.stderr
