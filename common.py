@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from dataclasses import fields
@@ -198,6 +199,48 @@ def task_name(suite: str, task) -> str:
     return f"vel-{float(task):g}" if suite == "cheetah-vel" else str(task)
 
 
+def suite_spec(suite: str) -> dict:
+    return policy_spec(CHEETAH_OBS, CHEETAH_ACT) if suite == "cheetah-vel" else policy_spec(MW_OBS, MW_ACT)
+
+
+EVAL_GOAL_SEED = 2024  # MetaWorld evaluation goals: not among the training goals (stage 0 seeds 1, 2)
+
+
+def make_eval_env(suite: str, task, episode: int = 0):
+    """An env for evaluating a policy on `task` (velocity or metaworld name), fixed by `episode`:
+    Cheetah-Vel seeds its reset with it; MetaWorld sets evaluation goal number `episode`."""
+    if suite == "cheetah-vel":
+        return CheetahVel(float(task), seed=100_000 + episode)
+    env = make_metaworld(task)
+    env.set_task(_eval_goals(task)[episode])
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_goals(task: str) -> list:
+    return metaworld_goals(task, EVAL_GOAL_SEED)
+
+
+def run_lockstep(params: torch.Tensor, envs: list, spec: dict) -> dict:
+    """One episode of each of N flat policies (deterministic actions), policy i in envs[i], all in
+    lockstep: every step is one batched forward of all N policies. The envs must be reset-ready (for
+    MetaWorld: goal already set) and have equal episode lengths. Returns per-policy `return` and `success`
+    (MetaWorld: info["success"] at any step) as float arrays [N]."""
+    n = len(envs)
+    assert params.shape[0] == n, f"{params.shape[0]} policies for {n} envs"
+    obs = np.stack([e.reset()[0] for e in envs]).astype(np.float32)
+    ret, success, done = np.zeros(n), np.zeros(n), np.zeros(n, bool)
+    with torch.no_grad():
+        while not done.all():
+            act = batched_act(params, torch.from_numpy(obs).unsqueeze(1), spec).squeeze(1).numpy()
+            for i, e in enumerate(envs):
+                o, r, term, trunc, info = e.step(act[i])
+                obs[i], ret[i] = o, ret[i] + r
+                success[i] = max(success[i], float(info.get("success", 0.0)))
+                done[i] = term or trunc
+    return {"return": ret, "success": success}
+
+
 # ----------------------------------------------------------------------------------------------------
 # Rollout features of MAA (DESIGN section 4)
 # ----------------------------------------------------------------------------------------------------
@@ -268,8 +311,172 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
 
 
 # ----------------------------------------------------------------------------------------------------
+# Stage 1 autoencoder (paper Sec. III-A; trained by stage1_autoencoder.py, used by every later stage)
+# ----------------------------------------------------------------------------------------------------
+
+AUTOENCODER_FORMAT = "amt-hyp/autoencoder v1"
+BEHAVIOR_FORMAT = "amt-hyp/behavior-embed v1"
+
+
+class PolicyAutoencoder(nn.Module):
+    """E: two bias-free linear maps (first layer, rest) to tokens, LayerNorm; D: one linear map per token."""
+
+    def __init__(self, spec: dict, token_dim: int):
+        super().__init__()
+        first = spec["hidden"] * spec["obs_dim"] + spec["hidden"]  # fc1 weight and bias
+        self.sizes = [first, num_params(spec) - first]
+        self.enc = nn.ModuleList([nn.Linear(n, token_dim, bias=False) for n in self.sizes])
+        self.norm = nn.LayerNorm(token_dim)
+        self.dec = nn.ModuleList([nn.Linear(token_dim, n, bias=False) for n in self.sizes])
+        self.register_buffer("mean", torch.zeros(sum(self.sizes)))
+        self.register_buffer("std", torch.ones(sum(self.sizes)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, P] flat policies -> Z [B, 2, token_dim]."""
+        parts = ((x - self.mean) / self.std).split(self.sizes, dim=-1)
+        return torch.stack([self.norm(e(p)) for e, p in zip(self.enc, parts)], dim=1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Z [B, 2, token_dim] -> [B, P] flat policies."""
+        return torch.cat([d(z[:, i]) for i, d in enumerate(self.dec)], dim=-1) * self.std + self.mean
+
+    def forward(self, x: torch.Tensor, input_noise: float = 0.0, latent_noise: float = 0.0) -> torch.Tensor:
+        z = self.encode(x + input_noise * torch.randn_like(x))
+        return self.decode(z + latent_noise * torch.randn_like(z))
+
+
+def load_autoencoder(path: str | Path, suite: str) -> tuple[PolicyAutoencoder, dict]:
+    """The trained autoencoder (eval mode) and its artifact; used by the later stages."""
+    spec = suite_spec(suite)
+    art = load_artifact(path, AUTOENCODER_FORMAT, ("model", "token_dim", "latents"), spec=spec, suite=suite)
+    model = PolicyAutoencoder(spec, art["token_dim"])
+    model.load_state_dict(art["model"])
+    return model.eval(), art
+
+
+def training_pairs(run_dir: str | Path, suite: str) -> dict:
+    """Stages 2 and 3 learn from (Z, tau_e) pairs: the latents of the autoencoder's training checkpoints and
+    their raw conditions (Cheetah-Vel: the target velocity; MetaWorld: the rollout's behaviour embedding h)."""
+    run = Path(run_dir)
+    _, ae = load_autoencoder(run / "autoencoder.pt", suite)
+    Z = ae["latents"].flatten(1)
+    if suite == "cheetah-vel":
+        vel = torch.tensor([s["target_velocity"] for s in load_stage0(run, suite)])
+        cond = vel[ae["task_index"]].unsqueeze(1)
+    else:
+        be = load_artifact(run / "behavior_embed.pt", BEHAVIOR_FORMAT, ("h", "tasks", "checkpoint_step"), suite=suite)
+        if be["tasks"] != ae["tasks"] or not torch.equal(be["checkpoint_step"], ae["checkpoint_step"]):
+            raise SystemExit(f"error: {run / 'behavior_embed.pt'}: its checkpoints differ from autoencoder.pt's "
+                             "(re-run both stage-1 scripts on the same stage-0 shards)")
+        cond = be["h"]
+    train = ae["train"]
+    return {"Z": Z[train], "cond": cond[train], "task_index": ae["task_index"][train], "tasks": ae["tasks"],
+            "token_dim": ae["token_dim"]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage 2 generator G (paper Sec. III-B; trained by stage2_hyplatent.py, sampled by stage 3 and evaluation)
+# ----------------------------------------------------------------------------------------------------
+
+HYPLATENT_FORMAT = "amt-hyp/hyplatent v1"
+
+
+def _block(i: int, o: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.GELU(), nn.Dropout(dropout))
+
+
+class Generator(nn.Module):
+    """G(tau_e, n) -> Z_hat: the paper's "1D UNet", as in the authors' code an MLP encoder-decoder with
+    additive skip connections (widths 2048, 1024, 512, 256 and back; BatchNorm, GELU, dropout 0.1).
+    Works on normalised conditions and latents (statistics saved in the stage-2 artifact)."""
+
+    def __init__(self, cond_dim: int, noise_dim: int, latent_dim: int, widths=(2048, 1024, 512, 256),
+                 dropout: float = 0.1):
+        super().__init__()
+        self.noise_dim = noise_dim
+        dims = [cond_dim + noise_dim, *widths]
+        self.down = nn.ModuleList([_block(dims[i], dims[i + 1], dropout) for i in range(len(widths))])
+        self.up = nn.ModuleList([_block(widths[i + 1], widths[i], dropout) for i in reversed(range(len(widths) - 1))])
+        self.out = nn.Linear(widths[0], latent_dim)
+
+    def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([cond, noise], dim=-1)
+        skips = []
+        for blk in self.down:
+            x = blk(x)
+            skips.append(x)
+        for blk, skip in zip(self.up, reversed(skips[:-1])):
+            x = blk(x) + skip
+        return self.out(x)
+
+
+def load_generator(path: str | Path, suite: str) -> tuple[Generator, dict]:
+    """The trained generator (eval mode) and its artifact (normalisation statistics included)."""
+    art = load_artifact(path, HYPLATENT_FORMAT, ("generator", "arch", "latent_mean", "latent_std",
+                                                 "cond_mean", "cond_std"), suite=suite)
+    G = Generator(**art["arch"])
+    G.load_state_dict(art["generator"])
+    return G.eval(), art
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage 3 HypFormer (paper Sec. III-C; trained by stage3_hypformer.py, run by evaluation)
+# ----------------------------------------------------------------------------------------------------
+
+HYPFORMER_FORMAT = "amt-hyp/hypformer v1"
+
+
+class HypFormer(nn.Module):
+    """Tokens [Z_token (learned), proj(Z_hat_1..Z_hat_L), proj(tau_e)] -> one TransformerEncoderLayer (no
+    positional encoding; attention runs over the L + 2 tokens of one sample, never across the batch) ->
+    shared MLP -> latent head and residue head, each averaged over the tokens: (Z_pred, grad_pred).
+    The refined latent is Z_pred + grad_pred. Works in the normalised latent space of stage 2."""
+
+    def __init__(self, latent_dim: int, cond_dim: int, width: int = 256, heads: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.z_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
+        self.proj_z = nn.Linear(latent_dim, width)
+        self.proj_c = nn.Linear(cond_dim, width)
+        self.layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=dropout,
+                                                batch_first=True)  # input (batch, tokens, width)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU())
+        self.latent_head = nn.Linear(width, latent_dim)
+        self.residue_head = nn.Linear(width, latent_dim)
+
+    def forward(self, z_hat: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_hat [B, L, latent] (normalised), cond [B, cond] (normalised) -> Z_pred, grad_pred [B, latent]."""
+        b = z_hat.shape[0]
+        tokens = torch.cat([self.z_token.expand(b, 1, -1), self.proj_z(z_hat), self.proj_c(cond).unsqueeze(1)], 1)
+        h = self.mlp(self.layer(tokens))
+        return self.latent_head(h).mean(1), self.residue_head(h).mean(1)
+
+
+def load_hypformer(path: str | Path, suite: str) -> tuple[HypFormer, dict]:
+    art = load_artifact(path, HYPFORMER_FORMAT, ("model", "arch", "num_tokens"), suite=suite)
+    model = HypFormer(**art["arch"])
+    model.load_state_dict(art["model"])
+    return model.eval(), art
+
+
+# ----------------------------------------------------------------------------------------------------
 # Scales, seeding, devices (DESIGN sections 9, 11)
 # ----------------------------------------------------------------------------------------------------
+
+
+STAGE0_FORMAT = "amt-hyp/stage0-shard v1"
+
+
+def load_stage0(run_dir: str | Path, suite: str) -> list[dict]:
+    """Every stage-0 shard of a suite, sorted by task name (Cheetah-Vel: by velocity)."""
+    paths = sorted(Path(run_dir, "stage0").glob("*.pt"))
+    paths = [p for p in paths if not p.name.endswith(".partial.pt")]
+    if not paths:
+        raise SystemExit(f"error: {Path(run_dir, 'stage0')}: no stage-0 shards (run stage0_collect_sac.py first)")
+    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success"),
+                            spec=suite_spec(suite), suite=suite) for p in paths]
+    if suite == "cheetah-vel":
+        shards.sort(key=lambda s: s["target_velocity"])
+    return shards
 
 
 def apply_scale(args, table: dict) -> None:

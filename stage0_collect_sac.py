@@ -95,8 +95,8 @@ class Args:
     """steps kept of each scripted episode"""
     demo_noise: float = 0.1
     """std of the Gaussian noise added to scripted actions"""
-    bc_weight: float = 0.4
-    """BC term weight relative to mean |Q| (0.4 = TD3+BC's alpha 2.5)"""
+    bc_weight: Optional[float] = None
+    """BC term weight relative to the batch's mean |Q| (0.4 = TD3+BC's alpha 2.5; mw-quick: 1.0)"""
     bc_anneal_steps: Optional[int] = None
     """the BC weight falls linearly to 0 over this many steps"""
 
@@ -121,19 +121,19 @@ SCALES = {
     "metaworld": {
         "smoke": dict(tasks=common.MW_TASKS, parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, critic_hidden=128,
                       demo_episodes=1, learning_starts=100, first_checkpoint=200, checkpoint_every=100,
-                      num_checkpoints=2, bc_anneal_steps=300),
+                      num_checkpoints=2, bc_weight=1.0, bc_anneal_steps=600),
         "mw-quick": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
                          demo_episodes=10, critic_hidden=128, learning_starts=1_000, first_checkpoint=10_000,
-                         checkpoint_every=250, num_checkpoints=41, bc_anneal_steps=15_000),
+                         checkpoint_every=250, num_checkpoints=41, bc_weight=1.0, bc_anneal_steps=40_000),
         "paper": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
                       demo_episodes=0, critic_hidden=256, learning_starts=5_000, first_checkpoint=500_000,
-                      checkpoint_every=500, num_checkpoints=1500, bc_anneal_steps=1),
+                      checkpoint_every=500, num_checkpoints=1500, bc_weight=0.0, bc_anneal_steps=1),
     },
 }
 SCALES["cheetah-vel"]["mw-quick"] = SCALES["cheetah-vel"]["quick"]
 SCALES["metaworld"]["quick"] = SCALES["metaworld"]["mw-quick"]
 
-SHARD_FORMAT = "amt-hyp/stage0-shard v1"
+SHARD_FORMAT = common.STAGE0_FORMAT
 PARENT_FORMAT = "amt-hyp/stage0-parent v1"
 PARTIAL_FORMAT = "amt-hyp/stage0-partial v1"
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -278,7 +278,7 @@ def rollout(env, act_fn) -> dict:
         if term or trunc:
             break
     traj, post = common.rollout_features(np.stack(states), np.stack(actions), first)
-    return {"return": ret, "success": float(first is not None), "first_success": -1 if first is None else first,
+    return {"return": float(ret), "success": float(first is not None), "first_success": -1 if first is None else first,
             "traj": traj, "post_success": post, "states": states, "actions": actions}
 
 
@@ -498,8 +498,10 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
             r = rollout(eval_env, np_actor.deterministic)
             records["params"].append(common.flatten(actor))
             records["step"].append(step + 1)
-            for k in ("return", "success", "first_success", "traj", "post_success"):
+            for k in ("return", "success", "first_success"):
                 records[k].append(r[k])
+            for k in ("traj", "post_success"):  # tensors: the resumable state must load with weights_only
+                records[k].append(torch.from_numpy(r[k]))
             if writer is not None:
                 writer.add_scalar("checkpoint/return", r["return"], step + 1)
                 writer.add_scalar("checkpoint/success", r["success"], step + 1)
@@ -546,8 +548,8 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
         "return": torch.tensor(rec["return"], dtype=torch.float32),
         "success": torch.tensor(rec["success"], dtype=torch.float32),
         "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
-        "traj": torch.as_tensor(np.stack(rec["traj"])),
-        "post_success": torch.as_tensor(np.stack(rec["post_success"])),
+        "traj": torch.stack(rec["traj"]),
+        "post_success": torch.stack(rec["post_success"]),
         "config": asdict(args), "seconds": time.time() - t0,
     }
     if args.suite == "cheetah-vel":
@@ -555,9 +557,51 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     common.save_artifact(shard, shard_path)
     (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
     best = int(shard["return"].argmax())
-    return (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
-            f"{shard['return'][best]:.1f} at step {int(shard['step'][best])}; success rate of the last 20 "
-            f"{100 * shard['success'][-20:].mean():.0f}%")
+    line = (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
+            f"{shard['return'][best]:.1f} at step {int(shard['step'][best])}")
+    if args.suite == "metaworld":
+        line += f"; success rate of the last 20 checkpoints {100 * shard['success'][-20:].mean():.0f}%"
+    return line
+
+
+def summarize(args: Args, tasks: list, spec: dict, stage_dir: Path, parent: dict, episodes: int = 3) -> str:
+    """A markdown summary of the shards. Cheetah-Vel: per velocity the best checkpoint's return; per pair
+    of neighbouring velocities, the return at their midpoint of their best checkpoints' parameters mixed
+    50/50, next to each of the two experts and the parent run at that midpoint (mean of `episodes`
+    deterministic episodes). MetaWorld: success rate of all and of the last 20 checkpoints."""
+    shards = {t: common.load_artifact(stage_dir / f"{common.task_name(args.suite, t)}.pt", SHARD_FORMAT,
+                                      spec=spec, suite=args.suite) for t in tasks}
+    if args.suite == "metaworld":
+        rows = ["| task | checkpoints | steps | success, all checkpoints | success, last 20 | first success at step |",
+                "|---|---|---|---|---|---|"]
+        for t, s in shards.items():
+            hit = s["step"][s["success"] > 0]
+            rows.append(f"| {t} | {len(s['step'])} | {int(s['step'][0])}-{int(s['step'][-1])} | "
+                        f"{100 * s['success'].mean():.0f}% | {100 * s['success'][-20:].mean():.0f}% | "
+                        f"{int(hit[0]) if len(hit) else '-'} |")
+        return "\n".join(rows)
+    vs = sorted(tasks)
+    best = {v: shards[v]["params"][shards[v]["return"].argmax()] for v in vs}
+    rows = ["| v* | best checkpoint return | at step |", "|---|---|---|"]
+    for v in vs:
+        s = shards[v]
+        i = int(s["return"].argmax())
+        rows.append(f"| {v:g} | {float(s['return'][i]):.1f} | {int(s['step'][i])} |")
+    pairs = list(zip(vs[:-1], vs[1:]))
+    if pairs:
+        cands = []  # per pair: mixed, expert a, expert b, parent
+        for a, b in pairs:
+            cands += [0.5 * (best[a] + best[b]), best[a], best[b], parent["params"]]
+        params = torch.stack(cands).repeat(episodes, 1)
+        envs = [common.CheetahVel((a + b) / 2, seed=10_000 + e)
+                for e in range(episodes) for a, b in pairs for _ in range(4)]
+        ret = common.run_lockstep(params, envs, spec)["return"].reshape(episodes, len(pairs), 4).mean(0)
+        rows += ["", f"Midpoints of neighbouring training velocities (mean of {episodes} deterministic episodes):", "",
+                 "| v_a | v_b | midpoint | experts mixed 50/50 | expert v_a | expert v_b | parent |",
+                 "|---|---|---|---|---|---|---|"]
+        for (a, b), r in zip(pairs, ret):
+            rows.append(f"| {a:g} | {b:g} | {(a + b) / 2:g} | {r[0]:.1f} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.1f} |")
+    return "\n".join(rows)
 
 
 def _worker(args, task, parent, spec, stage_dir, q):
@@ -567,13 +611,12 @@ def _worker(args, task, parent, spec, stage_dir, q):
 def main(args: Args) -> None:
     common.apply_scale(args, SCALES[args.suite][args.scale])
     args.run_dir = args.run_dir or f"runs/{args.suite}"
+    spec = common.suite_spec(args.suite)
     if args.suite == "cheetah-vel":
         tasks = common.check_velocities(args.velocities)
-        spec = common.policy_spec(common.CHEETAH_OBS, common.CHEETAH_ACT)
     else:
         tasks = common.check_metaworld_tasks(args.tasks)
         common.check_metaworld_tasks(args.parent_tasks)
-        spec = common.policy_spec(common.MW_OBS, common.MW_ACT)
     if args.jobs <= 0:
         args.jobs = os.cpu_count() or 1
     torch.set_num_threads(args.torch_threads)
@@ -616,6 +659,9 @@ def main(args: Args) -> None:
                 bar.update(q.get())
     bar.close()
     print(f"stage 0 finished in {time.time() - t0:.0f}s; shards in {stage_dir}")
+    summary = summarize(args, tasks, spec, stage_dir, parent)
+    (Path(args.run_dir) / "stage0_summary.md").write_text(summary + "\n")
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""Stage 1a: the policy-parameter autoencoder (paper Sec. III-A, Eq. 1; DESIGN.md section 5).
+
+An encoder E maps a flat policy X (the SAC actor of common.py) to a latent Z, a decoder D maps it back,
+X_hat = D(E(X)). As in Make-An-Agent (MAA), X is cut into the first layer and the rest; each part goes
+through its own bias-free linear map to a token of `token_dim` values, then LayerNorm: Z is 2 tokens.
+The decoder maps each token back to its part with one bias-free linear map. Training adds Gaussian noise
+to the input (0.001) and to the latent (0.01).
+
+    L_autoencoder = lambda / M * sum_i (X_hat^i - X^i)^2,  lambda = 1e3          (Eq. 1)
+
+Data: every checkpoint of every stage-0 shard of the suite; a random `holdout` fraction of each task's
+checkpoints is kept out of training. Besides the reconstruction error, the check that matters is
+functional: the decoded held-out policies are run in the environment next to the originals.
+
+Writes `runs/<suite>/autoencoder.pt`: the model and its config, and the latent of every checkpoint.
+
+    python stage1_autoencoder.py                          # quick Cheetah-Vel
+    python stage1_autoencoder.py --suite metaworld --scale mw-quick
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+import common
+
+
+@dataclass
+class Args:
+    suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
+    """task family"""
+    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
+    """sets the defaults of every option left unset (DESIGN section 9)"""
+    run_dir: Optional[str] = None
+    """reads <run_dir>/stage0/*.pt, writes <run_dir>/autoencoder.pt (default runs/<suite>)"""
+    seed: int = 1
+    token_dim: Optional[int] = None
+    """width of each of the 2 latent tokens (MAA and the paper scale: 1024)"""
+    steps: Optional[int] = None
+    """gradient steps"""
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 2e-6
+    input_noise: float = 0.001
+    latent_noise: float = 0.01
+    lam: float = 1e3
+    """lambda of Eq. 1"""
+    normalize: bool = True
+    """standardise every parameter with the training set's mean and std before encoding (saved with the
+    model); off = raw parameters as in MAA"""
+    train_tasks: Optional[list[str]] = None
+    """tasks whose checkpoints train the model (default: Cheetah-Vel all shards, MetaWorld the seen tasks);
+    the checkpoints of the others are encoded too"""
+    holdout: float = 0.1
+    """fraction of each task's checkpoints kept out of training"""
+    eval_policies: Optional[int] = None
+    """held-out checkpoints run in the environment, original and decoded (0 = skip the functional check)"""
+    threads: int = 2
+    """torch threads"""
+    progress: bool = True
+
+
+SCALES = {
+    "smoke": dict(token_dim=64, steps=60, eval_policies=4),
+    "quick": dict(token_dim=256, steps=1500, eval_policies=50),
+    "mw-quick": dict(token_dim=256, steps=1500, eval_policies=48),
+    "paper": dict(token_dim=1024, steps=50_000, eval_policies=100),
+}
+FORMAT = common.AUTOENCODER_FORMAT
+
+
+def autoencoder_loss(x_hat: torch.Tensor, x: torch.Tensor, lam: float = 1e3) -> torch.Tensor:
+    """lambda / M * sum_i (X_hat^i - X^i)^2 over the M policies of the batch."""
+    return lam / x.shape[0] * (x_hat - x).pow(2).sum()  # Eq. 1
+
+
+def split_holdout(shards: list[dict], frac: float, seed: int) -> torch.Tensor:
+    """A boolean mask over all checkpoints (shards concatenated): True = held out, `frac` of each task."""
+    g = torch.Generator().manual_seed(seed)
+    masks = []
+    for s in shards:
+        n = len(s["step"])
+        m = torch.zeros(n, dtype=torch.bool)
+        k = max(1, round(frac * n)) if frac > 0 and n > 1 else 0  # at least one per task
+        m[torch.randperm(n, generator=g)[:k]] = True
+        masks.append(m)
+    return torch.cat(masks)
+
+
+def functional_check(suite: str, params: torch.Tensor, decoded: torch.Tensor, tasks: list) -> dict:
+    """Run original and decoded policies in lockstep, one episode each on the same env seed / goal."""
+    spec = common.suite_spec(suite)
+    envs = [common.make_eval_env(suite, t, episode=i) for _ in range(2) for i, t in enumerate(tasks)]
+    out = common.run_lockstep(torch.cat([params, decoded]), envs, spec)
+    key = "return" if suite == "cheetah-vel" else "success"
+    n = len(tasks)
+    return {"metric": key, "original": out[key][:n].tolist(), "decoded": out[key][n:].tolist()}
+
+
+def main(args: Args) -> None:
+    common.apply_scale(args, SCALES[args.scale])
+    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    spec = common.suite_spec(args.suite)
+    shards = common.load_stage0(args.run_dir, args.suite)
+    X = torch.cat([s["params"] for s in shards])
+    task_of = torch.cat([torch.full((len(s["step"]),), i) for i, s in enumerate(shards)])
+    names = [s["task"] for s in shards]
+    if args.train_tasks is None:
+        args.train_tasks = names if args.suite == "cheetah-vel" else [t for t in names if t in common.MW_SEEN]
+    missing = [t for t in args.train_tasks if t not in names]
+    if missing or not args.train_tasks:
+        raise SystemExit(f"error: {Path(args.run_dir, 'stage0')}: no shard for training task(s) "
+                         f"{', '.join(missing) or '(none)'}; shards: {', '.join(names)}")
+    in_train_task = torch.tensor([names[i] in args.train_tasks for i in task_of.tolist()])
+    heldout = split_holdout(shards, args.holdout, args.seed) & in_train_task
+    is_train = in_train_task & ~heldout
+    train = X[is_train]
+    print(f"stage 1 autoencoder: {len(X)} checkpoints of {len(shards)} tasks; training on {len(train)} of "
+          f"{len(args.train_tasks)} tasks, {int(heldout.sum())} held out; policy size {X.shape[1]}, latent 2 x "
+          f"{args.token_dim}")
+
+    model = common.PolicyAutoencoder(spec, args.token_dim)  # the model (common.py: evaluation decodes with it)
+    if args.normalize:
+        model.mean.copy_(train.mean(0))
+        model.std.copy_(train.std(0).clamp_min(1e-3 * train.std(0).mean()))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage1_autoencoder"))
+    # the loss is taken in the normalised space the model works in (the scale the noise levels refer to)
+    norm = lambda x: (x - model.mean) / model.std  # noqa: E731
+    bar = tqdm(range(args.steps), disable=not args.progress, desc="autoencoder")
+    for step in bar:
+        x = train[torch.randint(len(train), (args.batch_size,))]
+        x_hat = model(x, args.input_noise, args.latent_noise)
+        loss = autoencoder_loss(norm(x_hat), norm(x), args.lam)  # Eq. 1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            writer.add_scalar("loss/eq1", loss.item(), step)
+            bar.set_postfix(loss=f"{loss.item():.3g}")
+
+    model.eval()
+    with torch.no_grad():
+        Z = torch.cat([model.encode(x) for x in X.split(256)])
+        X_hat = torch.cat([model.decode(z) for z in Z.split(256)])
+    mse = (X_hat - X).pow(2).mean(1)
+    metrics = {"train_mse": float(mse[is_train].mean()), "heldout_mse": float(mse[heldout].mean()),
+               "param_var": float(X.var(0).mean())}
+    print(f"reconstruction MSE per parameter: train {metrics['train_mse']:.3g}, held out "
+          f"{metrics['heldout_mse']:.3g} (variance of the parameters across checkpoints: {metrics['param_var']:.3g})")
+    writer.add_scalar("mse/train", metrics["train_mse"]), writer.add_scalar("mse/heldout", metrics["heldout_mse"])
+
+    if args.eval_policies:
+        idx = heldout.nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(args.seed))][: args.eval_policies]
+        tasks = [shards[int(task_of[i])]["target_velocity"] if args.suite == "cheetah-vel"
+                 else shards[int(task_of[i])]["task"] for i in idx]
+        fc = functional_check(args.suite, X[idx], X_hat[idx], tasks)
+        o, d = np.array(fc["original"]), np.array(fc["decoded"])
+        metrics["functional"] = fc
+        print(f"functional check on {len(idx)} held-out checkpoints: mean {fc['metric']} original {o.mean():.2f}, "
+              f"decoded {d.mean():.2f} (mean |decoded - original| per policy {np.abs(d - o).mean():.2f})")
+    writer.close()
+
+    art = {"format": FORMAT, "suite": args.suite, "policy": spec, "config": asdict(args),
+           "token_dim": args.token_dim, "model": model.state_dict(),
+           "latents": Z, "task_index": task_of, "tasks": [s["task"] for s in shards],
+           "checkpoint_step": torch.cat([s["step"] for s in shards]), "heldout": heldout, "train": is_train,
+           "metrics": metrics, "seconds": time.time() - t0}
+    path = Path(args.run_dir) / "autoencoder.pt"
+    common.save_artifact(art, path)
+    print(f"stage 1 autoencoder: saved {path} in {art['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

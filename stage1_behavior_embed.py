@@ -1,0 +1,169 @@
+"""Stage 1b: the behaviour embedding (paper Sec. III-A, Eq. 2; DESIGN.md section 5), MetaWorld only.
+
+From each stage-0 rollout, MAA's n-step trajectory tau^n = (s_0, a_0, a_1, a_2, s_3, ...) (`traj`) and the
+post-success states tau_hat (`post_success`) are embedded: h = phi(tau^n), v = psi(tau_hat). A learned
+matrix W scores pairs, and a contrastive loss makes each trajectory pick its own post-success states:
+
+    L_behaviour = -1/N sum_i log softmax_j(h_i^T W v_j)[i]                            (Eq. 2)
+
+Eq. 2 as printed has no exponential; the softmax (cross-entropy) form is what MAA trains. The conditioning
+tau_e that HypLatent sees is h (128-d). Inputs are scaled to [-1, 1] with per-feature min/max fit on the
+training rollouts; the same scaling is saved and applied whenever embeddings are computed (MAA fits it for
+training only and forgets it at inference).
+
+Cheetah-Vel conditions on the target velocity, so this stage has nothing to do there and says so.
+
+Trains on the shards of `train_tasks` (default: the seen tasks present); writes h and v for the rollout
+of every checkpoint of every shard (seen and unseen) to `runs/<suite>/behavior_embed.pt`.
+
+    python stage1_behavior_embed.py --suite metaworld --scale mw-quick
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+import common
+
+
+@dataclass
+class Args:
+    suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
+    """task family (Cheetah-Vel needs no behaviour embedding)"""
+    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
+    """sets the defaults of every option left unset (DESIGN section 9)"""
+    run_dir: Optional[str] = None
+    """reads <run_dir>/stage0/*.pt, writes <run_dir>/behavior_embed.pt (default runs/<suite>)"""
+    seed: int = 1
+    train_tasks: Optional[list[str]] = None
+    """tasks whose rollouts train the embedding (default: the seen tasks among the shards)"""
+    embed_dim: int = 128
+    steps: Optional[int] = None
+    """gradient steps"""
+    batch_size: int = 128
+    lr: float = 3e-4
+    progress: bool = True
+
+
+SCALES = {"smoke": dict(steps=50), "quick": dict(steps=2000), "mw-quick": dict(steps=2000),
+          "paper": dict(steps=20_000)}
+FORMAT = common.BEHAVIOR_FORMAT
+
+
+class Phi(nn.Module):
+    """phi: trajectory features (20 x (obs + 3 act)) -> 1024 -> 1024 -> h (ReLU)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                                 nn.Linear(1024, out_dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Psi(nn.Module):
+    """psi: post-success states (3 x obs) -> 256 -> LayerNorm -> Tanh -> v."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, 256), nn.LayerNorm(256), nn.Tanh(), nn.Linear(256, out_dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def behaviour_loss(h: torch.Tensor, v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the logits h_i^T W v_j with the matching pair j = i as the label."""
+    logits = h @ W @ v.T  # logits[i, j] = h_i^T W v_j
+    return F.cross_entropy(logits, torch.arange(len(h)))  # Eq. 2
+
+
+def fit_scaling(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature (lo, hi) of the training data; constant features get a unit range."""
+    lo, hi = x.min(0).values, x.max(0).values
+    return lo, torch.where(hi - lo > 1e-6, hi, lo + 1)
+
+
+def scale(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Map [lo, hi] to [-1, 1] (values outside the training range go beyond it)."""
+    return 2 * (x - lo) / (hi - lo) - 1
+
+
+def main(args: Args) -> None:
+    if args.suite == "cheetah-vel":
+        print("stage 1 behaviour embedding: not needed for Cheetah-Vel (HypLatent conditions on the target "
+              "velocity); nothing to do.")
+        return
+    common.apply_scale(args, SCALES[args.scale])
+    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.seed_everything(args.seed)
+    t0 = time.time()
+    shards = common.load_stage0(args.run_dir, args.suite)
+    names = [s["task"] for s in shards]
+    train_tasks = args.train_tasks or [t for t in names if t in common.MW_SEEN]
+    common.check_metaworld_tasks(train_tasks)
+    missing = [t for t in train_tasks if t not in names]
+    if not train_tasks or missing:
+        raise SystemExit(f"error: {Path(args.run_dir, 'stage0')}: no shard for training task(s) "
+                         f"{', '.join(missing) or '(none given)'}; shards: {', '.join(names)}")
+    traj = torch.cat([s["traj"] for s in shards])
+    post = torch.cat([s["post_success"] for s in shards])
+    task_of = torch.cat([torch.full((len(s["step"]),), i) for i, s in enumerate(shards)])
+    is_train = torch.tensor([names[i] in train_tasks for i in task_of.tolist()])
+    t_lo, t_hi = fit_scaling(traj[is_train])
+    p_lo, p_hi = fit_scaling(post[is_train])
+    traj_s, post_s = scale(traj, t_lo, t_hi), scale(post, p_lo, p_hi)
+    print(f"stage 1 behaviour embedding: {int(is_train.sum())} rollouts of {len(train_tasks)} training tasks; "
+          f"embedding {len(traj)} rollouts of {len(shards)} tasks")
+
+    phi, psi = Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
+    W = nn.Parameter(torch.eye(args.embed_dim))
+    opt = torch.optim.Adam([*phi.parameters(), *psi.parameters(), W], lr=args.lr)
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage1_behavior_embed"))
+    train_idx = is_train.nonzero().squeeze(1)
+    bar = tqdm(range(args.steps), disable=not args.progress, desc="behaviour embedding")
+    for step in bar:
+        idx = train_idx[torch.randperm(len(train_idx))[: args.batch_size]]
+        loss = behaviour_loss(phi(traj_s[idx]), psi(post_s[idx]), W)  # Eq. 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            writer.add_scalar("loss/eq2", loss.item(), step)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    writer.close()
+
+    with torch.no_grad():
+        h, v = phi(traj_s), psi(post_s)
+        # how often a rollout's h scores its own task's v highest among the tasks' mean v (a sanity check)
+        v_task = torch.stack([v[task_of == i].mean(0) for i in range(len(shards))])
+        pred = (h @ W @ v_task.T).argmax(1)
+        acc = {names[i]: float((pred[task_of == i] == i).float().mean()) for i in range(len(shards))}
+    print(f"final loss {loss.item():.3f} (chance: {torch.log(torch.tensor(float(min(args.batch_size, len(train_idx))))):.3f}); "
+          "task retrieval from h: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in acc.items()))
+    art = {"format": FORMAT, "suite": args.suite, "config": asdict(args), "train_tasks": train_tasks,
+           "phi": phi.state_dict(), "psi": psi.state_dict(), "W": W.detach(),
+           "scaling": {"traj_lo": t_lo, "traj_hi": t_hi, "post_lo": p_lo, "post_hi": p_hi},
+           "h": h, "v": v, "task_index": task_of, "tasks": names,
+           "checkpoint_step": torch.cat([s["step"] for s in shards]),
+           "success": torch.cat([s["success"] for s in shards]),
+           "metrics": {"final_loss": loss.item(), "task_retrieval": acc}, "seconds": time.time() - t0}
+    path = Path(args.run_dir) / "behavior_embed.pt"
+    common.save_artifact(art, path)
+    print(f"stage 1 behaviour embedding: saved {path} in {art['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

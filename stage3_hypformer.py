@@ -1,0 +1,162 @@
+"""Stage 3: HypFormer, soft-weighted aggregation of HypLatent's samples (paper Sec. III-C, Eqs. 6-9;
+DESIGN.md section 7).
+
+For each condition tau_e, the frozen generator G of stage 2 draws L latents Z_hat_1..Z_hat_L with
+independent noise. HypFormer (common.HypFormer) reads the tokens [Z_token, Z_hat_1..Z_hat_L, tau_e]
+with one transformer encoder layer (no positional encoding: the L samples are a set) and predicts, through
+a latent head and a residue head averaged over tokens, Z_pred and grad_pred. With the ground-truth latent
+Z_gt paired with tau_e:
+
+    L_sim = 1/N sum_i (1 - cos(Z_pred^i, Z_gt^i))                                      (Eq. 6)
+    L_res = 1/N sum_i (grad_pred^i - grad_gt^i)^2,  grad_gt = Z_gt - Z_pred (no gradient)  (Eq. 7)
+    L_c   = 1/N sum_i (Z_pred^i + grad_pred^i - Z_gt^i)^2                                 (Eq. 8)
+    L     = lambda_sim L_sim + lambda_res L_res + lambda_c L_c,  all lambdas 1e3           (Eq. 9)
+
+Eq. 6 as printed divides by max(||Z_pred||, ||Z_gt||, eps); we use the cosine similarity it names
+(product of the norms). The squared errors of Eqs. 7-8 are averaged over the latent dimensions too.
+Since grad_gt = Z_gt - Z_pred, Eqs. 7 and 8 have the same value; they differ in where gradients flow:
+Eq. 7 trains the residue head alone, Eq. 8 both heads.
+The generated policy is decode(Z_pred + grad_pred). The authors' code feeds (batch, tokens, width) to a
+layer built with batch_first=False, so its attention mixes the samples of a batch; here it does not.
+
+Writes `runs/<suite>/hypformer.pt`.
+
+    python stage3_hypformer.py                          # quick Cheetah-Vel, L = 8
+    python stage3_hypformer.py --num-tokens 32          # the paper's token ablation (Fig. 5)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+import common
+
+
+@dataclass
+class Args:
+    suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
+    """task family"""
+    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
+    """sets the defaults of every option left unset (DESIGN section 9)"""
+    run_dir: Optional[str] = None
+    """reads autoencoder.pt, hyplatent.pt (and behavior_embed.pt), writes hypformer.pt (default runs/<suite>)"""
+    hyplatent: str = "hyplatent.pt"
+    """file name of the stage-2 artifact inside run_dir"""
+    seed: int = 1
+    num_tokens: int = 8
+    """L, the number of generated latents per condition (paper: 2^3)"""
+    width: int = 256
+    """token size"""
+    heads: int = 128
+    """attention heads (as printed; the head size is then width / heads = 2)"""
+    steps: Optional[int] = None
+    batch_size: int = 64
+    lr: float = 3e-4
+    lambda_sim: float = 1e3
+    lambda_res: float = 1e3
+    lambda_c: float = 1e3
+    threads: int = 2
+    progress: bool = True
+
+
+SCALES = {"smoke": dict(steps=30), "quick": dict(steps=2000), "mw-quick": dict(steps=2000),
+          "paper": dict(steps=30_000)}
+
+
+def sim_loss(z_pred: torch.Tensor, z_gt: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """1/N sum_i (1 - cos(Z_pred^i, Z_gt^i))."""
+    return (1 - F.cosine_similarity(z_pred, z_gt, dim=-1, eps=eps)).mean()  # Eq. 6
+
+
+def res_loss(grad_pred: torch.Tensor, z_pred: torch.Tensor, z_gt: torch.Tensor) -> torch.Tensor:
+    """The residue head predicts grad_gt = Z_gt - Z_pred (a target: no gradient flows into Z_pred)."""
+    return (grad_pred - (z_gt - z_pred).detach()).pow(2).mean()  # Eq. 7
+
+
+def consistency_loss(z_pred: torch.Tensor, grad_pred: torch.Tensor, z_gt: torch.Tensor) -> torch.Tensor:
+    """The refined latent Z_pred + grad_pred against Z_gt."""
+    return (z_pred + grad_pred - z_gt).pow(2).mean()  # Eq. 8
+
+
+def hypformer_loss(z_pred, grad_pred, z_gt, lambda_sim=1e3, lambda_res=1e3, lambda_c=1e3) -> dict:
+    parts = {"sim": sim_loss(z_pred, z_gt), "res": res_loss(grad_pred, z_pred, z_gt),
+             "c": consistency_loss(z_pred, grad_pred, z_gt)}
+    parts["total"] = lambda_sim * parts["sim"] + lambda_res * parts["res"] + lambda_c * parts["c"]  # Eq. 9
+    return parts
+
+
+@torch.no_grad()
+def sample_latents(G: common.Generator, cond: torch.Tensor, num: int) -> torch.Tensor:
+    """`num` latents per (normalised) condition from the frozen generator: [B, num, latent]."""
+    b = cond.shape[0]
+    c = cond.repeat_interleave(num, 0)
+    return G(c, torch.randn(b * num, G.noise_dim)).view(b, num, -1)
+
+
+def main(args: Args) -> None:
+    common.apply_scale(args, SCALES[args.scale])
+    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    run = Path(args.run_dir)
+    G, gen = common.load_generator(run / args.hyplatent, args.suite)  # frozen, eval mode
+    data = common.training_pairs(run, args.suite)
+    Zn = (data["Z"] - gen["latent_mean"]) / gen["latent_std"]
+    Cn = (data["cond"] - gen["cond_mean"]) / gen["cond_std"]
+    arch = {"latent_dim": Zn.shape[1], "cond_dim": Cn.shape[1], "width": args.width, "heads": args.heads}
+    model = common.HypFormer(**arch)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    print(f"stage 3 HypFormer: {len(Zn)} (latent, condition) pairs, L = {args.num_tokens} generated latents "
+          f"per condition, width {args.width}, {args.heads} heads")
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(run / "tb" / "stage3_hypformer"))
+    history = {k: [] for k in ("step", "total", "sim", "res", "c", "mse_hyplatent", "mse_refined")}
+    bar = tqdm(range(args.steps), disable=not args.progress, desc="HypFormer")
+    for step in bar:
+        idx = torch.randint(len(Zn), (args.batch_size,))
+        z_gt, c = Zn[idx], Cn[idx]
+        z_hat = sample_latents(G, c, args.num_tokens)
+        z_pred, grad_pred = model(z_hat, c)
+        loss = hypformer_loss(z_pred, grad_pred, z_gt, args.lambda_sim, args.lambda_res, args.lambda_c)
+        opt.zero_grad(set_to_none=True)
+        loss["total"].backward()  # Eq. 9
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == args.steps - 1:
+            with torch.no_grad():  # how far a single HypLatent sample and the refined latent are from Z_gt
+                mse_g = (z_hat[:, 0] - z_gt).pow(2).mean().item()
+                mse_r = (z_pred + grad_pred - z_gt).pow(2).mean().item()
+            for k, v in zip(history, (step, loss["total"].item(), loss["sim"].item(), loss["res"].item(),
+                                      loss["c"].item(), mse_g, mse_r)):
+                history[k].append(v)
+                if k != "step":
+                    writer.add_scalar(f"stage3/{k}", v, step)
+            bar.set_postfix(loss=f"{loss['total'].item():.2f}", sim=f"{loss['sim'].item():.3f}",
+                            refined_mse=f"{mse_r:.3f}")
+    writer.close()
+    h = {k: v[-1] for k, v in history.items()}
+    print(f"final: Eq.9 {h['total']:.3f} = 1e3 x (Eq.6 {h['sim']:.4f} + Eq.7 {h['res']:.4f} + Eq.8 {h['c']:.4f}); "
+          f"MSE to Z_gt (normalised latents): one HypLatent sample {h['mse_hyplatent']:.4f}, "
+          f"HypFormer {h['mse_refined']:.4f}")
+    art = {"format": common.HYPFORMER_FORMAT, "suite": args.suite, "config": asdict(args), "arch": arch,
+           "model": model.state_dict(), "num_tokens": args.num_tokens, "hyplatent": args.hyplatent,
+           "history": history, "seconds": time.time() - t0}
+    path = run / "hypformer.pt"
+    common.save_artifact(art, path)
+    print(f"stage 3 HypFormer: saved {path} in {art['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
