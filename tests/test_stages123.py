@@ -1,0 +1,255 @@
+"""Stages 1-3: every loss against its equation on hand-computed tensors, model properties, and the
+smoke chains of both suites run from the defaults through pipeline.sh."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import stage1_autoencoder as s1a
+import stage1_behavior_embed as s1b
+import stage2_hyplatent as s2
+import stage3_hypformer as s3
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------- equations -------------------------------------------------
+
+
+def test_eq1_autoencoder_loss():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    x_hat = torch.tensor([[1.0, 3.0], [2.0, 4.0]])
+    # lambda / M * sum (x_hat - x)^2 = 1e3 / 2 * (0 + 1 + 1 + 0)
+    assert s1a.autoencoder_loss(x_hat, x, lam=1e3).item() == pytest.approx(1000.0)
+    assert s1a.autoencoder_loss(x, x).item() == 0.0
+
+
+def test_eq2_behaviour_loss():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    W = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    # logits h_i^T W v_j = [[2, 0], [0, 1]]; rows: -log(e^2 / (e^2 + 1)), -log(e / (e + 1))
+    ref = (-math.log(math.e**2 / (math.e**2 + 1)) - math.log(math.e / (math.e + 1))) / 2
+    assert s1b.behaviour_loss(h, v, W).item() == pytest.approx(ref, abs=1e-6)
+    W2 = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # logits [[0, 1], [0, 0]]: row 0 prefers the wrong pair
+    ref2 = (-math.log(1 / (1 + math.e)) - math.log(0.5)) / 2
+    assert s1b.behaviour_loss(h, v, W2).item() == pytest.approx(ref2, abs=1e-6)
+
+
+def test_eq3_eq4_gan_objectives():
+    fake = torch.tensor([0.0, math.log(3.0)])  # F = 0.5, 0.75
+    # Eq. 3: mean log(1 - F(Z_hat)) = (log 0.5 + log 0.25) / 2
+    assert s2.generator_loss(fake).item() == pytest.approx((math.log(0.5) + math.log(0.25)) / 2, abs=1e-6)
+    real = torch.tensor([math.log(3.0)])  # F = 0.75
+    # Eq. 4: mean [log F(Z) + log(1 - F(Z_hat))] = log 0.75 + log 0.5
+    assert s2.discriminator_objective(real, torch.tensor([0.0])).item() == pytest.approx(
+        math.log(0.75) + math.log(0.5), abs=1e-6)
+    # stable at extreme logits (no NaN/inf where sigmoid saturates)
+    assert math.isfinite(s2.generator_loss(torch.tensor([80.0])).item())
+    assert math.isfinite(s2.discriminator_objective(torch.tensor([-80.0]), torch.tensor([80.0])).item())
+
+
+def test_eq5_reg_loss():
+    q = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    c = torch.tensor([[0.0, 0.0], [0.0, 3.0]])
+    # lambda_reg / N * sum ||q - c||^2 = 0.5 / 2 * (5 + 9)
+    assert s2.reg_loss(q, c, lambda_reg=0.5).item() == pytest.approx(3.5)
+
+
+def test_eq6_to_eq9_hypformer_losses():
+    z_pred = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    z_gt = torch.tensor([[1.0, 1.0], [-1.0, 0.0]])
+    assert s3.sim_loss(z_pred, z_gt).item() == pytest.approx(((1 - 1 / math.sqrt(2)) + 2) / 2, abs=1e-6)  # Eq. 6
+
+    zp = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    gp = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    zg = torch.tensor([[1.0, 3.0]])
+    res = s3.res_loss(gp, zp, zg)  # Eq. 7: target zg - zp = (1, 3); ((1-1)^2 + (1-3)^2) / 2
+    assert res.item() == pytest.approx(2.0)
+    res.backward()
+    assert zp.grad is None or torch.all(zp.grad == 0)  # the residue target carries no gradient
+    assert torch.equal(gp.grad, torch.tensor([[0.0, -2.0]]))
+
+    zp2, gp2 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    assert s3.consistency_loss(zp2, gp2, torch.tensor([[1.0, 1.0]])).item() == pytest.approx(0.5)  # Eq. 8: (0 + 1)/2
+    parts = s3.hypformer_loss(zp2, gp2, torch.tensor([[1.0, 1.0]]), 1e3, 2e3, 3e3)
+    ref = 1e3 * parts["sim"] + 2e3 * parts["res"] + 3e3 * parts["c"]  # Eq. 9
+    assert parts["total"].item() == pytest.approx(ref.item())
+    assert parts["c"].item() == pytest.approx(0.5) and parts["res"].item() == pytest.approx(0.5)
+
+
+# ------------------------------------------------- models -------------------------------------------------
+
+
+def test_autoencoder_shapes_and_loss_falls():
+    torch.manual_seed(0)
+    spec = common.policy_spec(17, 6)
+    ae = common.PolicyAutoencoder(spec, token_dim=32)
+    assert ae.sizes == [128 * 17 + 128, 20_364 - 128 * 17 - 128]
+    base = torch.randn(20_364) * 0.1
+    X = base + 0.01 * torch.randn(64, 4) @ torch.randn(4, 20_364)  # policies on a 4-d subspace
+    ae.mean.copy_(X.mean(0)), ae.std.copy_(X.std(0))
+    z = ae.encode(X)
+    assert z.shape == (64, 2, 32) and ae.decode(z).shape == X.shape
+    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = s1a.autoencoder_loss((ae(X, 0.001, 0.01) - ae.mean) / ae.std, (X - ae.mean) / ae.std)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_holdout_split_per_task():
+    shards = [{"step": torch.arange(20)}, {"step": torch.arange(3)}]
+    m = s1a.split_holdout(shards, 0.1, seed=0)
+    assert m.shape == (23,) and int(m[:20].sum()) == 2 and int(m[20:].sum()) == 1
+    assert torch.equal(m, s1a.split_holdout(shards, 0.1, seed=0))
+
+
+def make_hypformer():
+    torch.manual_seed(0)
+    return common.HypFormer(latent_dim=12, cond_dim=3, width=16, heads=4).eval()
+
+
+def test_hypformer_sample_does_not_depend_on_its_batch():
+    model = make_hypformer()
+    z, c = torch.randn(5, 8, 12), torch.randn(5, 3)
+    with torch.no_grad():
+        alone = model(z[:1], c[:1])
+        in_batch = model(z, c)
+        z2, c2 = z.clone(), c.clone()
+        z2[1:], c2[1:] = torch.randn(4, 8, 12) * 3, torch.randn(4, 3)
+        replaced = model(z2, c2)
+        perm = torch.tensor([3, 0, 4, 2, 1])
+        permuted = model(z[perm], c[perm])
+    for out in (in_batch, replaced):
+        torch.testing.assert_close(out[0][:1], alone[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1][:1], alone[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(permuted[0][1], in_batch[0][0], atol=1e-5, rtol=0)
+
+
+def test_hypformer_is_invariant_to_token_order():
+    model = make_hypformer()
+    z, c = torch.randn(2, 8, 12), torch.randn(2, 3)
+    with torch.no_grad():
+        a = model(z, c)
+        b = model(z[:, torch.randperm(8)], c)
+        other = model(z + 1, c)
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=0)
+    assert not torch.allclose(a[0], other[0], atol=1e-3)  # and it does read the latents
+
+
+def test_generator_depends_on_condition():
+    torch.manual_seed(0)
+    G = common.Generator(cond_dim=1, noise_dim=4, latent_dim=10, widths=(32, 16)).eval()
+    n = torch.randn(1, 4)
+    with torch.no_grad():
+        a, b = G(torch.tensor([[0.0]]), n), G(torch.tensor([[1.0]]), n)
+    assert a.shape == (1, 10) and (a - b).abs().max() > 1e-3
+
+
+# ------------------------------------------------- chains -------------------------------------------------
+
+
+def run_chain(name, runs):
+    env = dict(os.environ, AMT_NO_VENV="1", RUNS=str(runs))
+    t0 = time.time()
+    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), name], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, time.time() - t0
+
+
+@pytest.fixture(scope="module")
+def cheetah_chain(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    r, seconds = run_chain("smoke", runs)
+    return runs / "cheetah-vel", r, seconds
+
+
+@pytest.fixture(scope="module")
+def metaworld_chain(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    r, seconds = run_chain("mw-smoke", runs)
+    return runs / "metaworld", r, seconds
+
+
+@pytest.mark.parametrize("chain", ["cheetah_chain", "metaworld_chain"])
+def test_smoke_chain_under_3_minutes(chain, request):
+    run, r, seconds = request.getfixturevalue(chain)
+    assert seconds < 180, f"smoke chain took {seconds:.0f}s"
+    for f in ("autoencoder.pt", "hyplatent.pt", "hypformer.pt"):
+        assert (run / f).exists()
+    assert "stage 3 (HypFormer, Eqs. 6-9): done" in r.stdout
+    # re-running skips the finished stages
+    r2, _ = run_chain("smoke" if chain == "cheetah_chain" else "mw-smoke", run.parent)
+    assert "hyplatent.pt exists, skipped" in r2.stdout and "hypformer.pt exists, skipped" in r2.stdout
+
+
+def test_chain_artifacts(cheetah_chain, metaworld_chain):
+    run, _, _ = cheetah_chain
+    ae, art = common.load_autoencoder(run / "autoencoder.pt", "cheetah-vel")
+    n = sum(len(s["step"]) for s in common.load_stage0(run, "cheetah-vel"))
+    assert art["latents"].shape == (n, 2, art["token_dim"]) and art["heldout"].sum() >= 2
+    assert not (art["train"] & art["heldout"]).any()
+    G, gen = common.load_generator(run / "hyplatent.pt", "cheetah-vel")
+    assert gen["arch"]["cond_dim"] == 1 and gen["arch"]["noise_dim"] == 4
+    hf, hart = common.load_hypformer(run / "hypformer.pt", "cheetah-vel")
+    assert hart["num_tokens"] == 8
+    # the chain's pieces fit: generate, refine, decode to a flat policy of the right size
+    with torch.no_grad():
+        c = torch.zeros(3, 1)
+        z = s3.sample_latents(G, c, 8)
+        zp, gp = hf(z, c)
+        x = ae.decode(((zp + gp) * gen["latent_std"] + gen["latent_mean"]).view(3, 2, -1))
+    assert x.shape == (3, 20_364) and torch.isfinite(x).all()
+
+    run, _, _ = metaworld_chain
+    be = common.load_artifact(run / "behavior_embed.pt", common.BEHAVIOR_FORMAT, ("h", "v"), suite="metaworld")
+    assert be["train_tasks"] == ["door-open-v3", "drawer-open-v3"]  # seen tasks only; drawer-close is unseen
+    assert be["h"].shape[1] == 128 and be["h"].shape == be["v"].shape
+    _, art = common.load_autoencoder(run / "autoencoder.pt", "metaworld")
+    unseen = torch.tensor([art["tasks"][i] == "drawer-close-v3" for i in art["task_index"].tolist()])
+    assert unseen.any() and not art["train"][unseen].any()
+
+
+def test_hyplatent_short_run(cheetah_chain, tmp_path):
+    """With a fixed seed: latents depend on the condition, and Q's reconstruction error falls."""
+    run, _, _ = cheetah_chain
+    for f in ("autoencoder.pt",):
+        (tmp_path / f).write_bytes((run / f).read_bytes())
+    (tmp_path / "stage0").symlink_to(run / "stage0")
+    s2.main(s2.Args(scale="smoke", run_dir=str(tmp_path), steps=300, widths=(64, 32), progress=False, threads=1))
+    G, gen = common.load_generator(tmp_path / "hyplatent.pt", "cheetah-vel")
+    q = gen["history"]["q_mse"]
+    assert sum(q[-3:]) / 3 < 0.5 * q[0]
+    torch.manual_seed(0)
+    n = torch.randn(4, 4)
+    with torch.no_grad():
+        a, b = G(torch.full((4, 1), -1.0), n), G(torch.full((4, 1), 1.0), n)
+    assert (a - b).abs().mean() > 1e-2
+
+
+def test_wrong_suite_or_policy_size_one_line_error(cheetah_chain, tmp_path):
+    run, _, _ = cheetah_chain
+    with pytest.raises(SystemExit, match=r"autoencoder.pt: suite is 'cheetah-vel', expected 'metaworld'"):
+        common.load_autoencoder(run / "autoencoder.pt", "metaworld")
+    art = torch.load(run / "autoencoder.pt", weights_only=True)
+    art["policy"] = common.policy_spec(17, 6, hidden=64)
+    common.save_artifact(art, tmp_path / "autoencoder.pt")
+    with pytest.raises(SystemExit, match=r"autoencoder.pt: policy is .*'hidden': 64.*expected"):
+        common.load_autoencoder(tmp_path / "autoencoder.pt", "cheetah-vel")
+    r = subprocess.run([sys.executable, str(ROOT / "stage2_hyplatent.py"), "--scale", "smoke", "--run-dir",
+                        str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "policy is" in r.stderr
