@@ -419,6 +419,34 @@ def load_generator(path: str | Path, suite: str) -> tuple[Generator, dict]:
     return G.eval(), art
 
 
+def run_generated(latents: torch.Tensor, gen: dict, ae: "PolicyAutoencoder", suite: str, tasks: list,
+                  episodes: int = 1) -> np.ndarray:
+    """Decode normalised generated latents [N, latent] (statistics from the stage-2 artifact `gen`) and run
+    policy i on tasks[i] (velocity or metaworld name), `episodes` times each, in lockstep. Returns the
+    mean return (Cheetah-Vel) or success (MetaWorld) of each policy, [N]."""
+    with torch.no_grad():
+        z = (latents * gen["latent_std"] + gen["latent_mean"]).view(len(latents), 2, -1)
+        params = ae.decode(z).repeat(episodes, 1)
+    envs = [make_eval_env(suite, t, episode=e) for e in range(episodes) for t in tasks]
+    out = run_lockstep(params, envs, suite_spec(suite))
+    key = "return" if suite == "cheetah-vel" else "success"
+    return out[key].reshape(episodes, len(tasks)).mean(0)
+
+
+def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor, list, list]:
+    """Up to `per_task` training pairs per task for a functional check: (indices, task of each as an env
+    argument, task names)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = []
+    for t in range(len(data["tasks"])):
+        rows = (data["task_index"] == t).nonzero().squeeze(1)
+        idx.append(rows[torch.randperm(len(rows), generator=g)[:per_task]])
+    idx = torch.cat(idx)
+    names = [data["tasks"][int(t)] for t in data["task_index"][idx]]
+    env_tasks = [float(c) for c in data["cond"][idx, 0]] if data["cond"].shape[1] == 1 else names
+    return idx, env_tasks, names
+
+
 # ----------------------------------------------------------------------------------------------------
 # Stage 3 HypFormer (paper Sec. III-C; trained by stage3_hypformer.py, run by evaluation)
 # ----------------------------------------------------------------------------------------------------

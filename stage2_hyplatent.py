@@ -60,6 +60,9 @@ class Args:
     """weight of Eq. 5 (the paper gives none)"""
     paired_weight: float = 1e3
     """weight of the authors' extra MSE(G(tau_e, n), Z) term in G's loss (0 = the paper's losses only)"""
+    check_per_task: int = 5
+    """functional check at the end: this many training conditions per task, one generated policy each,
+    decoded and run for 2 episodes (0 = skip)"""
     save_every: int = 500
     threads: int = 2
     progress: bool = True
@@ -186,11 +189,26 @@ def main(args: Args) -> None:
         if (step + 1) % args.save_every == 0:
             save(step + 1)
             last_good = step + 1
-    save(args.steps)
     writer.close()
     h = {k: v[-1] for k, v in history.items()}
     print(f"final: Eq.3 (G) {h['g']:.4f}, Eq.4 (D objective) {h['d']:.4f}, Eq.5 (reg) {h['reg']:.4f}, paired MSE "
           f"{h['paired']:.4f}, D accuracy {h['d_acc']:.2f}")
+    check = None
+    if args.check_per_task:  # decode generated latents for training conditions and run them
+        G.eval()
+        ae, _ = common.load_autoencoder(Path(args.run_dir) / "autoencoder.pt", args.suite)
+        idx, env_tasks, names = common.check_conditions(data, args.check_per_task, args.seed)
+        with torch.no_grad():
+            z = G(Cn[idx], torch.randn(len(idx), args.noise_dim))
+        gen_stats = {"latent_mean": z_mean, "latent_std": z_std}
+        score = common.run_generated(z, gen_stats, ae, args.suite, env_tasks, episodes=2)
+        truth = common.run_generated(Zn[idx], gen_stats, ae, args.suite, env_tasks, episodes=2)
+        check = {"generated": float(score.mean()), "paired_decoded": float(truth.mean()), "n": len(idx)}
+        print(f"functional check, {len(idx)} training conditions: generated policies {check['generated']:.2f}, "
+              f"the decoded checkpoints they were paired with {check['paired_decoded']:.2f} "
+              f"({'mean return' if args.suite == 'cheetah-vel' else 'success rate'})")
+    history["check"] = check
+    save(args.steps)
     print(f"stage 2 HypLatent: saved {path} in {time.time() - t0:.0f}s")
 
 

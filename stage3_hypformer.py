@@ -62,6 +62,9 @@ class Args:
     lambda_sim: float = 1e3
     lambda_res: float = 1e3
     lambda_c: float = 1e3
+    check_per_task: int = 5
+    """functional check at the end: this many training conditions per task; HypLatent alone and HypFormer
+    policies decoded and run for 2 episodes each (0 = skip)"""
     threads: int = 2
     progress: bool = True
 
@@ -150,6 +153,18 @@ def main(args: Args) -> None:
     print(f"final: Eq.9 {h['total']:.3f} = 1e3 x (Eq.6 {h['sim']:.4f} + Eq.7 {h['res']:.4f} + Eq.8 {h['c']:.4f}); "
           f"MSE to Z_gt (normalised latents): one HypLatent sample {h['mse_hyplatent']:.4f}, "
           f"HypFormer {h['mse_refined']:.4f}")
+    if args.check_per_task:  # HypLatent alone vs HypFormer on training conditions, decoded and run
+        model.eval()
+        ae, _ = common.load_autoencoder(run / "autoencoder.pt", args.suite)
+        idx, env_tasks, _ = common.check_conditions(data, args.check_per_task, args.seed)
+        z_hat = sample_latents(G, Cn[idx], args.num_tokens)
+        with torch.no_grad():
+            z_pred, grad_pred = model(z_hat, Cn[idx])
+        alone = common.run_generated(z_hat[:, 0], gen, ae, args.suite, env_tasks, episodes=2)
+        refined = common.run_generated(z_pred + grad_pred, gen, ae, args.suite, env_tasks, episodes=2)
+        history["check"] = {"hyplatent": float(alone.mean()), "hypformer": float(refined.mean()), "n": len(idx)}
+        print(f"functional check, {len(idx)} training conditions ({'mean return' if args.suite == 'cheetah-vel' else 'success rate'}): "
+              f"HypLatent alone {alone.mean():.2f}, HypFormer {refined.mean():.2f}")
     art = {"format": common.HYPFORMER_FORMAT, "suite": args.suite, "config": asdict(args), "arch": arch,
            "model": model.state_dict(), "num_tokens": args.num_tokens, "hyplatent": args.hyplatent,
            "history": history, "seconds": time.time() - t0}

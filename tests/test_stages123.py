@@ -16,6 +16,7 @@ import stage1_autoencoder as s1a
 import stage1_behavior_embed as s1b
 import stage2_hyplatent as s2
 import stage3_hypformer as s3
+from conftest import run_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,29 +163,6 @@ def test_generator_depends_on_condition():
 # ------------------------------------------------- chains -------------------------------------------------
 
 
-def run_chain(name, runs):
-    env = dict(os.environ, AMT_NO_VENV="1", RUNS=str(runs))
-    t0 = time.time()
-    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), name], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r, time.time() - t0
-
-
-@pytest.fixture(scope="module")
-def cheetah_chain(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    r, seconds = run_chain("smoke", runs)
-    return runs / "cheetah-vel", r, seconds
-
-
-@pytest.fixture(scope="module")
-def metaworld_chain(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    r, seconds = run_chain("mw-smoke", runs)
-    return runs / "metaworld", r, seconds
-
-
 @pytest.mark.parametrize("chain", ["cheetah_chain", "metaworld_chain"])
 def test_smoke_chain_under_3_minutes(chain, request):
     run, r, seconds = request.getfixturevalue(chain)
@@ -253,3 +231,21 @@ def test_wrong_suite_or_policy_size_one_line_error(cheetah_chain, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "stage2_hyplatent.py"), "--scale", "smoke", "--run-dir",
                         str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "policy is" in r.stderr
+
+
+def test_hyplatent_stops_on_nan_keeping_last_good_checkpoint(cheetah_chain, tmp_path, monkeypatch):
+    run, _, _ = cheetah_chain
+    (tmp_path / "autoencoder.pt").write_bytes((run / "autoencoder.pt").read_bytes())
+    (tmp_path / "stage0").symlink_to(run / "stage0")
+    calls = {"n": 0}
+    real = s2.generator_loss
+
+    def flaky(logit):  # the 6th generator loss is NaN
+        calls["n"] += 1
+        return real(logit) * (float("nan") if calls["n"] == 6 else 1.0)
+
+    monkeypatch.setattr(s2, "generator_loss", flaky)
+    with pytest.raises(SystemExit, match=r"NaN/inf at step 5 .*kept the last good checkpoint \(step 4\)"):
+        s2.main(s2.Args(scale="smoke", run_dir=str(tmp_path), steps=20, save_every=2, progress=False, threads=1))
+    _, gen = common.load_generator(tmp_path / "hyplatent.pt", "cheetah-vel")
+    assert gen["step"] == 4

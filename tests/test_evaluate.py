@@ -1,0 +1,95 @@
+"""evaluate.py: lockstep against one-at-a-time rollouts, the baselines, the contract of its outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import evaluate as ev
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_lockstep_equals_one_policy_at_a_time():
+    torch.manual_seed(0)
+    spec = common.policy_spec(17, 6)
+    actors = [common.Actor(17, 6) for _ in range(4)]
+    params = torch.stack([common.flatten(a) for a in actors])
+    tasks, episodes = [0.3, 1.2, 2.0, 1.2], [0, 1, 2, 1]
+    envs = [common.make_eval_env("cheetah-vel", v, episode=e) for v, e in zip(tasks, episodes)]
+    together = common.run_lockstep(params, envs, spec)["return"]
+    for i, actor in enumerate(actors):  # the plain way: one policy, its own env, a module forward per step
+        env = common.make_eval_env("cheetah-vel", tasks[i], episode=episodes[i])
+        obs, _ = env.reset()
+        ret, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                a = actor.act(torch.as_tensor(obs)).numpy()
+            obs, r, term, trunc, _ = env.step(a)
+            ret, done = ret + r, term or trunc
+        assert together[i] == pytest.approx(ret, abs=1e-3)
+    assert len(set(np.round(together, 3))) >= 3
+
+
+def test_nearest_and_interpolated_expert():
+    train = [0.9, 0.3, 1.5]  # unsorted on purpose, as shards could be
+    assert train[ev.nearest_expert(train, 1.3)] == 1.5
+    assert train[ev.nearest_expert(train, 0.0)] == 0.3
+    assert train[ev.nearest_expert(train, 0.6)] == 0.3  # a tie goes to the lower velocity
+    best = torch.tensor([[9.0], [3.0], [15.0]])  # "parameters" = 10 x velocity
+    assert ev.interpolate_experts(train, best, 0.6).item() == pytest.approx(6.0)
+    assert ev.interpolate_experts(train, best, 1.35).item() == pytest.approx(13.5)
+    assert ev.interpolate_experts(train, best, 2.5).item() == pytest.approx(15.0)  # outside: the nearest
+    assert ev.interpolate_experts(train, best, 0.1).item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("values, message", [(["0.5", "abc"], "takes numbers in [0, 3]; got 0.5 abc"),
+                                             (["0.5", "3.2"], "must lie in [0, 3]; got 3.2"),
+                                             (["-0.1"], "must lie in [0, 3]; got -0.1")])
+def test_bad_velocities_one_line_error(values, message):
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ev.parse_velocities(values)
+    assert ev.parse_velocities(["0.35", "3"]) == [0.35, 3.0]
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--velocities", *values], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and message in r.stderr
+
+
+def test_results_follow_the_contract_and_reproduce(cheetah_chain):
+    run, r, _ = cheetah_chain
+    assert "== evaluation (Table IV): done" in r.stdout
+    res = json.loads((run / "results.json").read_text())
+    assert res["suite"] == "cheetah-vel"
+    rows = res["rows"]
+    for row in rows:
+        assert set(row) == {"method", "task", "score", "n_policies", "n_episodes"}
+    measured = [x for x in rows if not x["method"].startswith("paper:")]
+    assert {x["method"] for x in measured} == set(ev.METHODS)
+    assert {x["task"] for x in measured} == {"vel-0.225", "vel-0.6", "vel-1.2", "vel-1.8", "vel-2.025", "average"}
+    for m in ev.METHODS:  # the average is the mean over the velocities
+        per_v = [x["score"] for x in measured if x["method"] == m and x["task"] != "average"]
+        avg = next(x["score"] for x in measured if x["method"] == m and x["task"] == "average")
+        assert avg == pytest.approx(np.mean(per_v))
+    assert {x["method"] for x in rows if x["method"].startswith("paper:")} == {n for n, _ in ev.PAPER_ROWS}
+
+    gen = common.load_artifact(run / "generated.pt", ev.GENERATED_FORMAT, ("params", "method", "task", "target_velocity"),
+                               spec=common.policy_spec(17, 6), suite="cheetah-vel")
+    k = len(gen["method"])
+    assert gen["params"].shape == (k, 20_364) and len(gen["task"]) == k and gen["target_velocity"].shape == (k,)
+    assert gen["method"].count("hyplatent") == 5 * 2  # smoke: K = 2 per velocity
+    assert (run / "results.md").read_text().count("(printed in the paper)") == 5
+    assert (run / "return_vs_velocity.png").stat().st_size > 10_000
+
+    # re-evaluating generated.pt gives the reported scores
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--scale", "smoke", "--run-dir", str(run),
+                        "--from-generated", str(run / "generated.pt")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    for row in measured:
+        if row["task"] == "average":
+            assert f"{row['score']:.2f} |" in r.stdout
