@@ -180,9 +180,14 @@ def plot(rows: list[dict], vels: list[float], train_vels: list[float], path: Pat
 
     by = {(r["method"], r["task"]): r["score"] for r in rows}
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    lows = []
     for m in METHODS:
         if (m, "average") in by:
-            ax.plot(vels, [by[(m, common.task_name("cheetah-vel", v))] for v in vels], "o-", label=m)
+            ys = [by[(m, common.task_name("cheetah-vel", v))] for v in vels]
+            ax.plot(vels, ys, "o--" if m == "parent" else "o-", label=m, alpha=0.6 if m == "parent" else 1.0)
+            lows += ys if m != "parent" else []
+    span = max(lows) - min(lows) + 1e-6  # scale to the compared methods; the parent may fall off the bottom
+    ax.set_ylim(min(lows) - 0.15 * span, max(lows) + 0.15 * span)
     for tv in train_vels:
         ax.axvline(tv, color="grey", lw=0.5, alpha=0.5)
     ax.set_xlabel("target velocity (grey lines: training velocities)")
