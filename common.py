@@ -4,7 +4,10 @@
   runs P flat policies on P observation batches at once;
 - the environments: Cheetah-Vel (HalfCheetah-v5 with a target-velocity reward) and MetaWorld v3 tasks;
 - the MAA rollout features `traj` and `post_success` (section 4);
-- artifacts: atomic save, validated load (section 10);
+- artifacts: atomic save, validated load (section 10), the stage-0 shards of a suite;
+- the networks that a later stage runs again: the stage-1 autoencoder, the stage-2 generator G and the
+  stage-3 HypFormer (their losses and training loops stay in the stage files), and the (Z, tau_e) pairs
+  that stages 2 and 3 learn from;
 - scales and seeding (section 11).
 """
 
@@ -310,6 +313,22 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
     return obj
 
 
+STAGE0_FORMAT = "amt-hyp/stage0-shard v1"
+
+
+def load_stage0(run_dir: str | Path, suite: str) -> list[dict]:
+    """Every stage-0 shard of a suite, sorted by task name (Cheetah-Vel: by velocity)."""
+    paths = sorted(Path(run_dir, "stage0").glob("*.pt"))
+    paths = [p for p in paths if not p.name.endswith(".partial.pt")]
+    if not paths:
+        raise SystemExit(f"error: {Path(run_dir, 'stage0')}: no stage-0 shards (run stage0_collect_sac.py first)")
+    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success"),
+                            spec=suite_spec(suite), suite=suite) for p in paths]
+    if suite == "cheetah-vel":
+        shards.sort(key=lambda s: s["target_velocity"])
+    return shards
+
+
 # ----------------------------------------------------------------------------------------------------
 # Stage 1 autoencoder (paper Sec. III-A; trained by stage1_autoencoder.py, used by every later stage)
 # ----------------------------------------------------------------------------------------------------
@@ -487,24 +506,8 @@ def load_hypformer(path: str | Path, suite: str) -> tuple[HypFormer, dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Scales, seeding, devices (DESIGN sections 9, 11)
+# Scales, seeding (DESIGN sections 9, 11)
 # ----------------------------------------------------------------------------------------------------
-
-
-STAGE0_FORMAT = "amt-hyp/stage0-shard v1"
-
-
-def load_stage0(run_dir: str | Path, suite: str) -> list[dict]:
-    """Every stage-0 shard of a suite, sorted by task name (Cheetah-Vel: by velocity)."""
-    paths = sorted(Path(run_dir, "stage0").glob("*.pt"))
-    paths = [p for p in paths if not p.name.endswith(".partial.pt")]
-    if not paths:
-        raise SystemExit(f"error: {Path(run_dir, 'stage0')}: no stage-0 shards (run stage0_collect_sac.py first)")
-    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success"),
-                            spec=suite_spec(suite), suite=suite) for p in paths]
-    if suite == "cheetah-vel":
-        shards.sort(key=lambda s: s["target_velocity"])
-    return shards
 
 
 def apply_scale(args, table: dict) -> None:

@@ -12,7 +12,9 @@ Data: every checkpoint of every stage-0 shard of the suite; a random `holdout` f
 checkpoints is kept out of training. Besides the reconstruction error, the check that matters is
 functional: the decoded held-out policies are run in the environment next to the originals.
 
-Writes `runs/<suite>/autoencoder.pt`: the model and its config, and the latent of every checkpoint.
+The network is `common.PolicyAutoencoder` (evaluation decodes with it); this file holds Eq. 1 and the
+training. Writes `runs/<suite>/autoencoder.pt`: the model and its config, and the latent of every
+checkpoint.
 
     python stage1_autoencoder.py                          # quick Cheetah-Vel
     python stage1_autoencoder.py --suite metaworld --scale mw-quick
