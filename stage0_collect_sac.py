@@ -13,7 +13,9 @@ experts of a suite descend from one parent:
    the MAA rollout features `traj` and `post_success` (common.rollout_features).
 3. MetaWorld only (mw-quick, off at paper scale): a buffer of scripted-expert episodes; each batch is half
    demonstrations, half online data, and a behaviour-cloning term on the demonstration half is added to
-   the actor loss, weighted by the batch's mean |Q| as in TD3+BC and annealed to zero.
+   the actor loss, weighted by the batch's mean |Q| as in TD3+BC and annealed linearly over
+   `bc_anneal_steps` (mw-quick: 40k, so it is still at half strength at the last step, 20k: with a
+   faster anneal, success collapsed as the term faded).
 
 One shard per task, `runs/<suite>/stage0/<task>.pt`, written atomically; the training state is saved to
 `<task>.partial.pt` every `save_every` seconds, so a re-run skips finished shards and resumes an
