@@ -518,6 +518,16 @@ def apply_scale(args, table: dict) -> None:
             setattr(args, f.name, table[f.name])
 
 
+def cpu_state(module: nn.Module) -> dict:
+    """A state dict on the CPU, whatever device the module trained on (artifacts load anywhere)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto`: the first CUDA GPU if torch sees one, else the CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -472,7 +472,7 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
                     q = qf(b_obs, a).min(0).values
                     actor_loss = (alpha * logp - q).mean()
                     if demo_rb is not None and step < args.bc_anneal_steps:
-                        # BC on the demonstration half, scaled by mean |Q| (TD3+BC), annealed to zero
+                        # BC on the demonstration half, scaled by mean |Q| (TD3+BC), annealed towards zero
                         w = args.bc_weight * (1 - step / args.bc_anneal_steps) * q.abs().mean().detach()
                         n = len(demo_batch)
                         actor_loss = actor_loss + w * (torch.tanh(mean[:n]) - b_act[:n]).pow(2).mean()

@@ -65,8 +65,10 @@ class Args:
     """fraction of each task's checkpoints kept out of training"""
     eval_policies: Optional[int] = None
     """held-out checkpoints run in the environment, original and decoded (0 = skip the functional check)"""
+    device: str = "auto"
+    """where to train: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."""
     threads: int = 2
-    """torch threads"""
+    """torch threads (CPU)"""
     progress: bool = True
 
 
@@ -136,6 +138,8 @@ def main(args: Args) -> None:
     if args.normalize:
         model.mean.copy_(train.mean(0))
         model.std.copy_(train.std(0).clamp_min(1e-3 * train.std(0).mean()))
+    dev = common.pick_device(args.device)
+    model, train = model.to(dev), train.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     from torch.utils.tensorboard import SummaryWriter
@@ -146,7 +150,7 @@ def main(args: Args) -> None:
     norm = lambda x: (x - model.mean) / model.std  # noqa: E731
     bar = tqdm(range(args.steps), disable=not args.progress, desc="autoencoder")
     for step in bar:
-        x = train[torch.randint(len(train), (args.batch_size,))]
+        x = train[torch.randint(len(train), (args.batch_size,), device=dev)]
         x_hat = model(x, args.input_noise, args.latent_noise)
         loss = autoencoder_loss(norm(x_hat), norm(x), args.lam)  # Eq. 1
         opt.zero_grad(set_to_none=True)
@@ -157,7 +161,7 @@ def main(args: Args) -> None:
             writer.add_scalar("loss/eq1", loss.item(), step)
             bar.set_postfix(loss=f"{loss.item():.3g}")
 
-    model.eval()
+    model = model.cpu().eval()  # encoding every checkpoint and the functional check run on the CPU
     with torch.no_grad():
         Z = torch.cat([model.encode(x) for x in X.split(256)])
         X_hat = torch.cat([model.decode(z) for z in Z.split(256)])

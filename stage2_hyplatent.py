@@ -64,6 +64,8 @@ class Args:
     """functional check at the end: this many training conditions per task, one generated policy each,
     decoded and run for 2 episodes (0 = skip)"""
     save_every: int = 500
+    device: str = "auto"
+    """where to train: auto (CUDA if available, else CPU), cpu, cuda, ..."""
     threads: int = 2
     progress: bool = True
 
@@ -125,8 +127,10 @@ def main(args: Args) -> None:
     Zn, Cn = (Z - z_mean) / z_std, (cond - c_mean) / c_std
     arch = {"cond_dim": cond.shape[1], "noise_dim": args.noise_dim, "latent_dim": Z.shape[1],
             "widths": list(args.widths)}
-    G = common.Generator(**arch)
-    D = Discriminator(Z.shape[1], cond.shape[1])
+    dev = common.pick_device(args.device)
+    G = common.Generator(**arch).to(dev)
+    D = Discriminator(Z.shape[1], cond.shape[1]).to(dev)
+    Zd, Cd = Zn.to(dev), Cn.to(dev)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
     print(f"stage 2 HypLatent: {len(Z)} (latent, condition) pairs, latent {Z.shape[1]}, condition "
@@ -142,16 +146,16 @@ def main(args: Args) -> None:
     def save(step):
         common.save_artifact({
             "format": common.HYPLATENT_FORMAT, "suite": args.suite, "config": asdict(args), "arch": arch,
-            "generator": G.state_dict(), "discriminator": D.state_dict(), "step": step,
+            "generator": common.cpu_state(G), "discriminator": common.cpu_state(D), "step": step,
             "latent_mean": z_mean, "latent_std": z_std, "cond_mean": c_mean, "cond_std": c_std,
             "token_dim": data["token_dim"], "history": history, "seconds": time.time() - t0}, path)
 
     bar = tqdm(range(args.steps), disable=not args.progress, desc="HypLatent")
     last_good = None
     for step in bar:
-        idx = torch.randint(len(Zn), (args.batch_size,))
-        z_real, c = Zn[idx], Cn[idx]
-        z_fake = G(c, torch.randn(len(c), args.noise_dim))
+        idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
+        z_real, c = Zd[idx], Cd[idx]
+        z_fake = G(c, torch.randn(len(c), args.noise_dim, device=dev))
 
         # discriminator and Q: maximise Eq. 4, minimise Eq. 5
         real_logit, _ = D(z_real)
@@ -194,6 +198,7 @@ def main(args: Args) -> None:
     print(f"final: Eq.3 (G) {h['g']:.4f}, Eq.4 (D objective) {h['d']:.4f}, Eq.5 (reg) {h['reg']:.4f}, paired MSE "
           f"{h['paired']:.4f}, D accuracy {h['d_acc']:.2f}")
     check = None
+    G, D = G.cpu(), D.cpu()
     if args.check_per_task:  # decode generated latents for training conditions and run them
         G.eval()
         ae, _ = common.load_autoencoder(Path(args.run_dir) / "autoencoder.pt", args.suite)

@@ -65,6 +65,8 @@ class Args:
     check_per_task: int = 5
     """functional check at the end: this many training conditions per task; HypLatent alone and HypFormer
     policies decoded and run for 2 episodes each (0 = skip)"""
+    device: str = "auto"
+    """where to train: auto (CUDA if available, else CPU), cpu, cuda, ..."""
     threads: int = 2
     progress: bool = True
 
@@ -100,7 +102,7 @@ def sample_latents(G: common.Generator, cond: torch.Tensor, num: int) -> torch.T
     """`num` latents per (normalised) condition from the frozen generator: [B, num, latent]."""
     b = cond.shape[0]
     c = cond.repeat_interleave(num, 0)
-    return G(c, torch.randn(b * num, G.noise_dim)).view(b, num, -1)
+    return G(c, torch.randn(b * num, G.noise_dim, device=cond.device)).view(b, num, -1)
 
 
 def main(args: Args) -> None:
@@ -115,7 +117,8 @@ def main(args: Args) -> None:
     Zn = (data["Z"] - gen["latent_mean"]) / gen["latent_std"]
     Cn = (data["cond"] - gen["cond_mean"]) / gen["cond_std"]
     arch = {"latent_dim": Zn.shape[1], "cond_dim": Cn.shape[1], "width": args.width, "heads": args.heads}
-    model = common.HypFormer(**arch)
+    dev = common.pick_device(args.device)
+    model, G, Zd, Cd = common.HypFormer(**arch).to(dev), G.to(dev), Zn.to(dev), Cn.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     print(f"stage 3 HypFormer: {len(Zn)} (latent, condition) pairs, L = {args.num_tokens} generated latents "
@@ -128,8 +131,8 @@ def main(args: Args) -> None:
     history = {k: [] for k in ("step", "total", "sim", "res", "c", "mse_hyplatent", "mse_refined")}
     bar = tqdm(range(args.steps), disable=not args.progress, desc="HypFormer")
     for step in bar:
-        idx = torch.randint(len(Zn), (args.batch_size,))
-        z_gt, c = Zn[idx], Cn[idx]
+        idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
+        z_gt, c = Zd[idx], Cd[idx]
         z_hat = sample_latents(G, c, args.num_tokens)
         z_pred, grad_pred = model(z_hat, c)
         loss = hypformer_loss(z_pred, grad_pred, z_gt, args.lambda_sim, args.lambda_res, args.lambda_c)
@@ -153,6 +156,7 @@ def main(args: Args) -> None:
     print(f"final: Eq.9 {h['total']:.3f} = 1e3 x (Eq.6 {h['sim']:.4f} + Eq.7 {h['res']:.4f} + Eq.8 {h['c']:.4f}); "
           f"MSE to Z_gt (normalised latents): one HypLatent sample {h['mse_hyplatent']:.4f}, "
           f"HypFormer {h['mse_refined']:.4f}")
+    model, G = model.cpu(), G.cpu()
     if args.check_per_task:  # HypLatent alone vs HypFormer on training conditions, decoded and run
         model.eval()
         ae, _ = common.load_autoencoder(run / "autoencoder.pt", args.suite)
@@ -166,7 +170,7 @@ def main(args: Args) -> None:
         print(f"functional check, {len(idx)} training conditions ({'mean return' if args.suite == 'cheetah-vel' else 'success rate'}): "
               f"HypLatent alone {alone.mean():.2f}, HypFormer {refined.mean():.2f}")
     art = {"format": common.HYPFORMER_FORMAT, "suite": args.suite, "config": asdict(args), "arch": arch,
-           "model": model.state_dict(), "num_tokens": args.num_tokens, "hyplatent": args.hyplatent,
+           "model": common.cpu_state(model), "num_tokens": args.num_tokens, "hyplatent": args.hyplatent,
            "history": history, "seconds": time.time() - t0}
     path = run / "hypformer.pt"
     common.save_artifact(art, path)
