@@ -124,7 +124,8 @@ SCALES = {
         "smoke": dict(tasks=common.MW_TASKS, parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, critic_hidden=128,
                       demo_episodes=1, learning_starts=100, first_checkpoint=200, checkpoint_every=100,
                       num_checkpoints=2, bc_weight=1.0, bc_anneal_steps=600),
-        "mw-quick": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
+        # all 16: the seen tasks train stages 1-3; the unseen ones give conditioning rollouts only
+        "mw-quick": dict(tasks=common.MW_TASKS, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
                          demo_episodes=10, critic_hidden=128, learning_starts=1_000, first_checkpoint=10_000,
                          checkpoint_every=250, num_checkpoints=41, bc_weight=1.0, bc_anneal_steps=40_000),
         "paper": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
