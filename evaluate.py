@@ -1,5 +1,5 @@
-"""Evaluation: zero-shot policies for unseen Cheetah-Vel target velocities (paper Sec. V-B, Table IV;
-DESIGN.md section 8).
+"""Evaluation: zero-shot policies for unseen Cheetah-Vel target velocities (paper Sec. V-B, Table IV) and
+policies for seen and unseen MetaWorld tasks (Tables I-III, Fig. 4); DESIGN.md section 8.
 
 For each test velocity, K policies are generated from HypLatent alone (G(tau_e, n), decoded) and K from
 HypLatent + HypFormer (L fresh samples of G refined to Z_pred + grad_pred, decoded), and run for E
@@ -18,11 +18,20 @@ Writes `runs/<suite>/results.md` (Table IV with our rows and the paper's printed
     python evaluate.py                                  # the paper's 5 test velocities
     python evaluate.py --velocities 0.35 1.55 2.8       # any target velocities in [0, 3]
     python evaluate.py --from-generated runs/cheetah-vel/generated.pt    # re-run saved policies
+    python evaluate.py --suite metaworld --scale mw-quick               # Tables I-III
+
+MetaWorld: per task (seen and unseen), up to `conditions` behaviour embeddings h of that task's successful
+rollouts that no stage trained on (seen tasks: the autoencoder's held-out checkpoints; unseen tasks: all);
+one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed goal configurations
+(`set_task`, never `reset(seed=)`), success at any step. Baselines in the same run: the shared parent on
+every task, the best stage-0 checkpoint (`expert`) on seen tasks. Top-k: the mean success of the k best
+policies of a task. The envs are spread over `--jobs` processes, each stepping its share in lockstep.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +51,8 @@ GENERATED_FORMAT = "amt-hyp/generated v1"
 
 @dataclass
 class Args:
-    suite: Literal["cheetah-vel"] = "cheetah-vel"
-    """task family (MetaWorld evaluation: not yet)"""
+    suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
+    """task family"""
     scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
     """sets the defaults of every option left unset (DESIGN section 9)"""
     run_dir: Optional[str] = None
@@ -59,11 +68,21 @@ class Args:
     hypformer: str = "hypformer.pt"
     from_generated: Optional[str] = None
     """re-evaluate the policies of a generated.pt instead of generating new ones"""
+    conditions: Optional[int] = None
+    """MetaWorld: conditioning embeddings (= generated policies per method) per task"""
+    goals: int = 2
+    """MetaWorld: fixed goal configurations each policy runs on (MAA: 2)"""
+    success_only: Optional[bool] = None
+    """MetaWorld: condition on successful rollouts only (smoke scale: any, since its experts rarely succeed)"""
+    jobs: int = 0
+    """MetaWorld: processes stepping the environments (0 = all cores)"""
     threads: int = 2
 
 
-SCALES = {"smoke": dict(policies_per_task=2, episodes=1), "quick": dict(policies_per_task=10, episodes=5),
-          "mw-quick": dict(policies_per_task=10, episodes=5), "paper": dict(policies_per_task=10, episodes=5)}
+SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False),
+          "quick": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True),
+          "mw-quick": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True),
+          "paper": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True)}
 
 
 def parse_velocities(values: list[str] | None) -> list[float]:
@@ -202,6 +221,8 @@ def plot(rows: list[dict], vels: list[float], train_vels: list[float], path: Pat
 def main(args: Args) -> None:
     common.apply_scale(args, SCALES[args.scale])
     args.run_dir = args.run_dir or f"runs/{args.suite}"
+    if args.suite == "metaworld":
+        return main_metaworld(args)
     vels = parse_velocities(args.velocities)
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -230,6 +251,216 @@ def main(args: Args) -> None:
     print(header + "\n\n" + md)
     print(f"\nevaluation: {time.time() - t0:.0f}s" + (f"; wrote {run}/results.md, results.json, generated.pt, "
                                                      "return_vs_velocity.png" if out else ""))
+
+
+# ----------------------------------------------------------------------------------------------------
+# MetaWorld: Tables I-III and Fig. 4
+# ----------------------------------------------------------------------------------------------------
+
+# the paper's printed success rates (%): MAA, AMT-Hyp w/o HypFormer, AMT-Hyp (Tables I and III)
+PAPER_SEEN = {"window-open-v3": (33, 51, 64), "door-open-v3": (27, 35, 62), "drawer-open-v3": (42, 40, 78),
+              "dial-turn-v3": (23, 36, 48), "plate-slide-v3": (45, 66, 88), "button-press-v3": (32, 38, 58),
+              "handle-press-v3": (50, 62, 82), "faucet-close-v3": (45, 77, 82), "average": (36, 51, 70.3)}
+PAPER_UNSEEN = {"drawer-close-v3": (55, 53, 80), "handle-press-side-v3": (4, 6, 0), "door-lock-v3": (13, 6, 6),
+                "window-close-v3": (10, 0, 12), "reach-wall-v3": (13, 6, 10), "coffee-button-v3": (8, 3, 9),
+                "button-press-wall-v3": (11, 2, 14), "faucet-open-v3": (16, 21, 27), "average": (16.25, 12.13, 19.8)}
+# Table II: seen, unseen
+PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
+                 ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
+                 ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
+                 ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
+MW_METHODS = ["hyplatent", "hypformer", "expert", "parent"]
+
+
+def top_k(rates: np.ndarray, k: int) -> float:
+    """Mean of the k best policies' success rates (all of them if there are fewer than k)."""
+    return float(np.sort(np.asarray(rates, dtype=float))[::-1][:k].mean())
+
+
+@torch.no_grad()
+def generate_metaworld(args: Args) -> dict:
+    run = Path(args.run_dir)
+    spec = common.suite_spec(args.suite)
+    ae, ae_art = common.load_autoencoder(run / "autoencoder.pt", args.suite)
+    G, gen = common.load_generator(run / args.hyplatent, args.suite)
+    hf, hart = common.load_hypformer(run / args.hypformer, args.suite)
+    be = common.load_artifact(run / "behavior_embed.pt", common.BEHAVIOR_FORMAT, ("h", "success", "train_tasks"),
+                              suite=args.suite)
+    parent = common.load_artifact(run / "parent.pt", "amt-hyp/stage0-parent v1", ("params",), spec=spec,
+                                  suite=args.suite)
+    shards = {s["task"]: s for s in common.load_stage0(run, args.suite)}
+    decode = lambda zn: ae.decode((zn * gen["latent_std"] + gen["latent_mean"]).view(len(zn), 2, -1))  # noqa: E731
+    g = torch.Generator().manual_seed(args.seed)
+    params, method, task, n_cond = [], [], [], {}
+    unused = ~ae_art["train"]  # checkpoints no stage trained on
+    for t, name in enumerate(be["tasks"]):
+        ok = (be["success"] > 0) if args.success_only else torch.ones_like(unused)
+        rows = ((be["task_index"] == t) & unused & ok).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=g)][: args.conditions]
+        n_cond[name] = len(rows)
+        if len(rows):
+            c = (be["h"][rows] - gen["cond_mean"]) / gen["cond_std"]
+            z_hl = G(c, torch.randn(len(c), G.noise_dim))
+            L = hart["num_tokens"]
+            z_hat = G(c.repeat_interleave(L, 0), torch.randn(len(c) * L, G.noise_dim)).view(len(c), L, -1)
+            z_pred, grad_pred = hf(z_hat, c)
+            for m, p in (("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))):
+                params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
+        if name in be["train_tasks"]:
+            s = shards[name]
+            best = int(torch.argmax(s["success"] * 1e6 + s["return"]))  # most successful, then best return
+            params.append(s["params"][best][None]), method.append("expert"), task.append(name)
+        params.append(parent["params"][None]), method.append("parent"), task.append(name)
+    return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
+            "method": method, "task": task, "n_conditions": n_cond, "seen": list(be["train_tasks"]),
+            "goals": args.goals, "config": asdict(args)}
+
+
+def _lockstep_chunk(suite: str, params: torch.Tensor, jobs: list) -> np.ndarray:
+    torch.set_num_threads(1)
+    envs = [common.make_eval_env(suite, t, episode=e) for t, e in jobs]
+    return common.run_lockstep(params, envs, common.suite_spec(suite))["success"]
+
+
+def evaluate_metaworld(gen: dict, goals: int, workers: int) -> np.ndarray:
+    """Success of every policy on every goal configuration [N, goals]; the episodes are split over
+    `workers` processes, each running its share in lockstep."""
+    n = len(gen["method"])
+    jobs = [(gen["task"][i], e) for e in range(goals) for i in range(n)]
+    params = gen["params"].repeat(goals, 1)
+    chunks = np.array_split(np.arange(len(jobs)), max(1, workers))
+    if workers <= 1:
+        out = [_lockstep_chunk("metaworld", params, jobs)]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            out = list(pool.map(_lockstep_chunk, ["metaworld"] * len(chunks), [params[c] for c in chunks],
+                                [[jobs[i] for i in c] for c in chunks]))
+    return np.concatenate(out).reshape(goals, n).T
+
+
+def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
+    method, task = np.array(gen["method"]), np.array(gen["task"])
+    rate = success.mean(1)  # per policy, over goal configurations
+    rows, per = [], {}
+    for name in dict.fromkeys(gen["task"]):
+        for m in MW_METHODS:
+            sel = (method == m) & (task == name)
+            if sel.any():
+                per[(m, name)] = rate[sel]
+                rows.append({"method": m, "task": name, "score": 100 * float(rate[sel].mean()),
+                             "n_policies": int(sel.sum()), "n_episodes": int(success.shape[1])})
+                if m in ("hyplatent", "hypformer"):
+                    for k in (5, 10):
+                        rows.append({"method": f"{m}@top{k}", "task": name, "score": 100 * top_k(rate[sel], k),
+                                     "n_policies": min(k, int(sel.sum())), "n_episodes": int(success.shape[1])})
+    for split, names in (("seen", [t for t in dict.fromkeys(gen["task"]) if t in gen["seen"]]),
+                         ("unseen", [t for t in dict.fromkeys(gen["task"]) if t not in gen["seen"]])):
+        for m in [*MW_METHODS, *(f"{m}@top{k}" for m in ("hyplatent", "hypformer") for k in (5, 10))]:
+            scores = [r["score"] for r in rows if r["method"] == m and r["task"] in names]
+            if scores:
+                rows.append({"method": m, "task": f"average-{split}", "score": float(np.mean(scores)),
+                             "n_policies": sum(r["n_policies"] for r in rows if r["method"] == m and r["task"] in names),
+                             "n_episodes": int(success.shape[1])})
+    for name, seen, unseen in PAPER_SUMMARY:
+        rows.append({"method": f"paper:{name}", "task": "average-seen", "score": seen, "n_policies": 0, "n_episodes": 0})
+        rows.append({"method": f"paper:{name}", "task": "average-unseen", "score": unseen, "n_policies": 0,
+                     "n_episodes": 0})
+    return rows
+
+
+def metaworld_tables(rows: list[dict], gen: dict) -> str:
+    by = {(r["method"], r["task"]): r["score"] for r in rows}
+    f = lambda m, t: f"{by[(m, t)]:.1f}" if (m, t) in by else "-"  # noqa: E731
+    out = []
+    for title, paper, split in (("Table I: seen tasks (MTRL), success rate %", PAPER_SEEN, "seen"),
+                                ("Table III: unseen tasks (zero-shot), success rate %", PAPER_UNSEEN, "unseen")):
+        names = [t for t in dict.fromkeys(gen["task"]) if (t in gen["seen"]) == (split == "seen")]
+        if not names:
+            continue
+        head = "| task | conditions | HypLatent | HypFormer | " + ("expert | " if split == "seen" else "") + \
+               "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
+        out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
+        for t in names + [f"average-{split}"]:
+            p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
+            cells = [str(gen["n_conditions"].get(t, "")), f("hyplatent", t), f("hypformer", t)]
+            cells += [f("expert", t)] if split == "seen" else []
+            cells += [f("parent", t), *map(str, p)]
+            out.append(f"| {t} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["**Table II: summary, success rate %**", "", "| method | seen | unseen |", "|---|---|---|"]
+    for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"),
+                     ("hyplatent@top10", "AMT-Hyp w/o HypFormer (top 10)"), ("hypformer@top10", "AMT-Hyp (top 10)"),
+                     ("hyplatent@top5", "AMT-Hyp w/o HypFormer (top 5)"), ("hypformer@top5", "AMT-Hyp (top 5)"),
+                     ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)")):
+        out.append(f"| {label} (measured) | {f(m, 'average-seen')} | {f(m, 'average-unseen')} |")
+    for name, seen, unseen in PAPER_SUMMARY:
+        out.append(f"| {name} (printed in the paper) | {seen} | {unseen} |")
+    return "\n".join(out)
+
+
+@torch.no_grad()
+def pca_figure(args: Args, gen_pt: dict, path: Path, per_task: int = 3) -> None:
+    """Fig. 4: per seen task, 2-D PCA of ground-truth latents against generated ones (HypLatent, HypFormer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(args.run_dir)
+    ae, ae_art = common.load_autoencoder(run / "autoencoder.pt", args.suite)
+    tasks = [t for t in gen_pt["seen"] if t in dict.fromkeys(gen_pt["task"])][:per_task]
+    if not tasks:
+        return
+    method, task = np.array(gen_pt["method"]), np.array(gen_pt["task"])
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(8, 3.2 * len(tasks)), squeeze=False)
+    for row, t in enumerate(tasks):
+        gt = ae_art["latents"][ae_art["task_index"] == ae_art["tasks"].index(t)].flatten(1)
+        for col, m in enumerate(("hyplatent", "hypformer")):
+            sel = torch.as_tensor((method == m) & (task == t))
+            z = ae.encode(gen_pt["params"][sel]).flatten(1) if sel.any() else torch.zeros(0, gt.shape[1])
+            both = torch.cat([gt, z])
+            mean = both.mean(0)
+            _, _, v = torch.pca_lowrank(both - mean, q=2, center=False)
+            p_gt, p_z = (gt - mean) @ v, (z - mean) @ v
+            ax = axes[row][col]
+            ax.scatter(p_gt[:, 0], p_gt[:, 1], s=10, c="tab:blue", label="ground truth")
+            ax.scatter(p_z[:, 0], p_z[:, 1], s=10, c="tab:red", label=m)
+            ax.set_title(f"{t}: {m}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main_metaworld(args: Args) -> None:
+    common.seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    run, t0 = Path(args.run_dir), time.time()
+    workers = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    if args.from_generated:
+        gen = common.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
+                                   spec=common.suite_spec(args.suite), suite=args.suite)
+        args.goals = gen["goals"]
+    else:
+        gen = generate_metaworld(args)
+        common.save_artifact(gen, run / "generated.pt")
+    success = evaluate_metaworld(gen, args.goals, workers)
+    rows = metaworld_rows(gen, success)
+    header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
+              f"embedding (up to {args.conditions} per task), each on {args.goals} fixed goal configurations; "
+              f"{len(gen['method'])} policies, {len(gen['method']) * args.goals} episodes. The experts (and so the "
+              "training data) come from SAC with scripted demonstrations at mw-quick; the paper's data was SAC alone.")
+    md = metaworld_tables(rows, gen)
+    if args.from_generated is None:
+        (run / "results.md").write_text(f"{header}\n\n{md}\n")
+        (run / "results.json").write_text(json.dumps({"suite": args.suite, "rows": rows, "config": asdict(args)},
+                                                     indent=1))
+        pca_figure(args, gen, run / "pca_latents.png")
+    print(header + "\n\n" + md)
+    print(f"\nevaluation: {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

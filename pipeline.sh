@@ -65,9 +65,7 @@ if [ "$SUITE" = metaworld ]; then
 fi
 stage "stage 2 (HypLatent, Eqs. 3-5)" "$RUN/hyplatent.pt" python stage2_hyplatent.py "${COMMON[@]}"
 stage "stage 3 (HypFormer, Eqs. 6-9)" "$RUN/hypformer.pt" python stage3_hypformer.py "${COMMON[@]}"
-if [ "$SUITE" = cheetah-vel ]; then
-  stage "evaluation (Table IV)" "$RUN/results.md" python evaluate.py --suite "$SUITE" --scale "$SCALE" --run-dir "$RUN"
-fi
+stage "evaluation (Table IV or Tables I-III)" "$RUN/results.md" python evaluate.py --suite "$SUITE" --scale "$SCALE" --run-dir "$RUN"
 
 echo "== $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
 if [ -f "$RUN/results.md" ]; then echo; cat "$RUN/results.md"; fi

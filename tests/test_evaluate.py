@@ -62,7 +62,7 @@ def test_bad_velocities_one_line_error(values, message):
 
 def test_results_follow_the_contract_and_reproduce(cheetah_chain):
     run, r, _ = cheetah_chain
-    assert "== evaluation (Table IV): done" in r.stdout
+    assert "== evaluation (Table IV or Tables I-III): done" in r.stdout
     res = json.loads((run / "results.json").read_text())
     assert res["suite"] == "cheetah-vel"
     rows = res["rows"]
@@ -93,3 +93,46 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
     for row in measured:
         if row["task"] == "average":
             assert f"{row['score']:.2f} |" in r.stdout
+
+
+def test_top_k_on_a_hand_made_list():
+    rates = [0.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.25]
+    assert ev.top_k(rates, 1) == 1.0
+    assert ev.top_k(rates, 3) == pytest.approx((1 + 1 + 0.5) / 3)
+    assert ev.top_k(rates, 5) == pytest.approx((1 + 1 + 0.5 + 0.5 + 0.25) / 5)
+    assert ev.top_k(rates, 10) == pytest.approx(np.mean(rates))  # fewer than k: all of them
+
+
+def test_metaworld_goals_same_across_runs_and_processes():
+    obs = [common.make_eval_env("metaworld", "door-open-v3", episode=e).reset()[0] for e in (0, 1)]
+    again = common.make_eval_env("metaworld", "door-open-v3", episode=0).reset()[0]
+    np.testing.assert_array_equal(obs[0], again)
+    assert np.abs(obs[0] - obs[1]).max() > 1e-3  # two different goal configurations
+    code = ("import common, numpy as np; o = common.make_eval_env('metaworld', 'door-open-v3', episode=1).reset()[0];"
+            "print(' '.join(repr(float(x)) for x in o))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.array([float(x) for x in r.stdout.split()], dtype=obs[1].dtype), obs[1])
+
+
+def test_metaworld_tables(metaworld_chain):
+    run, r, _ = metaworld_chain
+    res = json.loads((run / "results.json").read_text())
+    by = {(x["method"], x["task"]): x for x in res["rows"]}
+    for m in ("hyplatent", "hypformer", "parent"):
+        assert (m, "door-open-v3") in by and (m, "drawer-close-v3") in by
+    assert ("expert", "door-open-v3") in by and ("expert", "drawer-close-v3") not in by  # experts: seen only
+    gen = torch.load(run / "generated.pt", weights_only=True)
+    # one policy per conditioning rollout no stage trained on: smoke keeps 2 checkpoints per task, the
+    # autoencoder holds out 1 of a seen task's, an unseen task's 2 are all unused
+    assert gen["n_conditions"] == {"door-open-v3": 1, "drawer-close-v3": 2, "drawer-open-v3": 1}
+    assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 2
+    for split, tasks in (("seen", ["door-open-v3", "drawer-open-v3"]), ("unseen", ["drawer-close-v3"])):
+        avg = by[("hypformer", f"average-{split}")]["score"]
+        assert avg == pytest.approx(np.mean([by[("hypformer", t)]["score"] for t in tasks]))
+    md = (run / "results.md").read_text()
+    assert "Table I" in md and "Table II" in md and "Table III" in md and "(printed in the paper)" in md
+    assert (run / "pca_latents.png").exists()
+    gen = common.load_artifact(run / "generated.pt", ev.GENERATED_FORMAT, ("params", "method", "task"),
+                               spec=common.policy_spec(39, 4), suite="metaworld")
+    assert gen["params"].shape[0] == len(gen["method"]) == len(gen["task"])
