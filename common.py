@@ -314,6 +314,7 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
 
 
 STAGE0_FORMAT = "amt-hyp/stage0-shard v1"
+PARENT_FORMAT = "amt-hyp/stage0-parent v1"
 
 
 def load_stage0(run_dir: str | Path, suite: str) -> list[dict]:
@@ -438,14 +439,20 @@ def load_generator(path: str | Path, suite: str) -> tuple[Generator, dict]:
     return G.eval(), art
 
 
+def decode_generated(latents: torch.Tensor, gen: dict, ae: "PolicyAutoencoder") -> torch.Tensor:
+    """Normalised generated latents [N, 2 * token_dim] -> flat policies [N, P]: undo stage 2's latent
+    normalisation (statistics in its artifact `gen`), then the autoencoder's decoder."""
+    z = latents * gen["latent_std"] + gen["latent_mean"]
+    return ae.decode(z.view(len(latents), 2, -1))
+
+
 def run_generated(latents: torch.Tensor, gen: dict, ae: "PolicyAutoencoder", suite: str, tasks: list,
                   episodes: int = 1) -> np.ndarray:
     """Decode normalised generated latents [N, latent] (statistics from the stage-2 artifact `gen`) and run
     policy i on tasks[i] (velocity or metaworld name), `episodes` times each, in lockstep. Returns the
     mean return (Cheetah-Vel) or success (MetaWorld) of each policy, [N]."""
     with torch.no_grad():
-        z = (latents * gen["latent_std"] + gen["latent_mean"]).view(len(latents), 2, -1)
-        params = ae.decode(z).repeat(episodes, 1)
+        params = decode_generated(latents, gen, ae).repeat(episodes, 1)
     envs = [make_eval_env(suite, t, episode=e) for e in range(episodes) for t in tasks]
     out = run_lockstep(params, envs, suite_spec(suite))
     key = "return" if suite == "cheetah-vel" else "success"

@@ -119,11 +119,11 @@ def generate(args: Args, vels: list[float]) -> dict:
     ae, _ = common.load_autoencoder(run / "autoencoder.pt", args.suite)
     G, gen = common.load_generator(run / args.hyplatent, args.suite)
     hf, hart = common.load_hypformer(run / args.hypformer, args.suite)
-    parent = common.load_artifact(run / "parent.pt", "amt-hyp/stage0-parent v1", ("params",),
+    parent = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",),
                                   spec=common.suite_spec(args.suite), suite=args.suite)
     train_vels = [s["target_velocity"] for s in shards]
     best = torch.stack([s["params"][s["return"].argmax()] for s in shards])
-    decode = lambda zn: ae.decode((zn * gen["latent_std"] + gen["latent_mean"]).view(len(zn), 2, -1))  # noqa: E731
+    decode = lambda zn: common.decode_generated(zn, gen, ae)  # noqa: E731
     K = args.policies_per_task
     params, method, task = [], [], []
 
@@ -286,10 +286,10 @@ def generate_metaworld(args: Args) -> dict:
     hf, hart = common.load_hypformer(run / args.hypformer, args.suite)
     be = common.load_artifact(run / "behavior_embed.pt", common.BEHAVIOR_FORMAT, ("h", "success", "train_tasks"),
                               suite=args.suite)
-    parent = common.load_artifact(run / "parent.pt", "amt-hyp/stage0-parent v1", ("params",), spec=spec,
+    parent = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",), spec=spec,
                                   suite=args.suite)
     shards = {s["task"]: s for s in common.load_stage0(run, args.suite)}
-    decode = lambda zn: ae.decode((zn * gen["latent_std"] + gen["latent_mean"]).view(len(zn), 2, -1))  # noqa: E731
+    decode = lambda zn: common.decode_generated(zn, gen, ae)  # noqa: E731
     g = torch.Generator().manual_seed(args.seed)
     params, method, task, n_cond = [], [], [], {}
     unused = ~ae_art["train"]  # checkpoints no stage trained on

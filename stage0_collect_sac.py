@@ -137,7 +137,7 @@ SCALES["cheetah-vel"]["mw-quick"] = SCALES["cheetah-vel"]["quick"]
 SCALES["metaworld"]["quick"] = SCALES["metaworld"]["mw-quick"]
 
 SHARD_FORMAT = common.STAGE0_FORMAT
-PARENT_FORMAT = "amt-hyp/stage0-parent v1"
+PARENT_FORMAT = common.PARENT_FORMAT
 PARTIAL_FORMAT = "amt-hyp/stage0-partial v1"
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
