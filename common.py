@@ -209,39 +209,52 @@ def suite_spec(suite: str) -> dict:
 EVAL_GOAL_SEED = 2024  # MetaWorld evaluation goals: not among the training goals (stage 0 seeds 1, 2)
 
 
-def make_eval_env(suite: str, task, episode: int = 0):
+def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL_SEED):
     """An env for evaluating a policy on `task` (velocity or metaworld name), fixed by `episode`:
-    Cheetah-Vel seeds its reset with it; MetaWorld sets evaluation goal number `episode`."""
+    Cheetah-Vel seeds its reset with it; MetaWorld sets goal number `episode` of the goal configurations
+    drawn with `goal_seed` (default: the evaluation goals; stage 0's rollouts drew from seed + 1 = 2)."""
     if suite == "cheetah-vel":
         return CheetahVel(float(task), seed=100_000 + episode)
     env = make_metaworld(task)
-    env.set_task(_eval_goals(task)[episode])
+    env.set_task(_cached_goals(task, goal_seed)[episode])
     return env
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_goals(task: str) -> list:
-    return metaworld_goals(task, EVAL_GOAL_SEED)
+def _cached_goals(task: str, seed: int) -> list:
+    return metaworld_goals(task, seed)
 
 
-def run_lockstep(params: torch.Tensor, envs: list, spec: dict) -> dict:
+def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = False) -> dict:
     """One episode of each of N flat policies (deterministic actions), policy i in envs[i], all in
     lockstep: every step is one batched forward of all N policies. The envs must be reset-ready (for
     MetaWorld: goal already set) and have equal episode lengths. Returns per-policy `return` and `success`
-    (MetaWorld: info["success"] at any step) as float arrays [N]."""
+    (MetaWorld: info["success"] at any step) as float arrays [N]; with `record`, also each episode's MAA
+    features `traj` [N, traj_dim] and `post_success` [N, 3 * obs_dim] (see `rollout_features`)."""
     n = len(envs)
     assert params.shape[0] == n, f"{params.shape[0]} policies for {n} envs"
     obs = np.stack([e.reset()[0] for e in envs]).astype(np.float32)
     ret, success, done = np.zeros(n), np.zeros(n), np.zeros(n, bool)
+    states, actions, first, t = [obs.copy()], [], [None] * n, 0
     with torch.no_grad():
         while not done.all():
             act = batched_act(params, torch.from_numpy(obs).unsqueeze(1), spec).squeeze(1).numpy()
+            t += 1
             for i, e in enumerate(envs):
                 o, r, term, trunc, info = e.step(act[i])
                 obs[i], ret[i] = o, ret[i] + r
+                if info.get("success", 0.0) > 0 and first[i] is None:
+                    first[i] = t  # index of the first state reached with success
                 success[i] = max(success[i], float(info.get("success", 0.0)))
                 done[i] = term or trunc
-    return {"return": ret, "success": success}
+            if record:
+                states.append(obs.copy()), actions.append(act)
+    out = {"return": ret, "success": success}
+    if record:
+        S, A = np.stack(states, 1), np.stack(actions, 1)  # [N, T+1, obs], [N, T, act]
+        feats = [rollout_features(S[i], A[i], first[i]) for i in range(n)]
+        out["traj"], out["post_success"] = (np.stack(f) for f in zip(*feats))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,6 +385,38 @@ def load_autoencoder(path: str | Path, suite: str) -> tuple[PolicyAutoencoder, d
     model = PolicyAutoencoder(spec, art["token_dim"])
     model.load_state_dict(art["model"])
     return model.eval(), art
+
+
+class Phi(nn.Module):
+    """The behaviour embedding's phi (Eq. 2): trajectory features (20 x (obs + 3 act)) -> 1024 -> 1024 -> h."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                                 nn.Linear(1024, out_dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def scale_to_unit(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Map [lo, hi] to [-1, 1] (values outside the training range go beyond it)."""
+    return 2 * (x - lo) / (hi - lo) - 1
+
+
+def load_behavior_embed(path: str | Path, suite: str) -> tuple[Phi, dict]:
+    """phi with the input scaling it was trained with: `embed_trajectories(phi, art, traj)` gives h."""
+    art = load_artifact(path, BEHAVIOR_FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks"),
+                        suite=suite)
+    phi = Phi(art["scaling"]["traj_lo"].numel(), art["h"].shape[1])
+    phi.load_state_dict(art["phi"])
+    return phi.eval(), art
+
+
+@torch.no_grad()
+def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
+    """h = phi(scaled traj), with the scaling fit on stage 1's training rollouts (DESIGN section 5)."""
+    return phi(scale_to_unit(traj, art["scaling"]["traj_lo"], art["scaling"]["traj_hi"]))
 
 
 def training_pairs(run_dir: str | Path, suite: str) -> dict:

@@ -20,12 +20,14 @@ Writes `runs/<suite>/results.md` (Table IV with our rows and the paper's printed
     python evaluate.py --from-generated runs/cheetah-vel/generated.pt    # re-run saved policies
     python evaluate.py --suite metaworld --scale mw-quick               # Tables I-III
 
-MetaWorld: per task (seen and unseen), up to `conditions` behaviour embeddings h of that task's successful
-rollouts that no stage trained on (seen tasks: the autoencoder's held-out checkpoints; unseen tasks: all);
-one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed goal configurations
-(`set_task`, never `reset(seed=)`), success at any step. Baselines in the same run: the shared parent on
-every task, the best stage-0 checkpoint (`expert`) on seen tasks. Top-k: the mean success of the k best
-policies of a task. The envs are spread over `--jobs` processes, each stepping its share in lockstep.
+MetaWorld: per task (seen and unseen), up to `conditions` behaviour embeddings h of successful rollouts of
+that task's checkpoints that no stage trained on (seen tasks: the autoencoder's held-out checkpoints; unseen
+tasks: all), rolled out here on stage 0's goal configurations (stage 0 records one rollout per checkpoint,
+too few); one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed evaluation goal
+configurations (`set_task`, never `reset(seed=)`), success at any step. Baselines in the same run: the
+shared parent on every task; on seen tasks the best stage-0 checkpoint (`expert`) and its autoencoder round
+trip (`decoded-expert`). Top-k: the mean success of the k best policies of a task. The envs are spread over
+`--jobs` processes, each stepping its share in lockstep.
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
                  ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
                  ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
                  ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
-MW_METHODS = ["hyplatent", "hypformer", "expert", "parent"]
+MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "parent"]
 
 
 def top_k(rates: np.ndarray, k: int) -> float:
@@ -277,68 +279,112 @@ def top_k(rates: np.ndarray, k: int) -> float:
     return float(np.sort(np.asarray(rates, dtype=float))[::-1][:k].mean())
 
 
+def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False) -> dict:
+    """Policy i on MetaWorld episode jobs[i] = (task, goal_seed, goal_index), all in lockstep, split over
+    `workers` processes. Returns run_lockstep's arrays (with `record`, the MAA rollout features too)."""
+    chunks = [c for c in np.array_split(np.arange(len(jobs)), max(1, workers)) if len(c)]
+    args = [(params[c], [jobs[i] for i in c], record) for c in chunks]
+    if len(chunks) <= 1:
+        out = [_lockstep_chunk(*a) for a in args]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(chunks), mp_context=mp.get_context("spawn")) as pool:
+            out = list(pool.map(_lockstep_chunk, *zip(*args)))
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+def _lockstep_chunk(params: torch.Tensor, jobs: list, record: bool) -> dict:
+    torch.set_num_threads(1)
+    envs = [common.make_eval_env("metaworld", t, episode=i, goal_seed=s) for t, s, i in jobs]
+    return common.run_lockstep(params, envs, common.suite_spec("metaworld"), record=record)
+
+
+def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict, workers: int) -> dict:
+    """Per task, up to `conditions` behaviour embeddings h of rollouts no stage trained on: the task's
+    checkpoints that no stage trained on (`unused`: the autoencoder's hold-out on seen tasks, all of them on
+    unseen tasks) run on stage 0's goal configurations, rollout k being checkpoint k mod n on goal k // n.
+    With `success_only`, only successful rollouts count, and a task short of `conditions` after one round of
+    `conditions` rollouts gets a second round. Returns {task: {"h", "step", "goal", "attempts", "successes"}}."""
+    out = {t: {"h": [], "step": [], "goal": [], "attempts": 0, "successes": 0} for t in unused}
+    for rnd in range(2 if args.success_only else 1):
+        params, jobs, meta = [], [], []
+        for t, rows in unused.items():
+            s, got = shards[t], len(out[t]["h"])
+            if got >= args.conditions or len(rows) == 0:
+                continue
+            ok = rows[s["success"][rows] > 0] if args.success_only else rows
+            rows = ok if len(ok) else rows  # prefer checkpoints whose own stage-0 rollout succeeded
+            seed = s["config"]["seed"] + 1  # the goal configurations of stage 0's checkpoint rollouts
+            n_goals = len(common.metaworld_goals(t, seed))
+            for k in range(rnd * args.conditions, (rnd + 1) * args.conditions):
+                c, goal = int(rows[k % len(rows)]), (k // len(rows)) % n_goals
+                params.append(s["params"][c]), jobs.append((t, seed, goal)), meta.append((t, c, goal))
+        if not jobs:
+            break
+        print(f"conditioning rollouts, round {rnd + 1}: {len(jobs)} episodes over {len(set(m[0] for m in meta))} tasks")
+        r = run_episodes(torch.stack(params).float(), jobs, workers, record=True)
+        h = common.embed_trajectories(phi, be, torch.from_numpy(r["traj"]))
+        for i, (t, c, goal) in enumerate(meta):
+            o = out[t]
+            o["attempts"] += 1
+            o["successes"] += int(r["success"][i] > 0)
+            if (r["success"][i] > 0 or not args.success_only) and len(o["h"]) < args.conditions:
+                o["h"].append(h[i]), o["step"].append(int(shards[t]["step"][c])), o["goal"].append(goal)
+    return out
+
+
 @torch.no_grad()
-def generate_metaworld(args: Args) -> dict:
+def generate_metaworld(args: Args, workers: int) -> dict:
     run = Path(args.run_dir)
     spec = common.suite_spec(args.suite)
     ae, ae_art = common.load_autoencoder(run / "autoencoder.pt", args.suite)
     G, gen = common.load_generator(run / args.hyplatent, args.suite)
     hf, hart = common.load_hypformer(run / args.hypformer, args.suite)
-    be = common.load_artifact(run / "behavior_embed.pt", common.BEHAVIOR_FORMAT, ("h", "success", "train_tasks"),
-                              suite=args.suite)
+    phi, be = common.load_behavior_embed(run / "behavior_embed.pt", args.suite)
     parent = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",), spec=spec,
                                   suite=args.suite)
     shards = {s["task"]: s for s in common.load_stage0(run, args.suite)}
+    if list(shards) != ae_art["tasks"]:
+        raise SystemExit(f"error: {run / 'autoencoder.pt'}: trained on other stage-0 shards than {run / 'stage0'} "
+                         "holds now (re-run stage 1)")
     decode = lambda zn: common.decode_generated(zn, gen, ae)  # noqa: E731
+    first = np.cumsum([0] + [len(s["step"]) for s in shards.values()])
+    unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
+    cond = conditioning_rollouts(args, shards, unused, phi, be, workers)
     g = torch.Generator().manual_seed(args.seed)
-    params, method, task, n_cond = [], [], [], {}
-    unused = ~ae_art["train"]  # checkpoints no stage trained on
-    for t, name in enumerate(be["tasks"]):
-        ok = (be["success"] > 0) if args.success_only else torch.ones_like(unused)
-        rows = ((be["task_index"] == t) & unused & ok).nonzero().squeeze(1)
-        rows = rows[torch.randperm(len(rows), generator=g)][: args.conditions]
-        n_cond[name] = len(rows)
-        if len(rows):
-            c = (be["h"][rows] - gen["cond_mean"]) / gen["cond_std"]
-            z_hl = G(c, torch.randn(len(c), G.noise_dim))
+    params, method, task = [], [], []
+    for name in shards:
+        h = cond[name]["h"]
+        if h:
+            c = (torch.stack(h) - gen["cond_mean"]) / gen["cond_std"]
+            z_hl = G(c, torch.randn(len(c), G.noise_dim, generator=g))
             L = hart["num_tokens"]
-            z_hat = G(c.repeat_interleave(L, 0), torch.randn(len(c) * L, G.noise_dim)).view(len(c), L, -1)
+            z_hat = G(c.repeat_interleave(L, 0), torch.randn(len(c) * L, G.noise_dim, generator=g)).view(len(c), L, -1)
             z_pred, grad_pred = hf(z_hat, c)
             for m, p in (("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))):
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         if name in be["train_tasks"]:
             s = shards[name]
-            best = int(torch.argmax(s["success"] * 1e6 + s["return"]))  # most successful, then best return
-            params.append(s["params"][best][None]), method.append("expert"), task.append(name)
+            best = s["params"][int(torch.argmax(s["success"] * 1e6 + s["return"]))][None]  # most successful, then best return
+            decoded = ae.decode(ae.encode(best)).reshape(1, -1)
+            for m, p in (("expert", best), ("decoded-expert", decoded)):
+                params.append(p), method.append(m), task.append(name)
         params.append(parent["params"][None]), method.append("parent"), task.append(name)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
-            "method": method, "task": task, "n_conditions": n_cond, "seen": list(be["train_tasks"]),
-            "goals": args.goals, "config": asdict(args)}
-
-
-def _lockstep_chunk(suite: str, params: torch.Tensor, jobs: list) -> np.ndarray:
-    torch.set_num_threads(1)
-    envs = [common.make_eval_env(suite, t, episode=e) for t, e in jobs]
-    return common.run_lockstep(params, envs, common.suite_spec(suite))["success"]
+            "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": args.goals,
+            "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
+            "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
+                                 "successes": c["successes"]} for t, c in cond.items()},
+            "config": asdict(args)}
 
 
 def evaluate_metaworld(gen: dict, goals: int, workers: int) -> np.ndarray:
-    """Success of every policy on every goal configuration [N, goals]; the episodes are split over
-    `workers` processes, each running its share in lockstep."""
+    """Success of every policy on every evaluation goal configuration [N, goals]."""
     n = len(gen["method"])
-    jobs = [(gen["task"][i], e) for e in range(goals) for i in range(n)]
-    params = gen["params"].repeat(goals, 1)
-    chunks = np.array_split(np.arange(len(jobs)), max(1, workers))
-    if workers <= 1:
-        out = [_lockstep_chunk("metaworld", params, jobs)]
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            out = list(pool.map(_lockstep_chunk, ["metaworld"] * len(chunks), [params[c] for c in chunks],
-                                [[jobs[i] for i in c] for c in chunks]))
-    return np.concatenate(out).reshape(goals, n).T
+    jobs = [(gen["task"][i], common.EVAL_GOAL_SEED, e) for e in range(goals) for i in range(n)]
+    return run_episodes(gen["params"].repeat(goals, 1), jobs, workers)["success"].reshape(goals, n).T
 
 
 def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
@@ -371,6 +417,14 @@ def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
     return rows
 
 
+def conditions_cell(gen: dict, t: str) -> str:
+    """`n (s/a)`: n conditioning embeddings used, from s successful of a conditioning rollouts."""
+    if t.startswith("average"):
+        return ""
+    c = gen.get("conditioning", {}).get(t)
+    return f"{gen['n_conditions'][t]} ({c['successes']}/{c['attempts']})" if c else str(gen["n_conditions"].get(t, ""))
+
+
 def metaworld_tables(rows: list[dict], gen: dict) -> str:
     by = {(r["method"], r["task"]): r["score"] for r in rows}
     f = lambda m, t: f"{by[(m, t)]:.1f}" if (m, t) in by else "-"  # noqa: E731
@@ -380,13 +434,13 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
         names = [t for t in dict.fromkeys(gen["task"]) if (t in gen["seen"]) == (split == "seen")]
         if not names:
             continue
-        head = "| task | conditions | HypLatent | HypFormer | " + ("expert | " if split == "seen" else "") + \
+        head = "| task | conditions | HypLatent | HypFormer | " + ("expert | decoded expert | " if split == "seen" else "") + \
                "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
-            cells = [str(gen["n_conditions"].get(t, "")), f("hyplatent", t), f("hypformer", t)]
-            cells += [f("expert", t)] if split == "seen" else []
+            cells = [conditions_cell(gen, t), f("hyplatent", t), f("hypformer", t)]
+            cells += [f("expert", t), f("decoded-expert", t)] if split == "seen" else []
             cells += [f("parent", t), *map(str, p)]
             out.append(f"| {t} | " + " | ".join(cells) + " |")
         out.append("")
@@ -394,7 +448,8 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
     for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"),
                      ("hyplatent@top10", "AMT-Hyp w/o HypFormer (top 10)"), ("hypformer@top10", "AMT-Hyp (top 10)"),
                      ("hyplatent@top5", "AMT-Hyp w/o HypFormer (top 5)"), ("hypformer@top5", "AMT-Hyp (top 5)"),
-                     ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)")):
+                     ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
+                     ("decoded-expert", "decoded expert (its autoencoder round trip)")):
         out.append(f"| {label} (measured) | {f(m, 'average-seen')} | {f(m, 'average-unseen')} |")
     for name, seen, unseen in PAPER_SUMMARY:
         out.append(f"| {name} (printed in the paper) | {seen} | {unseen} |")
@@ -445,14 +500,16 @@ def main_metaworld(args: Args) -> None:
                                    spec=common.suite_spec(args.suite), suite=args.suite)
         args.goals = gen["goals"]
     else:
-        gen = generate_metaworld(args)
+        gen = generate_metaworld(args, workers)
         common.save_artifact(gen, run / "generated.pt")
     success = evaluate_metaworld(gen, args.goals, workers)
     rows = metaworld_rows(gen, success)
     header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
-              f"embedding (up to {args.conditions} per task), each on {args.goals} fixed goal configurations; "
-              f"{len(gen['method'])} policies, {len(gen['method']) * args.goals} episodes. The experts (and so the "
-              "training data) come from SAC with scripted demonstrations at mw-quick; the paper's data was SAC alone.")
+              f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal configurations; "
+              f"{len(gen['method'])} policies, {len(gen['method']) * args.goals} episodes. Conditions: embeddings of "
+              "rollouts of checkpoints no stage trained on, on stage 0's goals; `n (s/a)` = n used, s of a such "
+              "rollouts successful. The experts (and so the training data) come from SAC with scripted "
+              "demonstrations at mw-quick; the paper's data was SAC alone.")
     md = metaworld_tables(rows, gen)
     if args.from_generated is None:
         (run / "results.md").write_text(f"{header}\n\n{md}\n")

@@ -58,18 +58,6 @@ SCALES = {"smoke": dict(steps=50), "quick": dict(steps=2000), "mw-quick": dict(s
 FORMAT = common.BEHAVIOR_FORMAT
 
 
-class Phi(nn.Module):
-    """phi: trajectory features (20 x (obs + 3 act)) -> 1024 -> 1024 -> h (ReLU)."""
-
-    def __init__(self, in_dim: int, out_dim: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                                 nn.Linear(1024, out_dim))
-
-    def forward(self, x):
-        return self.net(x)
-
-
 class Psi(nn.Module):
     """psi: post-success states (3 x obs) -> 256 -> LayerNorm -> Tanh -> v."""
 
@@ -91,11 +79,6 @@ def fit_scaling(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature (lo, hi) of the training data; constant features get a unit range."""
     lo, hi = x.min(0).values, x.max(0).values
     return lo, torch.where(hi - lo > 1e-6, hi, lo + 1)
-
-
-def scale(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Map [lo, hi] to [-1, 1] (values outside the training range go beyond it)."""
-    return 2 * (x - lo) / (hi - lo) - 1
 
 
 def main(args: Args) -> None:
@@ -121,11 +104,11 @@ def main(args: Args) -> None:
     is_train = torch.tensor([names[i] in train_tasks for i in task_of.tolist()])
     t_lo, t_hi = fit_scaling(traj[is_train])
     p_lo, p_hi = fit_scaling(post[is_train])
-    traj_s, post_s = scale(traj, t_lo, t_hi), scale(post, p_lo, p_hi)
+    traj_s, post_s = common.scale_to_unit(traj, t_lo, t_hi), common.scale_to_unit(post, p_lo, p_hi)
     print(f"stage 1 behaviour embedding: {int(is_train.sum())} rollouts of {len(train_tasks)} training tasks; "
           f"embedding {len(traj)} rollouts of {len(shards)} tasks")
 
-    phi, psi = Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
+    phi, psi = common.Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
     W = nn.Parameter(torch.eye(args.embed_dim))
     opt = torch.optim.Adam([*phi.parameters(), *psi.parameters(), W], lr=args.lr)
     from torch.utils.tensorboard import SummaryWriter

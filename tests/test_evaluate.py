@@ -115,18 +115,63 @@ def test_metaworld_goals_same_across_runs_and_processes():
     np.testing.assert_array_equal(np.array([float(x) for x in r.stdout.split()], dtype=obs[1].dtype), obs[1])
 
 
+class SucceedsAt:
+    """A metaworld env whose info["success"] turns 1 from step `at` on (real states, real actions)."""
+
+    def __init__(self, env, at):
+        self.env, self.at, self.t = env, at, 0
+
+    def reset(self):
+        self.t = 0
+        return self.env.reset()
+
+    def step(self, a):
+        o, r, term, trunc, info = self.env.step(a)
+        self.t += 1
+        return o.astype(np.float32), r, term, trunc, {**info, "success": float(self.t >= self.at)}
+
+
+def test_recorded_lockstep_features_equal_stage0_rollouts():
+    """The conditioning rollouts of evaluation (recorded in lockstep) give the features stage 0 records."""
+    import stage0_collect_sac as s0
+
+    torch.manual_seed(3)
+    spec = common.policy_spec(39, 4)
+    params = torch.randn(2, common.num_params(spec)) * 0.3
+    make = lambda i: SucceedsAt(common.make_eval_env("metaworld", "door-open-v3", episode=i, goal_seed=2),  # noqa: E731
+                                at=37 if i == 0 else 10_000)  # the second never succeeds
+    out = common.run_lockstep(params, [make(0), make(1)], spec, record=True)
+    for i in range(2):
+        actor = common.unflatten(params[i], common.Actor(39, 4))
+        ref = s0.rollout(make(i), s0.NumpyActor(actor).deterministic)
+        np.testing.assert_allclose(out["traj"][i], ref["traj"], atol=1e-5)
+        np.testing.assert_allclose(out["post_success"][i], ref["post_success"], atol=1e-5)
+        assert out["success"][i] == ref["success"] == (1.0 if i == 0 else 0.0)
+        np.testing.assert_allclose(out["post_success"][i], np.stack(ref["states"][37:40] if i == 0 else
+                                                                    ref["states"][-3:]).reshape(-1), atol=1e-5)
+
+
 def test_metaworld_tables(metaworld_chain):
     run, r, _ = metaworld_chain
     res = json.loads((run / "results.json").read_text())
     by = {(x["method"], x["task"]): x for x in res["rows"]}
     for m in ("hyplatent", "hypformer", "parent"):
         assert (m, "door-open-v3") in by and (m, "drawer-close-v3") in by
-    assert ("expert", "door-open-v3") in by and ("expert", "drawer-close-v3") not in by  # experts: seen only
+    for m in ("expert", "decoded-expert"):  # experts: seen tasks only
+        assert (m, "door-open-v3") in by and (m, "drawer-close-v3") not in by
     gen = torch.load(run / "generated.pt", weights_only=True)
-    # one policy per conditioning rollout no stage trained on: smoke keeps 2 checkpoints per task, the
-    # autoencoder holds out 1 of a seen task's, an unseen task's 2 are all unused
-    assert gen["n_conditions"] == {"door-open-v3": 1, "drawer-close-v3": 2, "drawer-open-v3": 1}
-    assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 2
+    # one policy per conditioning rollout (smoke: 3 per task, successful or not), each from a checkpoint no
+    # stage trained on: smoke keeps 2 checkpoints per task, the autoencoder holds out 1 of a seen task's,
+    # an unseen task's 2 are all unused; rollout k runs checkpoint k mod n on stage 0's goal k // n
+    assert gen["n_conditions"] == {"door-open-v3": 3, "drawer-close-v3": 3, "drawer-open-v3": 3}
+    ae = torch.load(run / "autoencoder.pt", weights_only=True)
+    for t, c in gen["conditioning"].items():
+        rows = ae["task_index"] == ae["tasks"].index(t)
+        held_out = ae["checkpoint_step"][rows & ~ae["train"]].tolist()
+        assert len(held_out) == (2 if t == "drawer-close-v3" else 1)
+        assert c["checkpoint_step"] == [held_out[k % len(held_out)] for k in range(3)]
+        assert c["goal"] == [k // len(held_out) for k in range(3)] and c["attempts"] == 3
+    assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 3
     for split, tasks in (("seen", ["door-open-v3", "drawer-open-v3"]), ("unseen", ["drawer-close-v3"])):
         avg = by[("hypformer", f"average-{split}")]["score"]
         assert avg == pytest.approx(np.mean([by[("hypformer", t)]["score"] for t in tasks]))
