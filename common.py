@@ -169,8 +169,13 @@ def check_metaworld_tasks(tasks: list[str]) -> list[str]:
     return list(tasks)
 
 
-def check_velocities(vels: list[float]) -> list[float]:
-    bad = [v for v in vels if not (0.0 <= float(v) <= 3.0)]
+def check_velocities(vels: list) -> list[float]:
+    """Target velocities (numbers or the strings of a command line) as floats in [0, 3], else one-line error."""
+    try:
+        vels = [float(v) for v in vels]
+    except ValueError:
+        raise SystemExit(f"error: --velocities takes numbers in [0, 3]; got {' '.join(map(str, vels))}") from None
+    bad = [v for v in vels if not (0.0 <= v <= 3.0)]
     if bad:
         raise SystemExit(f"error: target velocities must lie in [0, 3]; got {', '.join(map(str, bad))}")
     return [float(v) for v in vels]

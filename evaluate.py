@@ -87,16 +87,6 @@ SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_o
           "paper": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True)}
 
 
-def parse_velocities(values: list[str] | None) -> list[float]:
-    if values is None:
-        return list(common.CHEETAH_TEST)
-    try:
-        vels = [float(v) for v in values]
-    except ValueError:
-        raise SystemExit(f"error: --velocities takes numbers in [0, 3]; got {' '.join(values)}") from None
-    return common.check_velocities(vels)
-
-
 def nearest_expert(train_vels: list[float], v: float) -> int:
     """Index of the training velocity nearest to v (the lower one on a tie)."""
     return min(range(len(train_vels)), key=lambda i: (round(abs(train_vels[i] - v), 9), train_vels[i]))
@@ -225,7 +215,7 @@ def main(args: Args) -> None:
     args.run_dir = args.run_dir or f"runs/{args.suite}"
     if args.suite == "metaworld":
         return main_metaworld(args)
-    vels = parse_velocities(args.velocities)
+    vels = common.check_velocities(args.velocities or common.CHEETAH_TEST)
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     run, t0 = Path(args.run_dir), time.time()

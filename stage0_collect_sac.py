@@ -53,7 +53,7 @@ class Args:
     run_dir: Optional[str] = None
     """where artifacts go (default runs/<suite>)"""
     seed: int = 1
-    velocities: Optional[list[float]] = None
+    velocities: Optional[list[str]] = None
     """Cheetah-Vel training velocities (default: the scale's; quick = 10 of the 35 drawn with seed 0)"""
     tasks: Optional[list[str]] = None
     """MetaWorld tasks to train experts for (default: the scale's)"""
@@ -616,7 +616,7 @@ def main(args: Args) -> None:
     args.run_dir = args.run_dir or f"runs/{args.suite}"
     spec = common.suite_spec(args.suite)
     if args.suite == "cheetah-vel":
-        tasks = common.check_velocities(args.velocities)
+        tasks = args.velocities = common.check_velocities(args.velocities)
     else:
         tasks = common.check_metaworld_tasks(args.tasks)
         common.check_metaworld_tasks(args.parent_tasks)

@@ -53,8 +53,8 @@ def test_nearest_and_interpolated_expert():
                                              (["-0.1"], "must lie in [0, 3]; got -0.1")])
 def test_bad_velocities_one_line_error(values, message):
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
-        ev.parse_velocities(values)
-    assert ev.parse_velocities(["0.35", "3"]) == [0.35, 3.0]
+        common.check_velocities(values)
+    assert common.check_velocities(["0.35", "3"]) == [0.35, 3.0]
     r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--velocities", *values], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and message in r.stderr

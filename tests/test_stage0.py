@@ -174,6 +174,7 @@ def test_resume_after_kill(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--suite", "metaworld", "--tasks", "door-open-v3", "open-door"], "unknown MetaWorld task(s) open-door; valid: "),
     (["--velocities", "0.5", "4.0"], "target velocities must lie in [0, 3]; got 4.0"),
+    (["--velocities", "0.5", "abc"], "--velocities takes numbers in [0, 3]; got 0.5 abc"),
 ])
 def test_bad_input_one_line_error(tmp_path, flags, message):
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), *flags, timeout=120)
