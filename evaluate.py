@@ -26,7 +26,8 @@ tasks: all), rolled out here on stage 0's goal configurations (stage 0 records o
 too few); one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed evaluation goal
 configurations (`set_task`, never `reset(seed=)`), success at any step. Baselines in the same run: the
 shared parent on every task; on seen tasks the best stage-0 checkpoint (`expert`) and its autoencoder round
-trip (`decoded-expert`). Top-k: the mean success of the k best policies of a task. The envs are spread over
+trip (`decoded-expert`), and every stage-0 checkpoint (`checkpoints`, the data stages 1-3 learn from) with
+its round trip (`decoded-checkpoints`): they tell which stage loses success. Top-k: the mean success of the k best policies of a task. The envs are spread over
 `--jobs` processes, each stepping its share in lockstep.
 """
 
@@ -79,6 +80,7 @@ class Args:
     jobs: int = 0
     """MetaWorld: processes stepping the environments (0 = all cores)"""
     threads: int = 2
+    progress: bool = True
 
 
 SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False),
@@ -261,7 +263,7 @@ PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
                  ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
                  ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
                  ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
-MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "parent"]
+MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
 
 
 def top_k(rates: np.ndarray, k: int) -> float:
@@ -269,19 +271,28 @@ def top_k(rates: np.ndarray, k: int) -> float:
     return float(np.sort(np.asarray(rates, dtype=float))[::-1][:k].mean())
 
 
-def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False) -> dict:
-    """Policy i on MetaWorld episode jobs[i] = (task, goal_seed, goal_index), all in lockstep, split over
-    `workers` processes. Returns run_lockstep's arrays (with `record`, the MAA rollout features too)."""
-    chunks = [c for c in np.array_split(np.arange(len(jobs)), max(1, workers)) if len(c)]
+MAX_ENVS = 128  # metaworld envs alive at once per process: each holds ~21 MB (1,600 at once ran out of 24 GiB)
+
+
+def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False, desc: str = "") -> dict:
+    """Policy i on MetaWorld episode jobs[i] = (task, goal_seed, goal_index), in lockstep chunks of at most
+    MAX_ENVS episodes spread over `workers` processes (a progress bar named `desc` unless empty). Returns
+    run_lockstep's arrays (with `record`, the MAA rollout features too)."""
+    workers = max(1, workers)
+    n_chunks = workers * -(-len(jobs) // (workers * MAX_ENVS))  # a multiple of workers, each <= MAX_ENVS
+    chunks = [c for c in np.array_split(np.arange(len(jobs)), n_chunks) if len(c)]
     args = [(params[c], [jobs[i] for i in c], record) for c in chunks]
-    if len(chunks) <= 1:
-        out = [_lockstep_chunk(*a) for a in args]
+    from tqdm import tqdm
+
+    bar = dict(total=len(chunks), desc=f"{desc}: {len(jobs)} episodes", unit="chunk", disable=not desc)
+    if workers == 1 or len(chunks) == 1:
+        out = [_lockstep_chunk(*a) for a in tqdm(args, **bar)]
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(len(chunks), mp_context=mp.get_context("spawn")) as pool:
-            out = list(pool.map(_lockstep_chunk, *zip(*args)))
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            out = list(tqdm(pool.map(_lockstep_chunk, *zip(*args)), **bar))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
@@ -313,8 +324,8 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
                 params.append(s["params"][c]), jobs.append((t, seed, goal)), meta.append((t, c, goal))
         if not jobs:
             break
-        print(f"conditioning rollouts, round {rnd + 1}: {len(jobs)} episodes over {len(set(m[0] for m in meta))} tasks")
-        r = run_episodes(torch.stack(params).float(), jobs, workers, record=True)
+        r = run_episodes(torch.stack(params).float(), jobs, workers, record=True,
+                         desc=f"conditioning rollouts, round {rnd + 1}" if args.progress else "")
         h = common.embed_trajectories(phi, be, torch.from_numpy(r["traj"]))
         for i, (t, c, goal) in enumerate(meta):
             o = out[t]
@@ -358,9 +369,9 @@ def generate_metaworld(args: Args, workers: int) -> dict:
         if name in be["train_tasks"]:
             s = shards[name]
             best = s["params"][int(torch.argmax(s["success"] * 1e6 + s["return"]))][None]  # most successful, then best return
-            decoded = ae.decode(ae.encode(best)).reshape(1, -1)
-            for m, p in (("expert", best), ("decoded-expert", decoded)):
-                params.append(p), method.append(m), task.append(name)
+            for m, p in (("expert", best), ("decoded-expert", ae.decode(ae.encode(best))),
+                         ("checkpoints", s["params"]), ("decoded-checkpoints", ae.decode(ae.encode(s["params"])))):
+                params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         params.append(parent["params"][None]), method.append("parent"), task.append(name)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
             "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": args.goals,
@@ -370,11 +381,12 @@ def generate_metaworld(args: Args, workers: int) -> dict:
             "config": asdict(args)}
 
 
-def evaluate_metaworld(gen: dict, goals: int, workers: int) -> np.ndarray:
+def evaluate_metaworld(gen: dict, goals: int, workers: int, progress: bool = True) -> np.ndarray:
     """Success of every policy on every evaluation goal configuration [N, goals]."""
     n = len(gen["method"])
     jobs = [(gen["task"][i], common.EVAL_GOAL_SEED, e) for e in range(goals) for i in range(n)]
-    return run_episodes(gen["params"].repeat(goals, 1), jobs, workers)["success"].reshape(goals, n).T
+    out = run_episodes(gen["params"].repeat(goals, 1), jobs, workers, desc="evaluation" if progress else "")
+    return out["success"].reshape(goals, n).T
 
 
 def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
@@ -424,13 +436,15 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
         names = [t for t in dict.fromkeys(gen["task"]) if (t in gen["seen"]) == (split == "seen")]
         if not names:
             continue
-        head = "| task | conditions | HypLatent | HypFormer | " + ("expert | decoded expert | " if split == "seen" else "") + \
+        head = "| task | conditions | HypLatent | HypFormer | " + \
+            ("expert | decoded expert | all checkpoints | decoded checkpoints | " if split == "seen" else "") + \
                "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
             cells = [conditions_cell(gen, t), f("hyplatent", t), f("hypformer", t)]
-            cells += [f("expert", t), f("decoded-expert", t)] if split == "seen" else []
+            cells += [f(m, t) for m in ("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")] \
+                if split == "seen" else []
             cells += [f("parent", t), *map(str, p)]
             out.append(f"| {t} | " + " | ".join(cells) + " |")
         out.append("")
@@ -439,7 +453,9 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
                      ("hyplatent@top10", "AMT-Hyp w/o HypFormer (top 10)"), ("hypformer@top10", "AMT-Hyp (top 10)"),
                      ("hyplatent@top5", "AMT-Hyp w/o HypFormer (top 5)"), ("hypformer@top5", "AMT-Hyp (top 5)"),
                      ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
-                     ("decoded-expert", "decoded expert (its autoencoder round trip)")):
+                     ("decoded-expert", "decoded expert (its autoencoder round trip)"),
+                     ("checkpoints", "all stage-0 checkpoints of the task (the training data)"),
+                     ("decoded-checkpoints", "their autoencoder round trips")):
         out.append(f"| {label} (measured) | {f(m, 'average-seen')} | {f(m, 'average-unseen')} |")
     for name, seen, unseen in PAPER_SUMMARY:
         out.append(f"| {name} (printed in the paper) | {seen} | {unseen} |")
@@ -492,7 +508,7 @@ def main_metaworld(args: Args) -> None:
     else:
         gen = generate_metaworld(args, workers)
         common.save_artifact(gen, run / "generated.pt")
-    success = evaluate_metaworld(gen, args.goals, workers)
+    success = evaluate_metaworld(gen, args.goals, workers, args.progress)
     rows = metaworld_rows(gen, success)
     header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
               f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal configurations; "

@@ -151,13 +151,29 @@ def test_recorded_lockstep_features_equal_stage0_rollouts():
                                                                     ref["states"][-3:]).reshape(-1), atol=1e-5)
 
 
+def test_run_episodes_chunks_keep_the_order(monkeypatch):
+    """Episodes split into chunks over 2 processes come back in job order, equal to one lockstep run."""
+    monkeypatch.setattr(ev, "MAX_ENVS", 2)  # 5 jobs -> 4 chunks of <= 2
+    torch.manual_seed(4)
+    spec = common.policy_spec(39, 4)
+    params = torch.randn(5, common.num_params(spec)) * 0.3
+    jobs = [("door-open-v3", 2, 0), ("drawer-close-v3", 2, 1), ("door-open-v3", common.EVAL_GOAL_SEED, 1),
+            ("reach-wall-v3", 2, 3), ("drawer-close-v3", common.EVAL_GOAL_SEED, 0)]
+    out = ev.run_episodes(params, jobs, workers=2, record=True)
+    envs = [common.make_eval_env("metaworld", t, episode=i, goal_seed=g) for t, g, i in jobs]
+    ref = common.run_lockstep(params, envs, spec, record=True)
+    for k in ("return", "success", "traj", "post_success"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-6, atol=1e-6)
+    assert len(set(np.round(out["return"], 3))) == 5  # five different episodes
+
+
 def test_metaworld_tables(metaworld_chain):
     run, r, _ = metaworld_chain
     res = json.loads((run / "results.json").read_text())
     by = {(x["method"], x["task"]): x for x in res["rows"]}
     for m in ("hyplatent", "hypformer", "parent"):
         assert (m, "door-open-v3") in by and (m, "drawer-close-v3") in by
-    for m in ("expert", "decoded-expert"):  # experts: seen tasks only
+    for m in ("expert", "decoded-expert", "checkpoints", "decoded-checkpoints"):  # seen tasks only
         assert (m, "door-open-v3") in by and (m, "drawer-close-v3") not in by
     gen = torch.load(run / "generated.pt", weights_only=True)
     # one policy per conditioning rollout (smoke: 3 per task, successful or not), each from a checkpoint no
@@ -172,6 +188,7 @@ def test_metaworld_tables(metaworld_chain):
         assert c["checkpoint_step"] == [held_out[k % len(held_out)] for k in range(3)]
         assert c["goal"] == [k // len(held_out) for k in range(3)] and c["attempts"] == 3
     assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 3
+    assert by[("checkpoints", "door-open-v3")]["n_policies"] == by[("decoded-checkpoints", "door-open-v3")]["n_policies"] == 2
     for split, tasks in (("seen", ["door-open-v3", "drawer-open-v3"]), ("unseen", ["drawer-close-v3"])):
         avg = by[("hypformer", f"average-{split}")]["score"]
         assert avg == pytest.approx(np.mean([by[("hypformer", t)]["score"] for t in tasks]))
