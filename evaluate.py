@@ -463,8 +463,10 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
 
 
 @torch.no_grad()
-def pca_figure(args: Args, gen_pt: dict, path: Path, per_task: int = 3) -> None:
-    """Fig. 4: per seen task, 2-D PCA of ground-truth latents against generated ones (HypLatent, HypFormer)."""
+def pca_figure(args: Args, gen_pt: dict, path: Path) -> None:
+    """Fig. 4: per seen task, 2-D PCA of ground-truth latents (all of the task's stage-0 checkpoints)
+    against generated ones (HypLatent, HypFormer; the evaluated parameters encoded again); the axes are fit
+    on both sets of that panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -472,11 +474,11 @@ def pca_figure(args: Args, gen_pt: dict, path: Path, per_task: int = 3) -> None:
 
     run = Path(args.run_dir)
     ae, ae_art = common.load_autoencoder(run / "autoencoder.pt", args.suite)
-    tasks = [t for t in gen_pt["seen"] if t in dict.fromkeys(gen_pt["task"])][:per_task]
+    tasks = [t for t in gen_pt["seen"] if t in dict.fromkeys(gen_pt["task"])]
     if not tasks:
         return
     method, task = np.array(gen_pt["method"]), np.array(gen_pt["task"])
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(8, 3.2 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(8, 2.8 * len(tasks)), squeeze=False)
     for row, t in enumerate(tasks):
         gt = ae_art["latents"][ae_art["task_index"] == ae_art["tasks"].index(t)].flatten(1)
         for col, m in enumerate(("hyplatent", "hypformer")):
