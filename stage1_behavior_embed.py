@@ -57,6 +57,8 @@ SCALES = {"smoke": dict(steps=50), "quick": dict(steps=2000), "mw-quick": dict(s
           "paper": dict(steps=20_000)}
 FORMAT = common.BEHAVIOR_FORMAT
 
+# phi (trajectory features -> 1024 -> 1024 -> h) is common.Phi: evaluation embeds new rollouts with it.
+
 
 class Psi(nn.Module):
     """psi: post-success states (3 x obs) -> 256 -> LayerNorm -> Tanh -> v."""
