@@ -181,9 +181,11 @@ def check_velocities(vels: list) -> list[float]:
     return [float(v) for v in vels]
 
 
+@functools.lru_cache(maxsize=None)
 def metaworld_goals(task: str, seed: int, n: int | None = None) -> list:
-    """Goal configurations (metaworld `Task`s) of one task, fixed by `seed`. MetaWorld ignores
-    `reset(seed=)`; a goal is fixed with `env.set_task(goal)` before `reset()`."""
+    """Goal configurations (metaworld `Task`s) of one task, fixed by `seed` (cached: building them takes
+    about a second). MetaWorld ignores `reset(seed=)`; a goal is fixed with `env.set_task(goal)` before
+    `reset()`. Do not modify the returned list."""
     import metaworld
 
     goals = metaworld.MT1(task, seed=seed).train_tasks
@@ -221,13 +223,8 @@ def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL
     if suite == "cheetah-vel":
         return CheetahVel(float(task), seed=100_000 + episode)
     env = make_metaworld(task)
-    env.set_task(_cached_goals(task, goal_seed)[episode])
+    env.set_task(metaworld_goals(task, goal_seed)[episode])
     return env
-
-
-@functools.lru_cache(maxsize=None)
-def _cached_goals(task: str, seed: int) -> list:
-    return metaworld_goals(task, seed)
 
 
 def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = False) -> dict:

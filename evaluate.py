@@ -271,7 +271,7 @@ def top_k(rates: np.ndarray, k: int) -> float:
     return float(np.sort(np.asarray(rates, dtype=float))[::-1][:k].mean())
 
 
-MAX_ENVS = 128  # metaworld envs alive at once per process: each holds ~21 MB (1,600 at once ran out of 24 GiB)
+MAX_ENVS = 128  # metaworld envs alive at once per process (1,600 at once ran out of 24 GiB)
 
 
 def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False, desc: str = "") -> dict:
