@@ -1,22 +1,23 @@
-"""What two or more stages of AMT-Hyp share (DESIGN.md sections 2, 3, 10, 11).
+"""What every stage of AMT-Hyp needs (DESIGN.md sections 2, 3, 9-11). Nothing here belongs to one stage:
+each model lives in the stage file that trains it, and a later stage imports it from there.
 
-- the generated policy: the SAC actor of section 2, its flat parameter layout, and a batched forward that
-  runs P flat policies on P observation batches at once;
-- the environments: Cheetah-Vel (HalfCheetah-v5 with a target-velocity reward) and MetaWorld v3 tasks;
-- the MAA rollout features `traj` and `post_success` (section 4);
-- artifacts: atomic save, validated load (section 10), the stage-0 shards of a suite;
-- the networks that a later stage runs again: the stage-1 autoencoder, the stage-2 generator G and the
-  stage-3 HypFormer (their losses and training loops stay in the stage files), and the (Z, tau_e) pairs
-  that stages 2 and 3 learn from;
-- scales and seeding (section 11).
+- the generated policy: the SAC actor, its flat parameter layout, and a batched forward that runs P flat
+  policies on P observation batches at once;
+- the environments (Cheetah-Vel, MetaWorld v3), the lockstep runner and MAA's rollout features;
+- artifacts: atomic save, validated load, provenance (scale, settings and the inputs an artifact was made
+  from), the stage-0 shards of a run directory;
+- command lines: the defaults of a scale, the run directory of a scale, range checks; seeding, devices.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
 import os
 import random
-from dataclasses import fields
+import uuid
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------
-# The generated policy (DESIGN section 2)
+# The generated policy (DESIGN.md section 2)
 # x -> Linear(obs,128) -> ELU -> Linear(128,128) -> ReLU -> {mean: Linear(128,act), log_std: Linear(128,act)}
 # ----------------------------------------------------------------------------------------------------
 
@@ -82,30 +83,24 @@ def unflatten(vec: torch.Tensor, actor: Actor) -> Actor:
     return actor
 
 
-def split_params(params: torch.Tensor, spec: dict) -> list[torch.Tensor]:
-    """[N, P] flat policies -> list of views [N, *shape], one per tensor of the layout (no copy)."""
-    out, i = [], 0
-    for s in param_shapes(spec):
-        n = int(np.prod(s))
-        out.append(params[:, i : i + n].view(params.shape[0], *s))
-        i += n
-    return out
-
-
 def batched_act(params: torch.Tensor, obs: torch.Tensor, spec: dict) -> torch.Tensor:
     """Deterministic actions of N flat policies on N observation batches: one batched matmul per layer.
 
     params [N, P], obs [N, B, obs_dim] -> actions [N, B, act_dim] = tanh(mean), the same as
     `Actor.act` of each policy loaded with `unflatten`.
     """
-    w1, b1, w2, b2, wm, bm, _, _ = split_params(params, spec)
+    views, i = [], 0
+    for s in param_shapes(spec):  # [N, *shape] views of the flat vectors, no copy
+        views.append(params[:, i : i + int(np.prod(s))].view(params.shape[0], *s))
+        i += int(np.prod(s))
+    w1, b1, w2, b2, wm, bm, _, _ = views
     h = F.elu(torch.baddbmm(b1.unsqueeze(1), obs, w1.transpose(1, 2)))
     h = F.relu(torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2)))
     return torch.tanh(torch.baddbmm(bm.unsqueeze(1), h, wm.transpose(1, 2)))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Environments (DESIGN section 3)
+# Environments (DESIGN.md section 3)
 # ----------------------------------------------------------------------------------------------------
 
 CHEETAH_STEPS = 200
@@ -160,6 +155,10 @@ MW_UNSEEN = ["drawer-close-v3", "handle-press-side-v3", "door-lock-v3", "window-
              "reach-wall-v3", "coffee-button-v3", "button-press-wall-v3", "faucet-open-v3"]
 MW_TASKS = MW_SEEN + MW_UNSEEN
 MW_OBS, MW_ACT, MW_STEPS = 39, 4, 500
+MW_GOALS = 50  # goal configurations metaworld.MT1 draws per task and seed
+# MetaWorld evaluation goals are drawn with this seed; stage 0 refuses seeds whose training or rollout goal
+# seeds would equal it, so evaluation goals never appear in training or conditioning.
+EVAL_GOAL_SEED = 2024
 
 
 def check_metaworld_tasks(tasks: list[str]) -> list[str]:
@@ -175,21 +174,22 @@ def check_velocities(vels: list) -> list[float]:
         vels = [float(v) for v in vels]
     except ValueError:
         raise SystemExit(f"error: --velocities takes numbers in [0, 3]; got {' '.join(map(str, vels))}") from None
+    if not vels:
+        raise SystemExit("error: --velocities needs at least one velocity")
     bad = [v for v in vels if not (0.0 <= v <= 3.0)]
     if bad:
         raise SystemExit(f"error: target velocities must lie in [0, 3]; got {', '.join(map(str, bad))}")
-    return [float(v) for v in vels]
+    return vels
 
 
 @functools.lru_cache(maxsize=None)
-def metaworld_goals(task: str, seed: int, n: int | None = None) -> list:
-    """Goal configurations (metaworld `Task`s) of one task, fixed by `seed` (cached: building them takes
-    about a second). MetaWorld ignores `reset(seed=)`; a goal is fixed with `env.set_task(goal)` before
-    `reset()`. Do not modify the returned list."""
+def metaworld_goals(task: str, seed: int) -> list:
+    """The 50 goal configurations (metaworld `Task`s) of one task drawn with `seed` (cached: building them
+    takes about a second). MetaWorld ignores `reset(seed=)`; a goal is fixed with `env.set_task(goal)`
+    before `reset()`. Do not modify the returned list."""
     import metaworld
 
-    goals = metaworld.MT1(task, seed=seed).train_tasks
-    return goals if n is None else goals[:n]
+    return metaworld.MT1(task, seed=seed).train_tasks
 
 
 def make_metaworld(task: str):
@@ -213,15 +213,14 @@ def suite_spec(suite: str) -> dict:
     return policy_spec(CHEETAH_OBS, CHEETAH_ACT) if suite == "cheetah-vel" else policy_spec(MW_OBS, MW_ACT)
 
 
-EVAL_GOAL_SEED = 2024  # MetaWorld evaluation goals: not among the training goals (stage 0 seeds 1, 2)
-
-
 def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL_SEED):
     """An env for evaluating a policy on `task` (velocity or metaworld name), fixed by `episode`:
-    Cheetah-Vel seeds its reset with it; MetaWorld sets goal number `episode` of the goal configurations
-    drawn with `goal_seed` (default: the evaluation goals; stage 0's rollouts drew from seed + 1 = 2)."""
+    Cheetah-Vel seeds its reset with it; MetaWorld sets goal number `episode` (0..49) of the goal
+    configurations drawn with `goal_seed` (default: the evaluation goals)."""
     if suite == "cheetah-vel":
         return CheetahVel(float(task), seed=100_000 + episode)
+    if not 0 <= episode < MW_GOALS:
+        raise SystemExit(f"error: MetaWorld has {MW_GOALS} goal configurations per seed; goal {episode} asked for")
     env = make_metaworld(task)
     env.set_task(metaworld_goals(task, goal_seed)[episode])
     return env
@@ -260,7 +259,7 @@ def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = Fa
 
 
 # ----------------------------------------------------------------------------------------------------
-# Rollout features of MAA (DESIGN section 4)
+# Rollout features of MAA (DESIGN.md section 4)
 # ----------------------------------------------------------------------------------------------------
 
 TRAJ_STEPS, TRAJ_EVERY, POST_STATES = 60, 3, 3
@@ -286,23 +285,30 @@ def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | Non
 
 
 # ----------------------------------------------------------------------------------------------------
-# Artifacts (DESIGN section 10)
+# Artifacts and their provenance (DESIGN.md section 10)
 # ----------------------------------------------------------------------------------------------------
+
+STAGE0_FORMAT = "amt-hyp/stage0-shard v2"
+PARENT_FORMAT = "amt-hyp/stage0-parent v2"
+# options that change where or how fast a stage runs, never what it computes
+RUNTIME_FIELDS = ("run_dir", "jobs", "threads", "torch_threads", "device", "progress", "save_every", "skip_done")
 
 
 def save_artifact(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file."""
+    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file. Every
+    artifact gets a `uid`; a later artifact names the inputs it was made from by their uids (`made_from`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    obj.setdefault("uid", uuid.uuid4().hex)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: dict | None = None,
-                  suite: str | None = None) -> dict:
-    """Load a `.pt` artifact with weights_only=True and check it. Any problem stops the program with
-    one line naming the file and the problem."""
+                  suite: str | None = None, scale: str | None = None) -> dict:
+    """Load a `.pt` artifact with weights_only=True (no pickled code runs) and check it. Any problem stops
+    the program with one line naming the file and the problem."""
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"error: {path}: file not found (run the stage that writes it first)")
@@ -319,6 +325,9 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
         raise SystemExit(f"error: {path}: missing key(s) {', '.join(missing)}")
     if suite is not None and obj.get("suite") != suite:
         raise SystemExit(f"error: {path}: suite is '{obj.get('suite')}', expected '{suite}'")
+    if scale is not None and obj.get("settings", {}).get("scale") != scale:
+        raise SystemExit(f"error: {path}: made at scale '{obj.get('settings', {}).get('scale')}', this run is at "
+                         f"scale '{scale}' (each scale has its own run directory: use another --run-dir)")
     if spec is not None:
         if obj.get("policy") != spec:
             raise SystemExit(f"error: {path}: policy is {obj.get('policy')}, expected {spec}")
@@ -328,248 +337,119 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
     return obj
 
 
-STAGE0_FORMAT = "amt-hyp/stage0-shard v1"
-PARENT_FORMAT = "amt-hyp/stage0-parent v1"
+def settings(args, ignore: tuple[str, ...] = ()) -> dict:
+    """The options of `args` that change what a stage computes (scale included), as plain JSON values."""
+    skip = RUNTIME_FIELDS + tuple(ignore)
+    return json.loads(json.dumps({k: v for k, v in asdict(args).items() if k not in skip}))
 
 
-def load_stage0(run_dir: str | Path, suite: str) -> list[dict]:
-    """Every stage-0 shard of a suite, sorted by task name (Cheetah-Vel: by velocity)."""
-    paths = sorted(Path(run_dir, "stage0").glob("*.pt"))
-    paths = [p for p in paths if not p.name.endswith(".partial.pt")]
+def check_settings(path, old: dict, new: dict) -> None:
+    """Stop with one line if an artifact at `path` made with settings `old` does not match `new`."""
+    for k in sorted(set(old) | set(new), key=lambda k: (k != "scale", k)):  # the scale first
+        if old.get(k) != new.get(k):
+            raise SystemExit(f"error: {path}: made with {k} = {old.get(k)!r}, this run has {k} = {new.get(k)!r} "
+                             "(delete it, or use another --run-dir)")
+
+
+def up_to_date(path: str | Path, fmt: str, current: dict, made_from: dict) -> bool:
+    """True when `path` holds a finished artifact of `fmt` made with the settings `current` from the inputs
+    `made_from` ({file: uid}): the test behind --skip-done. Anything else is made again."""
+    try:
+        art = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - missing or unreadable: not up to date
+        return False
+    return (isinstance(art, dict) and art.get("format") == fmt and art.get("settings") == current
+            and art.get("made_from") == made_from)
+
+
+def load_stage0(run_dir: str | Path, suite: str, scale: str) -> list[dict]:
+    """Every finished stage-0 shard of a run directory, sorted by task name (Cheetah-Vel: by velocity).
+    They must come from one parent with one set of stage-0 settings; anything else stops with one line."""
+    paths = sorted(p for p in Path(run_dir, "stage0").glob("*.pt") if not p.name.endswith(".partial.pt"))
     if not paths:
         raise SystemExit(f"error: {Path(run_dir, 'stage0')}: no stage-0 shards (run stage0_collect_sac.py first)")
-    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success"),
-                            spec=suite_spec(suite), suite=suite) for p in paths]
+    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success",
+                                               "settings", "made_from"), spec=suite_spec(suite), suite=suite,
+                            scale=scale) for p in paths]
+    for p, s in zip(paths[1:], shards[1:]):
+        if s["made_from"] != shards[0]["made_from"]:
+            raise SystemExit(f"error: {p}: fine-tuned from another parent than {paths[0].name} (mixed run directory)")
+        check_settings(p, s["settings"], shards[0]["settings"])
+        if len(s["params"]) != len(s["step"]):
+            raise SystemExit(f"error: {p}: {len(s['params'])} params rows for {len(s['step'])} steps")
     if suite == "cheetah-vel":
         shards.sort(key=lambda s: s["target_velocity"])
     return shards
 
 
-# ----------------------------------------------------------------------------------------------------
-# Stage 1 autoencoder (paper Sec. III-A; trained by stage1_autoencoder.py, used by every later stage)
-# ----------------------------------------------------------------------------------------------------
-
-AUTOENCODER_FORMAT = "amt-hyp/autoencoder v1"
-BEHAVIOR_FORMAT = "amt-hyp/behavior-embed v1"
+def shard_ids(shards: list[dict]) -> dict:
+    """{`stage0/<task>.pt`: uid}: how an artifact of stage 1 names the shards it was made from."""
+    return {f"stage0/{s['task']}.pt": s["uid"] for s in shards}
 
 
-class PolicyAutoencoder(nn.Module):
-    """E: two bias-free linear maps (first layer, rest) to tokens, LayerNorm; D: one linear map per token."""
-
-    def __init__(self, spec: dict, token_dim: int):
-        super().__init__()
-        first = spec["hidden"] * spec["obs_dim"] + spec["hidden"]  # fc1 weight and bias
-        self.sizes = [first, num_params(spec) - first]
-        self.enc = nn.ModuleList([nn.Linear(n, token_dim, bias=False) for n in self.sizes])
-        self.norm = nn.LayerNorm(token_dim)
-        self.dec = nn.ModuleList([nn.Linear(token_dim, n, bias=False) for n in self.sizes])
-        self.register_buffer("mean", torch.zeros(sum(self.sizes)))
-        self.register_buffer("std", torch.ones(sum(self.sizes)))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, P] flat policies -> Z [B, 2, token_dim]."""
-        parts = ((x - self.mean) / self.std).split(self.sizes, dim=-1)
-        return torch.stack([self.norm(e(p)) for e, p in zip(self.enc, parts)], dim=1)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Z [B, 2, token_dim] -> [B, P] flat policies."""
-        return torch.cat([d(z[:, i]) for i, d in enumerate(self.dec)], dim=-1) * self.std + self.mean
-
-    def forward(self, x: torch.Tensor, input_noise: float = 0.0, latent_noise: float = 0.0) -> torch.Tensor:
-        z = self.encode(x + input_noise * torch.randn_like(x))
-        return self.decode(z + latent_noise * torch.randn_like(z))
-
-
-def load_autoencoder(path: str | Path, suite: str) -> tuple[PolicyAutoencoder, dict]:
-    """The trained autoencoder (eval mode) and its artifact; used by the later stages."""
-    spec = suite_spec(suite)
-    art = load_artifact(path, AUTOENCODER_FORMAT, ("model", "token_dim", "latents"), spec=spec, suite=suite)
-    model = PolicyAutoencoder(spec, art["token_dim"])
-    model.load_state_dict(art["model"])
-    return model.eval(), art
-
-
-class Phi(nn.Module):
-    """The behaviour embedding's phi (Eq. 2): trajectory features (20 x (obs + 3 act)) -> 1024 -> 1024 -> h."""
-
-    def __init__(self, in_dim: int, out_dim: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                                 nn.Linear(1024, out_dim))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def scale_to_unit(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Map [lo, hi] to [-1, 1] (values outside the training range go beyond it)."""
-    return 2 * (x - lo) / (hi - lo) - 1
-
-
-def load_behavior_embed(path: str | Path, suite: str) -> tuple[Phi, dict]:
-    """phi with the input scaling it was trained with: `embed_trajectories(phi, art, traj)` gives h."""
-    art = load_artifact(path, BEHAVIOR_FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks"),
-                        suite=suite)
-    phi = Phi(art["scaling"]["traj_lo"].numel(), art["h"].shape[1])
-    phi.load_state_dict(art["phi"])
-    return phi.eval(), art
-
-
-@torch.no_grad()
-def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
-    """h = phi(scaled traj), with the scaling fit on stage 1's training rollouts (DESIGN section 5)."""
-    return phi(scale_to_unit(traj, art["scaling"]["traj_lo"], art["scaling"]["traj_hi"]))
-
-
-def training_pairs(run_dir: str | Path, suite: str) -> dict:
-    """Stages 2 and 3 learn from (Z, tau_e) pairs: the latents of the autoencoder's training checkpoints and
-    their raw conditions (Cheetah-Vel: the target velocity; MetaWorld: the rollout's behaviour embedding h)."""
-    run = Path(run_dir)
-    _, ae = load_autoencoder(run / "autoencoder.pt", suite)
-    Z = ae["latents"].flatten(1)
-    if suite == "cheetah-vel":
-        vel = torch.tensor([s["target_velocity"] for s in load_stage0(run, suite)])
-        cond = vel[ae["task_index"]].unsqueeze(1)
-    else:
-        be = load_artifact(run / "behavior_embed.pt", BEHAVIOR_FORMAT, ("h", "tasks", "checkpoint_step"), suite=suite)
-        if be["tasks"] != ae["tasks"] or not torch.equal(be["checkpoint_step"], ae["checkpoint_step"]):
-            raise SystemExit(f"error: {run / 'behavior_embed.pt'}: its checkpoints differ from autoencoder.pt's "
-                             "(re-run both stage-1 scripts on the same stage-0 shards)")
-        cond = be["h"]
-    train = ae["train"]
-    return {"Z": Z[train], "cond": cond[train], "task_index": ae["task_index"][train], "tasks": ae["tasks"],
-            "token_dim": ae["token_dim"]}
+def check_made_from(path, art: dict, inputs: dict) -> None:
+    """Stop with one line if the artifact at `path` was made from other inputs ({file: uid}) than `inputs`."""
+    old = art.get("made_from", {})
+    gone, new = sorted(set(old) - set(inputs)), sorted(set(inputs) - set(old))
+    changed = sorted(k for k in set(old) & set(inputs) if old[k] != inputs[k])
+    if gone or new or changed:
+        what = "; ".join(x for x in (f"missing now: {', '.join(gone)}" if gone else "",
+                                     f"not among its inputs: {', '.join(new)}" if new else "",
+                                     f"remade since: {', '.join(changed)}" if changed else "") if x)
+        raise SystemExit(f"error: {path}: made from other inputs than this run directory holds ({what}); "
+                         "re-run the stage that wrote it")
 
 
 # ----------------------------------------------------------------------------------------------------
-# Stage 2 generator G (paper Sec. III-B; trained by stage2_hyplatent.py, sampled by stage 3 and evaluation)
-# ----------------------------------------------------------------------------------------------------
-
-HYPLATENT_FORMAT = "amt-hyp/hyplatent v1"
-
-
-def _block(i: int, o: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.GELU(), nn.Dropout(dropout))
-
-
-class Generator(nn.Module):
-    """G(tau_e, n) -> Z_hat: the paper's "1D UNet", as in the authors' code an MLP encoder-decoder with
-    additive skip connections (widths 2048, 1024, 512, 256 and back; BatchNorm, GELU, dropout 0.1).
-    Works on normalised conditions and latents (statistics saved in the stage-2 artifact)."""
-
-    def __init__(self, cond_dim: int, noise_dim: int, latent_dim: int, widths=(2048, 1024, 512, 256),
-                 dropout: float = 0.1):
-        super().__init__()
-        self.noise_dim = noise_dim
-        dims = [cond_dim + noise_dim, *widths]
-        self.down = nn.ModuleList([_block(dims[i], dims[i + 1], dropout) for i in range(len(widths))])
-        self.up = nn.ModuleList([_block(widths[i + 1], widths[i], dropout) for i in reversed(range(len(widths) - 1))])
-        self.out = nn.Linear(widths[0], latent_dim)
-
-    def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([cond, noise], dim=-1)
-        skips = []
-        for blk in self.down:
-            x = blk(x)
-            skips.append(x)
-        for blk, skip in zip(self.up, reversed(skips[:-1])):
-            x = blk(x) + skip
-        return self.out(x)
-
-
-def load_generator(path: str | Path, suite: str) -> tuple[Generator, dict]:
-    """The trained generator (eval mode) and its artifact (normalisation statistics included)."""
-    art = load_artifact(path, HYPLATENT_FORMAT, ("generator", "arch", "latent_mean", "latent_std",
-                                                 "cond_mean", "cond_std"), suite=suite)
-    G = Generator(**art["arch"])
-    G.load_state_dict(art["generator"])
-    return G.eval(), art
-
-
-def decode_generated(latents: torch.Tensor, gen: dict, ae: "PolicyAutoencoder") -> torch.Tensor:
-    """Normalised generated latents [N, 2 * token_dim] -> flat policies [N, P]: undo stage 2's latent
-    normalisation (statistics in its artifact `gen`), then the autoencoder's decoder."""
-    z = latents * gen["latent_std"] + gen["latent_mean"]
-    return ae.decode(z.view(len(latents), 2, -1))
-
-
-def run_generated(latents: torch.Tensor, gen: dict, ae: "PolicyAutoencoder", suite: str, tasks: list,
-                  episodes: int = 1) -> np.ndarray:
-    """Decode normalised generated latents [N, latent] (statistics from the stage-2 artifact `gen`) and run
-    policy i on tasks[i] (velocity or metaworld name), `episodes` times each, in lockstep. Returns the
-    mean return (Cheetah-Vel) or success (MetaWorld) of each policy, [N]."""
-    with torch.no_grad():
-        params = decode_generated(latents, gen, ae).repeat(episodes, 1)
-    envs = [make_eval_env(suite, t, episode=e) for e in range(episodes) for t in tasks]
-    out = run_lockstep(params, envs, suite_spec(suite))
-    key = "return" if suite == "cheetah-vel" else "success"
-    return out[key].reshape(episodes, len(tasks)).mean(0)
-
-
-def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor, list, list]:
-    """Up to `per_task` training pairs per task for a functional check: (indices, task of each as an env
-    argument, task names)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = []
-    for t in range(len(data["tasks"])):
-        rows = (data["task_index"] == t).nonzero().squeeze(1)
-        idx.append(rows[torch.randperm(len(rows), generator=g)[:per_task]])
-    idx = torch.cat(idx)
-    names = [data["tasks"][int(t)] for t in data["task_index"][idx]]
-    env_tasks = [float(c) for c in data["cond"][idx, 0]] if data["cond"].shape[1] == 1 else names
-    return idx, env_tasks, names
-
-
-# ----------------------------------------------------------------------------------------------------
-# Stage 3 HypFormer (paper Sec. III-C; trained by stage3_hypformer.py, run by evaluation)
-# ----------------------------------------------------------------------------------------------------
-
-HYPFORMER_FORMAT = "amt-hyp/hypformer v1"
-
-
-class HypFormer(nn.Module):
-    """Tokens [Z_token (learned), proj(Z_hat_1..Z_hat_L), proj(tau_e)] -> one TransformerEncoderLayer (no
-    positional encoding; attention runs over the L + 2 tokens of one sample, never across the batch) ->
-    shared MLP -> latent head and residue head, each averaged over the tokens: (Z_pred, grad_pred).
-    The refined latent is Z_pred + grad_pred. Works in the normalised latent space of stage 2."""
-
-    def __init__(self, latent_dim: int, cond_dim: int, width: int = 256, heads: int = 128, dropout: float = 0.1):
-        super().__init__()
-        self.z_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
-        self.proj_z = nn.Linear(latent_dim, width)
-        self.proj_c = nn.Linear(cond_dim, width)
-        self.layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=dropout,
-                                                batch_first=True)  # input (batch, tokens, width)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU())
-        self.latent_head = nn.Linear(width, latent_dim)
-        self.residue_head = nn.Linear(width, latent_dim)
-
-    def forward(self, z_hat: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_hat [B, L, latent] (normalised), cond [B, cond] (normalised) -> Z_pred, grad_pred [B, latent]."""
-        b = z_hat.shape[0]
-        tokens = torch.cat([self.z_token.expand(b, 1, -1), self.proj_z(z_hat), self.proj_c(cond).unsqueeze(1)], 1)
-        h = self.mlp(self.layer(tokens))
-        return self.latent_head(h).mean(1), self.residue_head(h).mean(1)
-
-
-def load_hypformer(path: str | Path, suite: str) -> tuple[HypFormer, dict]:
-    art = load_artifact(path, HYPFORMER_FORMAT, ("model", "arch", "num_tokens"), suite=suite)
-    model = HypFormer(**art["arch"])
-    model.load_state_dict(art["model"])
-    return model.eval(), art
-
-
-# ----------------------------------------------------------------------------------------------------
-# Scales, seeding (DESIGN sections 9, 11)
+# Command lines, scales, seeding (DESIGN.md sections 9, 11)
 # ----------------------------------------------------------------------------------------------------
 
 
-def apply_scale(args, table: dict) -> None:
-    """Fill every field of `args` left at None from `table` (the defaults of the chosen scale);
-    a flag given on the command line wins."""
-    for f in fields(args):
-        if getattr(args, f.name) is None and f.name in table:
-            setattr(args, f.name, table[f.name])
+def scale_defaults(Args, scales: dict, suite: str, scale: str):
+    """Args with the defaults of `suite` at `scale`: the dataclass holds quick Cheetah-Vel; `scales` maps a
+    scale ("smoke") or a suite and scale ("metaworld:quick") to the options it changes."""
+    table = {**scales.get(scale, {}), **scales.get(f"{suite}:{scale}", {})}
+    return replace(Args(), suite=suite, scale=scale, run_dir=f"runs/{suite}-{scale}", **table)
+
+
+def parse_args(Args, scales: dict, doc: str, argv: list[str] | None = None):
+    """tyro.cli(Args) with the defaults of the --suite and --scale given (any flag given explicitly wins).
+    `--help` shows the defaults of that suite and scale, and lists what the other scales change."""
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--suite", default=Args.suite)
+    pre.add_argument("--scale", default=Args.scale)
+    known, _ = pre.parse_known_args(argv)
+    rows = [f"  {k}: " + ", ".join(f"{f}={v}" for f, v in t.items()) for k, t in scales.items()]
+    doc = (f"{doc.strip()}\n\nDefaults below: --suite {known.suite} --scale {known.scale}. What the other scales "
+           "change (the quick Cheetah-Vel defaults otherwise; 'metaworld:quick' = --suite metaworld --scale quick):\n"
+           + "\n".join(rows))
+    return tyro.cli(Args, default=scale_defaults(Args, scales, known.suite, known.scale), description=doc, args=argv)
+
+
+def check_options(args, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = (),
+                  fraction: tuple[str, ...] = ()) -> None:
+    """One-line errors for numeric options out of range, before any work starts."""
+    for kind, names, ok in (("> 0", positive, lambda v: v > 0), (">= 0", nonnegative, lambda v: v >= 0),
+                            ("in [0, 1)", fraction, lambda v: 0 <= v < 1)):
+        for name in names:
+            v = getattr(args, name)
+            if v is None or not ok(v):
+                raise SystemExit(f"error: --{name.replace('_', '-')} must be {kind}; got {v}")
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the run directory and check that it can be written, before the work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: {path}: cannot write to the run directory ({e.strerror})") from None
+    return path
 
 
 def cpu_state(module: nn.Module) -> dict:

@@ -12,13 +12,14 @@ episodes each. Baselines, measured in the same run:
 Every policy of every method runs in lockstep: one batched forward of all policies per step.
 
 The score of a method is its mean return over the test velocities (each: mean over policies and episodes).
-Writes `runs/<suite>/results.md` (Table IV with our rows and the paper's printed rows, marked),
-`results.json`, `generated.pt` (every evaluated policy) and `return_vs_velocity.png`.
+Writes `<run_dir>/results.md` (Table IV with our rows and the paper's printed rows, marked),
+`return_vs_velocity.png`, `generated.pt` (every evaluated policy) and, last, `results.json` (with the
+artifacts it was made from: pipeline.sh skips the evaluation only when that file is up to date).
 
     python evaluate.py                                  # the paper's 5 test velocities
     python evaluate.py --velocities 0.35 1.55 2.8       # any target velocities in [0, 3]
-    python evaluate.py --from-generated runs/cheetah-vel/generated.pt    # re-run saved policies
-    python evaluate.py --suite metaworld --scale mw-quick               # Tables I-III
+    python evaluate.py --from-generated runs/cheetah-vel-quick/generated.pt   # re-run saved policies
+    python evaluate.py --suite metaworld                                       # Tables I-III
 
 MetaWorld: per task (seen and unseen), up to `conditions` behaviour embeddings h of successful rollouts of
 that task's checkpoints that no stage trained on (seen tasks: the autoencoder's held-out checkpoints; unseen
@@ -36,15 +37,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
 import torch
-import tyro
 
 import common
+from stage1_autoencoder import load_autoencoder
+from stage1_behavior_embed import embed_trajectories, load_behavior_embed
+from stage2_hyplatent import decode_generated, load_generator
+from stage3_hypformer import load_hypformer, sample_latents
 
 PAPER_ROWS = [("paper:MACAW (Iter. 0)", -121.6), ("paper:MACAW (Iter. 20K)", -60.5), ("paper:Prompt-DT", -34.43),
               ("paper:AMT-Hyp w/o HypFormer (10 seeds)", -33.44), ("paper:AMT-Hyp w/o HypFormer (35 seeds)", -29.6)]
@@ -56,37 +60,36 @@ GENERATED_FORMAT = "amt-hyp/generated v1"
 class Args:
     suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
     """task family"""
-    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
-    """sets the defaults of every option left unset (DESIGN section 9)"""
-    run_dir: Optional[str] = None
-    """reads the artifacts of stages 0-3, writes results (default runs/<suite>)"""
+    scale: Literal["smoke", "quick", "paper"] = "quick"
+    """sets the defaults of the options below (listed above); a flag given explicitly wins"""
+    run_dir: str = "runs/cheetah-vel-quick"
+    """reads the artifacts of stages 0-3, writes results (default: runs/<suite>-<scale>)"""
     seed: int = 1
-    velocities: Optional[list[str]] = None
-    """target velocities in [0, 3] (default: the paper's test velocities 0.225 0.6 1.2 1.8 2.025)"""
-    policies_per_task: Optional[int] = None
+    velocities: list[str] = field(default_factory=lambda: [f"{v:g}" for v in common.CHEETAH_TEST])
+    """target velocities in [0, 3] (default: the paper's test velocities)"""
+    policies_per_task: int = 10
     """K generated policies per velocity and method"""
-    episodes: Optional[int] = None
+    episodes: int = 5
     """E episodes per policy (different reset seeds)"""
     hyplatent: str = "hyplatent.pt"
     hypformer: str = "hypformer.pt"
     from_generated: Optional[str] = None
-    """re-evaluate the policies of a generated.pt instead of generating new ones"""
-    conditions: Optional[int] = None
+    """re-evaluate the policies of a generated.pt instead of generating new ones (writes nothing)"""
+    conditions: int = 100
     """MetaWorld: conditioning embeddings (= generated policies per method) per task"""
     goals: int = 2
-    """MetaWorld: fixed goal configurations each policy runs on (MAA: 2)"""
-    success_only: Optional[bool] = None
+    """MetaWorld: fixed evaluation goal configurations each policy runs on (MAA: 2; at most 50)"""
+    success_only: bool = True
     """MetaWorld: condition on successful rollouts only (smoke scale: any, since its experts rarely succeed)"""
     jobs: int = 0
     """MetaWorld: processes stepping the environments (0 = all cores)"""
+    skip_done: bool = False
+    """do nothing if results.json was made with these settings from these artifacts (pipeline.sh sets it)"""
     threads: int = 2
     progress: bool = True
 
 
-SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False),
-          "quick": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True),
-          "mw-quick": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True),
-          "paper": dict(policies_per_task=10, episodes=5, conditions=100, success_only=True)}
+SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False)}
 
 
 def nearest_expert(train_vels: list[float], v: float) -> int:
@@ -105,20 +108,40 @@ def interpolate_experts(train_vels: list[float], best: torch.Tensor, v: float) -
     return (1 - w) * best[order[j - 1]] + w * best[order[j]]
 
 
+def load_chain(args: Args) -> dict:
+    """Every artifact the evaluation reads, checked to belong together: the autoencoder was made from the
+    shards the run directory holds, HypLatent from that autoencoder (and embedding), HypFormer from that
+    HypLatent, and the shards from that parent. `made_from` names them by uid for results.json."""
+    run, suite, scale = Path(args.run_dir), args.suite, args.scale
+    c = {"shards": common.load_stage0(run, suite, scale)}
+    c["parent"] = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",), spec=common.suite_spec(suite),
+                                       suite=suite, scale=scale)
+    if c["shards"][0]["made_from"] != {"parent.pt": c["parent"]["uid"]}:
+        raise SystemExit(f"error: {run / 'stage0'}: its shards were fine-tuned from another parent than {run / 'parent.pt'}")
+    c["ae"], c["ae_art"] = load_autoencoder(run / "autoencoder.pt", suite, scale)
+    common.check_made_from(run / "autoencoder.pt", c["ae_art"], common.shard_ids(c["shards"]))
+    made_from = {"autoencoder.pt": c["ae_art"]["uid"]}
+    if suite == "metaworld":
+        c["phi"], c["be"] = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
+        common.check_made_from(run / "behavior_embed.pt", c["be"], common.shard_ids(c["shards"]))
+        made_from["behavior_embed.pt"] = c["be"]["uid"]
+    c["G"], c["hl_art"] = load_generator(run / args.hyplatent, suite, scale)
+    common.check_made_from(run / args.hyplatent, c["hl_art"], made_from)
+    made_from = {args.hyplatent: c["hl_art"]["uid"], **made_from}
+    c["hf"], c["hf_art"] = load_hypformer(run / args.hypformer, suite, scale)
+    common.check_made_from(run / args.hypformer, c["hf_art"], made_from)
+    c["made_from"] = {args.hypformer: c["hf_art"]["uid"], **made_from, "parent.pt": c["parent"]["uid"]}
+    return c
+
+
 @torch.no_grad()
-def generate(args: Args, vels: list[float]) -> dict:
+def generate(args: Args, chain: dict, vels: list[float]) -> dict:
     """Every policy to evaluate: params [N, P] with its method and target velocity."""
-    run = Path(args.run_dir)
-    shards = common.load_stage0(run, args.suite)
-    ae, _ = common.load_autoencoder(run / "autoencoder.pt", args.suite)
-    G, gen = common.load_generator(run / args.hyplatent, args.suite)
-    hf, hart = common.load_hypformer(run / args.hypformer, args.suite)
-    parent = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",),
-                                  spec=common.suite_spec(args.suite), suite=args.suite)
+    shards, ae, G, hl_art, hf = chain["shards"], chain["ae"], chain["G"], chain["hl_art"], chain["hf"]
     train_vels = [s["target_velocity"] for s in shards]
     best = torch.stack([s["params"][s["return"].argmax()] for s in shards])
-    decode = lambda zn: common.decode_generated(zn, gen, ae)  # noqa: E731
-    K = args.policies_per_task
+    decode = lambda zn: decode_generated(zn, hl_art, ae)  # noqa: E731
+    K, L = args.policies_per_task, chain["hf_art"]["num_tokens"]
     params, method, task = [], [], []
 
     def add(p, m, v):
@@ -127,35 +150,34 @@ def generate(args: Args, vels: list[float]) -> dict:
         task.extend([v] * params[-1].shape[0])
 
     for v in vels:
-        c = ((torch.tensor([[v]]) - gen["cond_mean"]) / gen["cond_std"]).repeat(K, 1)
+        c = ((torch.tensor([[v]]) - hl_art["cond_mean"]) / hl_art["cond_std"]).repeat(K, 1)
         add(decode(G(c, torch.randn(K, G.noise_dim))), "hyplatent", v)
-        z_hat = G(c.repeat_interleave(hart["num_tokens"], 0), torch.randn(K * hart["num_tokens"], G.noise_dim))
-        z_pred, grad_pred = hf(z_hat.view(K, hart["num_tokens"], -1), c)
+        z_pred, grad_pred = hf(sample_latents(G, c, L), c)
         add(decode(z_pred + grad_pred), "hypformer", v)
         near = best[nearest_expert(train_vels, v)]
         add(near, "nearest-expert", v)
         add(ae.decode(ae.encode(near[None])), "decoded-expert", v)
         add(interpolate_experts(train_vels, best, v), "interpolated-expert", v)
-        add(parent["params"], "parent", v)
+        add(chain["parent"]["params"], "parent", v)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": common.suite_spec(args.suite),
             "params": torch.cat(params).float(), "method": method, "task": [common.task_name(args.suite, v) for v in task],
             "target_velocity": torch.tensor(task, dtype=torch.float32), "train_velocities": train_vels,
-            "episodes": args.episodes, "config": asdict(args)}
+            "episodes": args.episodes, "made_from": chain["made_from"], "config": asdict(args)}
 
 
-def evaluate(gen: dict, episodes: int) -> np.ndarray:
+def evaluate(generated: dict, episodes: int) -> np.ndarray:
     """Return of every policy in every episode [N, E]: all N x E episodes in lockstep."""
-    vels = gen["target_velocity"].tolist()
+    vels = generated["target_velocity"].tolist()
     envs = [common.make_eval_env("cheetah-vel", v, episode=e) for e in range(episodes) for v in vels]
-    out = common.run_lockstep(gen["params"].repeat(episodes, 1), envs, gen["policy"])
+    out = common.run_lockstep(generated["params"].repeat(episodes, 1), envs, generated["policy"])
     return out["return"].reshape(episodes, len(vels)).T
 
 
-def score_rows(gen: dict, returns: np.ndarray) -> list[dict]:
+def score_rows(generated: dict, returns: np.ndarray) -> list[dict]:
     rows = []
-    methods = [m for m in METHODS if m in gen["method"]]
-    vels = sorted(set(gen["target_velocity"].tolist()))
-    method, vel = np.array(gen["method"]), gen["target_velocity"].numpy()
+    methods = [m for m in METHODS if m in generated["method"]]
+    vels = sorted(set(generated["target_velocity"].tolist()))
+    method, vel = np.array(generated["method"]), generated["target_velocity"].numpy()
     for m in methods:
         per_v = []
         for v in vels:
@@ -210,41 +232,6 @@ def plot(rows: list[dict], vels: list[float], train_vels: list[float], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main(args: Args) -> None:
-    common.apply_scale(args, SCALES[args.scale])
-    args.run_dir = args.run_dir or f"runs/{args.suite}"
-    if args.suite == "metaworld":
-        return main_metaworld(args)
-    vels = common.check_velocities(args.velocities or common.CHEETAH_TEST)
-    common.seed_everything(args.seed)
-    torch.set_num_threads(args.threads)
-    run, t0 = Path(args.run_dir), time.time()
-    if args.from_generated:
-        gen = common.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "target_velocity"),
-                                   spec=common.suite_spec(args.suite), suite=args.suite)
-        vels = sorted(set(gen["target_velocity"].tolist()))
-        args.episodes = gen["episodes"]
-    else:
-        gen = generate(args, vels)
-        common.save_artifact(gen, run / "generated.pt")
-    returns = evaluate(gen, args.episodes)
-    rows = score_rows(gen, returns)
-    md = table(rows, vels)
-    n = len(gen["method"])
-    header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {args.policies_per_task} generated policies x "
-              f"{args.episodes} episodes per velocity and method; {n} policies, {n * args.episodes} episodes in "
-              f"lockstep; training velocities {', '.join(f'{v:g}' for v in gen['train_velocities'])}.")
-    out = args.from_generated is None
-    if out:
-        (run / "results.md").write_text(f"{header}\n\n{md}\n")
-        (run / "results.json").write_text(json.dumps({"suite": args.suite, "rows": rows, "config": asdict(args)},
-                                                     indent=1))
-        plot(rows, vels, gen["train_velocities"], run / "return_vs_velocity.png")
-    print(header + "\n\n" + md)
-    print(f"\nevaluation: {time.time() - t0:.0f}s" + (f"; wrote {run}/results.md, results.json, generated.pt, "
-                                                     "return_vs_velocity.png" if out else ""))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -317,7 +304,7 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
                 continue
             ok = rows[s["success"][rows] > 0] if args.success_only else rows
             rows = ok if len(ok) else rows  # prefer checkpoints whose own stage-0 rollout succeeded
-            seed = s["config"]["seed"] + 1  # the goal configurations of stage 0's checkpoint rollouts
+            seed = s["settings"]["seed"] + 1  # stage 0's checkpoint-rollout goals (stage0_collect_sac.goal_seeds)
             n_goals = len(common.metaworld_goals(t, seed))
             for k in range(rnd * args.conditions, (rnd + 1) * args.conditions):
                 c, goal = int(rows[k % len(rows)]), (k // len(rows)) % n_goals
@@ -326,7 +313,7 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
             break
         r = run_episodes(torch.stack(params).float(), jobs, workers, record=True,
                          desc=f"conditioning rollouts, round {rnd + 1}" if args.progress else "")
-        h = common.embed_trajectories(phi, be, torch.from_numpy(r["traj"]))
+        h = embed_trajectories(phi, be, torch.from_numpy(r["traj"]))
         for i, (t, c, goal) in enumerate(meta):
             o = out[t]
             o["attempts"] += 1
@@ -337,33 +324,22 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
 
 
 @torch.no_grad()
-def generate_metaworld(args: Args, workers: int) -> dict:
-    run = Path(args.run_dir)
+def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
     spec = common.suite_spec(args.suite)
-    ae, ae_art = common.load_autoencoder(run / "autoencoder.pt", args.suite)
-    G, gen = common.load_generator(run / args.hyplatent, args.suite)
-    hf, hart = common.load_hypformer(run / args.hypformer, args.suite)
-    phi, be = common.load_behavior_embed(run / "behavior_embed.pt", args.suite)
-    parent = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",), spec=spec,
-                                  suite=args.suite)
-    shards = {s["task"]: s for s in common.load_stage0(run, args.suite)}
-    if list(shards) != ae_art["tasks"]:
-        raise SystemExit(f"error: {run / 'autoencoder.pt'}: trained on other stage-0 shards than {run / 'stage0'} "
-                         "holds now (re-run stage 1)")
-    decode = lambda zn: common.decode_generated(zn, gen, ae)  # noqa: E731
+    ae, ae_art, G, hl_art, hf, be = (chain[k] for k in ("ae", "ae_art", "G", "hl_art", "hf", "be"))
+    shards = {s["task"]: s for s in chain["shards"]}
+    decode = lambda zn: decode_generated(zn, hl_art, ae)  # noqa: E731
     first = np.cumsum([0] + [len(s["step"]) for s in shards.values()])
     unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
-    cond = conditioning_rollouts(args, shards, unused, phi, be, workers)
+    cond = conditioning_rollouts(args, shards, unused, chain["phi"], be, workers)
     g = torch.Generator().manual_seed(args.seed)
     params, method, task = [], [], []
     for name in shards:
         h = cond[name]["h"]
         if h:
-            c = (torch.stack(h) - gen["cond_mean"]) / gen["cond_std"]
+            c = (torch.stack(h) - hl_art["cond_mean"]) / hl_art["cond_std"]
             z_hl = G(c, torch.randn(len(c), G.noise_dim, generator=g))
-            L = hart["num_tokens"]
-            z_hat = G(c.repeat_interleave(L, 0), torch.randn(len(c) * L, G.noise_dim, generator=g)).view(len(c), L, -1)
-            z_pred, grad_pred = hf(z_hat, c)
+            z_pred, grad_pred = hf(sample_latents(G, c, chain["hf_art"]["num_tokens"], generator=g), c)
             for m, p in (("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))):
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         if name in be["train_tasks"]:
@@ -372,28 +348,28 @@ def generate_metaworld(args: Args, workers: int) -> dict:
             for m, p in (("expert", best), ("decoded-expert", ae.decode(ae.encode(best))),
                          ("checkpoints", s["params"]), ("decoded-checkpoints", ae.decode(ae.encode(s["params"])))):
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
-        params.append(parent["params"][None]), method.append("parent"), task.append(name)
+        params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
             "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": args.goals,
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
             "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
                                  "successes": c["successes"]} for t, c in cond.items()},
-            "config": asdict(args)}
+            "made_from": chain["made_from"], "config": asdict(args)}
 
 
-def evaluate_metaworld(gen: dict, goals: int, workers: int, progress: bool = True) -> np.ndarray:
+def evaluate_metaworld(generated: dict, goals: int, workers: int, progress: bool = True) -> np.ndarray:
     """Success of every policy on every evaluation goal configuration [N, goals]."""
-    n = len(gen["method"])
-    jobs = [(gen["task"][i], common.EVAL_GOAL_SEED, e) for e in range(goals) for i in range(n)]
-    out = run_episodes(gen["params"].repeat(goals, 1), jobs, workers, desc="evaluation" if progress else "")
+    n = len(generated["method"])
+    jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for e in range(goals) for i in range(n)]
+    out = run_episodes(generated["params"].repeat(goals, 1), jobs, workers, desc="evaluation" if progress else "")
     return out["success"].reshape(goals, n).T
 
 
-def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
-    method, task = np.array(gen["method"]), np.array(gen["task"])
+def metaworld_rows(generated: dict, success: np.ndarray) -> list[dict]:
+    method, task = np.array(generated["method"]), np.array(generated["task"])
     rate = success.mean(1)  # per policy, over goal configurations
     rows, per = [], {}
-    for name in dict.fromkeys(gen["task"]):
+    for name in dict.fromkeys(generated["task"]):
         for m in MW_METHODS:
             sel = (method == m) & (task == name)
             if sel.any():
@@ -404,8 +380,8 @@ def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
                     for k in (5, 10):
                         rows.append({"method": f"{m}@top{k}", "task": name, "score": 100 * top_k(rate[sel], k),
                                      "n_policies": min(k, int(sel.sum())), "n_episodes": int(success.shape[1])})
-    for split, names in (("seen", [t for t in dict.fromkeys(gen["task"]) if t in gen["seen"]]),
-                         ("unseen", [t for t in dict.fromkeys(gen["task"]) if t not in gen["seen"]])):
+    for split, names in (("seen", [t for t in dict.fromkeys(generated["task"]) if t in generated["seen"]]),
+                         ("unseen", [t for t in dict.fromkeys(generated["task"]) if t not in generated["seen"]])):
         for m in [*MW_METHODS, *(f"{m}@top{k}" for m in ("hyplatent", "hypformer") for k in (5, 10))]:
             scores = [r["score"] for r in rows if r["method"] == m and r["task"] in names]
             if scores:
@@ -419,21 +395,21 @@ def metaworld_rows(gen: dict, success: np.ndarray) -> list[dict]:
     return rows
 
 
-def conditions_cell(gen: dict, t: str) -> str:
+def conditions_cell(generated: dict, t: str) -> str:
     """`n (s/a)`: n conditioning embeddings used, from s successful of a conditioning rollouts."""
     if t.startswith("average"):
         return ""
-    c = gen.get("conditioning", {}).get(t)
-    return f"{gen['n_conditions'][t]} ({c['successes']}/{c['attempts']})" if c else str(gen["n_conditions"].get(t, ""))
+    c = generated.get("conditioning", {}).get(t)
+    return f"{generated['n_conditions'][t]} ({c['successes']}/{c['attempts']})" if c else str(generated["n_conditions"].get(t, ""))
 
 
-def metaworld_tables(rows: list[dict], gen: dict) -> str:
+def metaworld_tables(rows: list[dict], generated: dict) -> str:
     by = {(r["method"], r["task"]): r["score"] for r in rows}
     f = lambda m, t: f"{by[(m, t)]:.1f}" if (m, t) in by else "-"  # noqa: E731
     out = []
     for title, paper, split in (("Table I: seen tasks (MTRL), success rate %", PAPER_SEEN, "seen"),
                                 ("Table III: unseen tasks (zero-shot), success rate %", PAPER_UNSEEN, "unseen")):
-        names = [t for t in dict.fromkeys(gen["task"]) if (t in gen["seen"]) == (split == "seen")]
+        names = [t for t in dict.fromkeys(generated["task"]) if (t in generated["seen"]) == (split == "seen")]
         if not names:
             continue
         head = "| task | conditions | HypLatent | HypFormer | " + \
@@ -442,7 +418,7 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
-            cells = [conditions_cell(gen, t), f("hyplatent", t), f("hypformer", t)]
+            cells = [conditions_cell(generated, t), f("hyplatent", t), f("hypformer", t)]
             cells += [f(m, t) for m in ("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")] \
                 if split == "seen" else []
             cells += [f("parent", t), *map(str, p)]
@@ -463,7 +439,7 @@ def metaworld_tables(rows: list[dict], gen: dict) -> str:
 
 
 @torch.no_grad()
-def pca_figure(args: Args, gen_pt: dict, path: Path) -> None:
+def pca_figure(ae, ae_art: dict, generated: dict, path: Path) -> None:
     """Fig. 4: per seen task, 2-D PCA of ground-truth latents (all of the task's stage-0 checkpoints)
     against generated ones (HypLatent, HypFormer; the evaluated parameters encoded again); the axes are fit
     on both sets of that panel."""
@@ -472,18 +448,16 @@ def pca_figure(args: Args, gen_pt: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(args.run_dir)
-    ae, ae_art = common.load_autoencoder(run / "autoencoder.pt", args.suite)
-    tasks = [t for t in gen_pt["seen"] if t in dict.fromkeys(gen_pt["task"])]
+    tasks = [t for t in generated["seen"] if t in dict.fromkeys(generated["task"])]
     if not tasks:
         return
-    method, task = np.array(gen_pt["method"]), np.array(gen_pt["task"])
+    method, task = np.array(generated["method"]), np.array(generated["task"])
     fig, axes = plt.subplots(len(tasks), 2, figsize=(8, 2.8 * len(tasks)), squeeze=False)
     for row, t in enumerate(tasks):
         gt = ae_art["latents"][ae_art["task_index"] == ae_art["tasks"].index(t)].flatten(1)
         for col, m in enumerate(("hyplatent", "hypformer")):
             sel = torch.as_tensor((method == m) & (task == t))
-            z = ae.encode(gen_pt["params"][sel]).flatten(1) if sel.any() else torch.zeros(0, gt.shape[1])
+            z = ae.encode(generated["params"][sel]).flatten(1) if sel.any() else torch.zeros(0, gt.shape[1])
             both = torch.cat([gt, z])
             mean = both.mean(0)
             _, _, v = torch.pca_lowrank(both - mean, q=2, center=False)
@@ -498,35 +472,81 @@ def pca_figure(args: Args, gen_pt: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main_metaworld(args: Args) -> None:
+# ----------------------------------------------------------------------------------------------------
+# Main: one run of the suite's evaluation, outputs written atomically, results.json last
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, write) -> None:
+    """`write(tmp)` to a temp file beside `path`, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    write(tmp)
+    if tmp.exists():  # a figure with nothing to draw writes no file
+        os.replace(tmp, path)
+
+
+def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return res.get("settings") == settings and res.get("made_from") == made_from
+
+
+def main(args: Args) -> None:
+    common.check_options(args, positive=("policies_per_task", "episodes", "conditions", "goals", "threads"),
+                         nonnegative=("jobs",))
+    if args.goals > common.MW_GOALS:
+        raise SystemExit(f"error: --goals {args.goals}: MetaWorld has {common.MW_GOALS} evaluation goal configurations")
+    vels = common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
-    run, t0 = Path(args.run_dir), time.time()
-    workers = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
-    if args.from_generated:
-        gen = common.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
-                                   spec=common.suite_spec(args.suite), suite=args.suite)
-        args.goals = gen["goals"]
+    t0, generated, chain = time.time(), None, None
+    if args.from_generated:  # re-evaluate saved policies; nothing is written
+        generated = common.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
+                                         spec=common.suite_spec(args.suite), suite=args.suite)
     else:
-        gen = generate_metaworld(args, workers)
-        common.save_artifact(gen, run / "generated.pt")
-    success = evaluate_metaworld(gen, args.goals, workers, args.progress)
-    rows = metaworld_rows(gen, success)
-    header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
-              f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal configurations; "
-              f"{len(gen['method'])} policies, {len(gen['method']) * args.goals} episodes. Conditions: embeddings of "
-              "rollouts of checkpoints no stage trained on, on stage 0's goals; `n (s/a)` = n used, s of a such "
-              "rollouts successful. The experts (and so the training data) come from SAC with scripted "
-              "demonstrations at mw-quick; the paper's data was SAC alone.")
-    md = metaworld_tables(rows, gen)
-    if args.from_generated is None:
-        (run / "results.md").write_text(f"{header}\n\n{md}\n")
-        (run / "results.json").write_text(json.dumps({"suite": args.suite, "rows": rows, "config": asdict(args)},
-                                                     indent=1))
-        pca_figure(args, gen, run / "pca_latents.png")
+        run = common.prepare_run_dir(args.run_dir)  # before the work: a read-only directory fails now
+        chain, settings = load_chain(args), common.settings(args)
+        if args.skip_done and results_up_to_date(run / "results.json", settings, chain["made_from"]):
+            print(f"evaluation: {run / 'results.json'} is up to date (same settings, same artifacts); skipped")
+            return
+    if args.suite == "cheetah-vel":
+        if generated is not None:
+            vels, args.episodes = sorted(set(generated["target_velocity"].tolist())), generated["episodes"]
+        generated = generated or generate(args, chain, vels)
+        rows = score_rows(generated, evaluate(generated, args.episodes))
+        n = len(generated["method"])
+        header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {args.policies_per_task} generated policies x "
+                  f"{args.episodes} episodes per velocity and method; {n} policies, {n * args.episodes} episodes in "
+                  f"lockstep; training velocities {', '.join(f'{v:g}' for v in generated['train_velocities'])}.")
+        md, figure = table(rows, vels), ("return_vs_velocity.png",
+                                         lambda p: plot(rows, vels, generated["train_velocities"], p))
+    else:
+        workers = args.jobs or os.cpu_count() or 1
+        if generated is not None:
+            args.goals = generated["goals"]
+        generated = generated or generate_metaworld(args, chain, workers)
+        rows = metaworld_rows(generated, evaluate_metaworld(generated, args.goals, workers, args.progress))
+        header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
+                  f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal "
+                  f"configurations; {len(generated['method'])} policies, {len(generated['method']) * args.goals} "
+                  "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
+                  "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "
+                  "training data) come from SAC with scripted demonstrations; the paper's data was SAC alone.")
+        md = metaworld_tables(rows, generated)
+        figure = ("pca_latents.png", lambda p: pca_figure(chain["ae"], chain["ae_art"], generated, p))
     print(header + "\n\n" + md)
-    print(f"\nevaluation: {time.time() - t0:.0f}s")
+    if args.from_generated:
+        return
+    common.save_artifact(generated, run / "generated.pt")
+    write_atomic(run / "results.md", lambda p: p.write_text(f"{header}\n\n{md}\n"))
+    write_atomic(run / figure[0], figure[1])
+    res = {"suite": args.suite, "rows": rows, "settings": settings, "made_from": chain["made_from"],
+           "config": asdict(args)}
+    write_atomic(run / "results.json", lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
+    print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {run}/generated.pt, results.md, {figure[0]}, results.json")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(common.parse_args(Args, SCALES, __doc__))

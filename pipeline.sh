@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The AMT-Hyp chain: every stage of one scale in order (DESIGN.md section 11). Stage 0 skips finished
-# shards and resumes an interrupted one; a later stage is skipped when its artifact exists (delete the
-# file to redo it). Re-running after an interruption continues where it stopped.
+# The AMT-Hyp chain: every stage of one scale in order (DESIGN.md section 11), in that scale's own run
+# directory, runs/<suite>-<scale>/. Stage 0 skips finished shards and resumes an interrupted one; a later
+# stage is skipped only when its artifact was made with the same settings from the same inputs
+# (--skip-done), else it is made again. Re-running after an interruption continues where it stopped.
 #
-#   bash pipeline.sh            # quick: Cheetah-Vel, 10 training velocities (2-core CPU)
-#   bash pipeline.sh smoke      # the Cheetah-Vel chain at tiny settings
-#   bash pipeline.sh mw-smoke   # the MetaWorld chain at tiny settings (2 seen tasks, 1 unseen)
-#   bash pipeline.sh mw-quick   # MetaWorld, 8 seen tasks
+#   bash pipeline.sh            # quick: Cheetah-Vel, 10 training velocities (2-core CPU)  -> runs/cheetah-vel-quick
+#   bash pipeline.sh smoke      # the Cheetah-Vel chain at tiny settings                   -> runs/cheetah-vel-smoke
+#   bash pipeline.sh paper      # Cheetah-Vel at the paper's settings (a GPU machine)      -> runs/cheetah-vel-paper
+#   bash pipeline.sh mw-smoke   # MetaWorld at tiny settings (2 seen tasks, 1 unseen)      -> runs/metaworld-smoke
+#   bash pipeline.sh mw-quick   # MetaWorld, 8 seen + 8 unseen tasks                       -> runs/metaworld-quick
+#   bash pipeline.sh mw-paper   # MetaWorld at MAA's size                                  -> runs/metaworld-paper
 #   bash pipeline.sh test       # the test suite (extra arguments go to pytest)
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
-# AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts artifacts in DIR/<suite> (default runs/).
+# AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
 # The stage commands below can be copied out and run one by one (inside .venv).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,35 +40,31 @@ TASKS=()
 case "$SCALE" in
   smoke | quick | paper) SUITE=cheetah-vel ;;
   mw-smoke) SUITE=metaworld; SCALE=smoke; TASKS=(--tasks door-open-v3 drawer-open-v3 drawer-close-v3) ;;
-  mw-quick) SUITE=metaworld ;;
+  mw-quick) SUITE=metaworld; SCALE=quick ;;
   mw-paper) SUITE=metaworld; SCALE=paper ;;
   *) echo "usage: bash pipeline.sh [smoke|quick|paper|mw-smoke|mw-quick|mw-paper|test]" >&2; exit 2 ;;
 esac
-RUN="$RUNS/$SUITE"
+RUN="$RUNS/$SUITE-$SCALE"
 COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --no-progress)
 
 T0=$(date +%s)
-stage() {  # stage NAME OUTPUT COMMAND...: run a stage unless OUTPUT exists; print its wall time
-  local name=$1 out=$2 t
-  shift 2
-  if [ "$out" != - ] && [ -e "$out" ]; then
-    echo "== $name: $out exists, skipped (delete it to redo)"
-    return
-  fi
+stage() {  # stage NAME COMMAND...: run a stage and print its wall time
+  local name=$1 t
+  shift
   t=$(date +%s)
   echo "== $name: $*"
   "$@"
   echo "== $name: done in $(( $(date +%s) - t ))s"
 }
 
-stage "stage 0 (SAC experts)" - python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
-stage "stage 1 (autoencoder, Eq. 1)" "$RUN/autoencoder.pt" python stage1_autoencoder.py "${COMMON[@]}"
+stage "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
+stage "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" --skip-done
 if [ "$SUITE" = metaworld ]; then
-  stage "stage 1 (behaviour embedding, Eq. 2)" "$RUN/behavior_embed.pt" python stage1_behavior_embed.py "${COMMON[@]}"
+  stage "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" --skip-done
 fi
-stage "stage 2 (HypLatent, Eqs. 3-5)" "$RUN/hyplatent.pt" python stage2_hyplatent.py "${COMMON[@]}"
-stage "stage 3 (HypFormer, Eqs. 6-9)" "$RUN/hypformer.pt" python stage3_hypformer.py "${COMMON[@]}"
-stage "evaluation (Table IV or Tables I-III)" "$RUN/results.md" python evaluate.py --suite "$SUITE" --scale "$SCALE" --run-dir "$RUN"
+stage "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" --skip-done
+stage "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" --skip-done
+stage "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" --skip-done
 
-echo "== $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
-if [ -f "$RUN/results.md" ]; then echo; cat "$RUN/results.md"; fi
+echo "== $SUITE $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
+cat "$RUN/results.md"

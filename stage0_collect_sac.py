@@ -11,18 +11,19 @@ experts of a suite descend from one parent:
    reward. From `first_checkpoint` steps on, every `checkpoint_every` steps, the actor's flat vector is
    saved and one deterministic episode is run with it, storing return, success, first-success step and
    the MAA rollout features `traj` and `post_success` (common.rollout_features).
-3. MetaWorld only (mw-quick, off at paper scale): a buffer of scripted-expert episodes; each batch is half
+3. MetaWorld at quick scale only: a buffer of scripted-expert episodes; each batch is half
    demonstrations, half online data, and a behaviour-cloning term on the demonstration half is added to
    the actor loss, weighted by the batch's mean |Q| as in TD3+BC and annealed linearly over
-   `bc_anneal_steps` (mw-quick: 40k, so it is still at half strength at the last step, 20k: with a
-   faster anneal, success collapsed as the term faded).
+   `bc_anneal_steps` (40k: still at half strength at the last step, 20k; with a faster anneal success
+   collapsed as the term faded).
 
-One shard per task, `runs/<suite>/stage0/<task>.pt`, written atomically; the training state is saved to
+One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; the training state goes to
 `<task>.partial.pt` every `save_every` seconds, so a re-run skips finished shards and resumes an
-interrupted one from its last saved state (a new episode starts there).
+interrupted one. Parent, shards and partial states record the scale and settings they were made with;
+a run directory holding any made otherwise stops the run with one line.
 
     python stage0_collect_sac.py                                  # quick Cheetah-Vel, 10 velocities
-    python stage0_collect_sac.py --suite metaworld --scale mw-quick --tasks door-open-v3
+    python stage0_collect_sac.py --suite metaworld --tasks door-open-v3
 """
 
 from __future__ import annotations
@@ -31,15 +32,14 @@ import math
 import os
 import queue
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 import common
 
@@ -48,35 +48,35 @@ import common
 class Args:
     suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
     """task family"""
-    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
-    """sets the defaults of every option left unset (DESIGN section 9)"""
-    run_dir: Optional[str] = None
-    """where artifacts go (default runs/<suite>)"""
+    scale: Literal["smoke", "quick", "paper"] = "quick"
+    """sets the defaults of the options below (listed above); a flag given explicitly wins"""
+    run_dir: str = "runs/cheetah-vel-quick"
+    """where artifacts go (default: runs/<suite>-<scale>)"""
     seed: int = 1
-    velocities: Optional[list[str]] = None
-    """Cheetah-Vel training velocities (default: the scale's; quick = 10 of the 35 drawn with seed 0)"""
-    tasks: Optional[list[str]] = None
-    """MetaWorld tasks to train experts for (default: the scale's)"""
+    velocities: list[str] = field(default_factory=lambda: [f"{v:g}" for v in common.cheetah_quick_velocities()])
+    """Cheetah-Vel training velocities (quick: 10 of the 35 training velocities drawn with seed 0)"""
+    tasks: list[str] = field(default_factory=lambda: list(common.MW_TASKS))
+    """MetaWorld tasks (the 8 seen train stages 1-3; the 8 unseen give conditioning rollouts only)"""
     jobs: int = 0
     """worker processes, one task at a time each (0 = all cores)"""
 
-    # parent (DESIGN section 4)
-    parent_steps: Optional[int] = None
+    # parent (DESIGN.md section 4)
+    parent_steps: int = 30_000
     """Cheetah-Vel: SAC steps of the parent at the middle velocity (0 = independent runs, shared init)"""
-    parent_tasks: Optional[list[str]] = None
-    """MetaWorld: tasks whose scripted demonstrations the parent clones (default: the 8 seen tasks)"""
-    parent_demo_episodes: Optional[int] = None
+    parent_tasks: list[str] = field(default_factory=lambda: list(common.MW_SEEN))
+    """MetaWorld: tasks whose scripted demonstrations the parent clones"""
+    parent_demo_episodes: int = 10
     """MetaWorld: scripted episodes per parent task for behaviour cloning"""
     parent_bc_steps: int = 3000
     """MetaWorld: gradient steps of parent behaviour cloning (batch `batch_size`)"""
 
     # checkpoint schedule (paper: 150k, 500, 800)
-    first_checkpoint: Optional[int] = None
-    checkpoint_every: Optional[int] = None
-    num_checkpoints: Optional[int] = None
+    first_checkpoint: int = 10_000
+    checkpoint_every: int = 100
+    num_checkpoints: int = 101
 
     # SAC (CleanRL defaults unless noted)
-    learning_starts: Optional[int] = None
+    learning_starts: int = 1_000
     """steps before updates start (random actions only when there is no parent)"""
     batch_size: int = 256
     gamma: float = 0.99
@@ -85,21 +85,21 @@ class Args:
     q_lr: float = 1e-3
     policy_frequency: int = 2
     """actor updates happen every this many steps, this many at once (CleanRL's delayed update)"""
-    critic_hidden: Optional[int] = None
-    """width of the twin critics (quick: 128, as in DESIGN's probe; paper: 256, as CleanRL)"""
+    critic_hidden: int = 128
+    """width of the twin critics (CleanRL and the paper scale: 256; quick: 128, 3.7x fewer multiply-adds)"""
     alpha: float = 0.2
     """initial entropy temperature (tuned automatically towards -act_dim entropy)"""
 
-    # scripted demonstrations (MetaWorld, DESIGN section 4)
-    demo_episodes: Optional[int] = None
-    """scripted-expert episodes per task in the demonstration buffer (0 = off)"""
+    # scripted demonstrations (MetaWorld, DESIGN.md section 4)
+    demo_episodes: int = 0
+    """MetaWorld: scripted-expert episodes per task in the demonstration buffer (0 = off)"""
     demo_steps: int = 200
     """steps kept of each scripted episode"""
     demo_noise: float = 0.1
     """std of the Gaussian noise added to scripted actions"""
-    bc_weight: Optional[float] = None
-    """BC term weight relative to the batch's mean |Q| (0.4 = TD3+BC's alpha 2.5; mw-quick: 1.0)"""
-    bc_anneal_steps: Optional[int] = None
+    bc_weight: float = 0.0
+    """BC term weight relative to the batch's mean |Q| (0.4 = TD3+BC's alpha 2.5)"""
+    bc_anneal_steps: int = 1
     """the BC weight falls linearly to 0 over this many steps"""
 
     save_every: float = 60.0
@@ -111,35 +111,54 @@ class Args:
 
 
 SCALES = {
-    "cheetah-vel": {
-        "smoke": dict(velocities=[0.3, 1.5], parent_steps=600, learning_starts=200, critic_hidden=128, first_checkpoint=300,
-                      checkpoint_every=100, num_checkpoints=4),
-        "quick": dict(velocities=common.cheetah_quick_velocities(seed=0), parent_steps=30_000, critic_hidden=128,
-                      learning_starts=1_000, first_checkpoint=10_000, checkpoint_every=100,
-                      num_checkpoints=101),
-        "paper": dict(velocities=common.CHEETAH_TRAIN, parent_steps=200_000, learning_starts=5_000, critic_hidden=256,
-                      first_checkpoint=150_000, checkpoint_every=500, num_checkpoints=800),
-    },
-    "metaworld": {
-        "smoke": dict(tasks=common.MW_TASKS, parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, critic_hidden=128,
-                      demo_episodes=1, learning_starts=100, first_checkpoint=200, checkpoint_every=100,
-                      num_checkpoints=2, bc_weight=1.0, bc_anneal_steps=600),
-        # all 16: the seen tasks train stages 1-3; the unseen ones give conditioning rollouts only
-        "mw-quick": dict(tasks=common.MW_TASKS, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
-                         demo_episodes=10, critic_hidden=128, learning_starts=1_000, first_checkpoint=10_000,
-                         checkpoint_every=250, num_checkpoints=41, bc_weight=1.0, bc_anneal_steps=40_000),
-        "paper": dict(tasks=common.MW_SEEN, parent_tasks=common.MW_SEEN, parent_demo_episodes=10,
-                      demo_episodes=0, critic_hidden=256, learning_starts=5_000, first_checkpoint=500_000,
-                      checkpoint_every=500, num_checkpoints=1500, bc_weight=0.0, bc_anneal_steps=1),
-    },
+    "smoke": dict(velocities=["0.3", "1.5"], parent_steps=600, learning_starts=200, first_checkpoint=300,
+                  checkpoint_every=100, num_checkpoints=4),
+    "paper": dict(velocities=[f"{v:g}" for v in common.CHEETAH_TRAIN], parent_steps=200_000, learning_starts=5_000,
+                  critic_hidden=256, first_checkpoint=150_000, checkpoint_every=500, num_checkpoints=800),
+    "metaworld:smoke": dict(parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, demo_episodes=1,
+                            learning_starts=100, first_checkpoint=200, checkpoint_every=100, num_checkpoints=2,
+                            bc_weight=1.0, bc_anneal_steps=600),
+    "metaworld:quick": dict(demo_episodes=10, checkpoint_every=250, num_checkpoints=41, bc_weight=1.0,
+                            bc_anneal_steps=40_000),
+    # MAA's size: about 1,500 checkpoints per task, SAC alone; all 16 tasks (the unseen give conditions)
+    "metaworld:paper": dict(first_checkpoint=500_000, num_checkpoints=1500),
 }
-SCALES["cheetah-vel"]["mw-quick"] = SCALES["cheetah-vel"]["quick"]
-SCALES["metaworld"]["quick"] = SCALES["metaworld"]["mw-quick"]
-
-SHARD_FORMAT = common.STAGE0_FORMAT
-PARENT_FORMAT = common.PARENT_FORMAT
-PARTIAL_FORMAT = "amt-hyp/stage0-partial v1"
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v2"
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def shard_settings(args: Args) -> dict:
+    """What a parent, shard or partial state must share with this run (the task list may grow)."""
+    return common.settings(args, ignore=("velocities", "tasks"))
+
+
+def goal_seeds(args: Args) -> dict:
+    """MetaWorld goal-configuration seeds stage 0 trains and records on (none may be the evaluation's)."""
+    return {"training": args.seed, "checkpoint rollouts (later: conditioning)": args.seed + 1,
+            "demonstrations": args.seed + 7919,
+            **{f"parent demonstrations of {t}": args.seed + 1000 * i for i, t in enumerate(args.parent_tasks)}}
+
+
+def validate(args: Args) -> list:
+    """Every option checked before any work starts; returns the tasks (velocities or metaworld names)."""
+    common.check_options(args, positive=("first_checkpoint", "checkpoint_every", "num_checkpoints", "batch_size",
+                                         "policy_frequency", "critic_hidden", "policy_lr", "q_lr", "alpha", "tau",
+                                         "demo_steps", "bc_anneal_steps", "torch_threads"),
+                         nonnegative=("jobs", "parent_steps", "parent_demo_episodes", "parent_bc_steps",
+                                      "learning_starts", "demo_episodes", "demo_noise", "bc_weight", "save_every"),
+                         fraction=("gamma",))
+    if args.tau > 1 or (args.demo_episodes and args.batch_size < 2):
+        raise SystemExit(f"error: need --tau <= 1 (got {args.tau}) and, with demonstrations, --batch-size >= 2")
+    if args.suite == "cheetah-vel":
+        return common.check_velocities(args.velocities)
+    if args.parent_demo_episodes == 0 or not args.parent_tasks:
+        raise SystemExit("error: the MetaWorld parent needs --parent-demo-episodes > 0 and --parent-tasks")
+    common.check_metaworld_tasks(args.parent_tasks)
+    clash = [k for k, s in goal_seeds(args).items() if s == common.EVAL_GOAL_SEED]
+    if clash:
+        raise SystemExit(f"error: --seed {args.seed} would draw the {', '.join(clash)} goals with seed "
+                         f"{common.EVAL_GOAL_SEED}, the evaluation goals' seed; choose another --seed")
+    return common.check_metaworld_tasks(args.tasks)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,19 +167,16 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 def make_env(args: Args, task, seed: int):
-    """A reset/step env for `task`. MetaWorld picks one of 50 training goals (fixed by `seed`) at each
-    reset, like gym.make("Meta-World/MT1", seed=...) does."""
-    if args.suite == "cheetah-vel":
-        return common.CheetahVel(task, seed=seed)
-    return MetaWorldTraining(task, seed)
+    """A reset/step env for `task`. MetaWorld picks one of 50 goals (drawn with `seed`) at each reset,
+    as gym.make("Meta-World/MT1", seed=...) does."""
+    return common.CheetahVel(task, seed=seed) if args.suite == "cheetah-vel" else MetaWorldTraining(task, seed)
 
 
 class MetaWorldTraining:
     obs_dim, act_dim, max_steps = common.MW_OBS, common.MW_ACT, common.MW_STEPS
 
     def __init__(self, task: str, seed: int):
-        self.env = common.make_metaworld(task)
-        self.goals = common.metaworld_goals(task, seed)
+        self.env, self.goals = common.make_metaworld(task), common.metaworld_goals(task, seed)
         self.rng = np.random.default_rng(seed)
 
     def reset(self):
@@ -179,7 +195,7 @@ class MetaWorldTraining:
 
 
 class TwinQ(nn.Module):
-    """Both SAC critics as one network with stacked weights: one batched matmul per layer serves both."""
+    """Both SAC critics in one network with stacked weights (speed-up: one batched matmul per layer)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
         super().__init__()
@@ -213,8 +229,8 @@ def sample_action(actor: common.Actor, obs: torch.Tensor):
 
 
 class NumpyActor:
-    """The actor's forward in numpy on views that share memory with the torch parameters (the optimizer
-    updates them in place), for acting one observation at a time without torch call overhead."""
+    """Speed-up for acting: the actor's forward in numpy on views that share memory with the torch
+    parameters (the optimizer updates them in place), with no torch call per environment step."""
 
     def __init__(self, actor: common.Actor):
         self.w = [p.detach().numpy() for p in actor.parameters()]
@@ -236,8 +252,8 @@ class NumpyActor:
 
 
 class Replay:
-    """Preallocated replay buffer: one float32 tensor [capacity, obs + act + 1 + 1 + obs] with a numpy
-    view for writing, so adding a transition is one row copy and sampling one index_select."""
+    """Preallocated replay buffer, one float32 tensor [capacity, obs + act + 1 + 1 + obs] (speed-up: a
+    transition is one row write through a numpy view, a batch one index_select)."""
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int):
         self.o, self.a = obs_dim, act_dim
@@ -246,8 +262,8 @@ class Replay:
         self.size = self.pos = 0
 
     def add(self, obs, act, rew, term, next_obs):
-        row = self.np[self.pos]
         o, a = self.o, self.a
+        row = self.np[self.pos]
         row[:o], row[o : o + a], row[o + a], row[o + a + 1], row[o + a + 2 :] = obs, act, rew, term, next_obs
         self.pos = (self.pos + 1) % len(self.data)
         self.size = min(self.size + 1, len(self.data))
@@ -260,9 +276,165 @@ class Replay:
         return batch[:, :o], batch[:, o : o + a], batch[:, o + a], batch[:, o + a + 1], batch[:, o + a + 2 :]
 
 
+def new_agent(args: Args, obs_dim: int, act_dim: int) -> dict:
+    """Actor, twin critics, their targets, log alpha and the optimizers (fused Adam: a speed-up)."""
+    torch.manual_seed(args.seed)  # one shared init for every child when there is no parent
+    actor, qf, qf_target = common.Actor(obs_dim, act_dim), TwinQ(obs_dim, act_dim, args.critic_hidden), \
+        TwinQ(obs_dim, act_dim, args.critic_hidden)
+    qf_target.load_state_dict(qf.state_dict())
+    log_alpha = torch.tensor(math.log(args.alpha), requires_grad=True)
+    return {"actor": actor, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha,
+            "actor_opt": torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True),
+            "q_opt": torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True),
+            "alpha_opt": torch.optim.Adam([log_alpha], lr=args.q_lr), "target_entropy": -float(act_dim)}
+
+
+NETS = ("actor", "qf", "qf_target")
+
+
+def agent_state(agent: dict, optimizers: bool = False) -> dict:
+    st = {k: agent[k].state_dict() for k in NETS} | {"log_alpha": agent["log_alpha"].detach().clone()}
+    return st | ({k: agent[k].state_dict() for k in ("actor_opt", "q_opt", "alpha_opt")} if optimizers else {})
+
+
+def load_agent_state(agent: dict, state: dict) -> None:
+    """Networks and log alpha (a child starts from the parent's), and the optimizers where saved (resume)."""
+    for k in (*NETS, "actor_opt", "q_opt", "alpha_opt"):
+        if k in state:
+            agent[k].load_state_dict(state[k])
+    with torch.no_grad():
+        agent["log_alpha"].copy_(state["log_alpha"])
+
+
 # ----------------------------------------------------------------------------------------------------
-# Rollouts and scripted demonstrations
+# SAC: one update, then the training loop with checkpoints
 # ----------------------------------------------------------------------------------------------------
+
+
+def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n_demo: int = 0) -> dict:
+    """One SAC update: the body of CleanRL's sac_continuous_action.py loop. `batch` = (obs, act, rew, term,
+    next_obs); its first `n_demo` rows are demonstrations for the annealed BC term (MetaWorld quick)."""
+    actor, qf, qf_target, log_alpha = agent["actor"], agent["qf"], agent["qf_target"], agent["log_alpha"]
+    obs, act, rew, term, next_obs = batch
+    with torch.no_grad():  # soft Bellman target with the smaller target critic
+        next_a, next_logp, _ = sample_action(actor, next_obs)
+        q_next = qf_target(next_obs, next_a).min(0).values - alpha * next_logp
+        q_target = rew + args.gamma * (1 - term) * q_next
+    q_loss = (qf(obs, act) - q_target).pow(2).mean(1).sum()  # MSE of both critics, summed
+    agent["q_opt"].zero_grad(set_to_none=True)
+    q_loss.backward()
+    agent["q_opt"].step()
+
+    out = {"q_loss": q_loss}
+    if step % args.policy_frequency == 0:  # delayed actor updates, policy_frequency of them at once
+        qf.requires_grad_(False)  # speed-up: the actor's backward needs no critic weight gradients
+        for _ in range(args.policy_frequency):
+            a, logp, mean = sample_action(actor, obs)
+            q = qf(obs, a).min(0).values
+            actor_loss = (alpha * logp - q).mean()
+            if n_demo and step < args.bc_anneal_steps:  # BC on demonstrations, TD3+BC scale, annealed to 0
+                w = args.bc_weight * (1 - step / args.bc_anneal_steps) * q.abs().mean().detach()
+                actor_loss = actor_loss + w * (torch.tanh(mean[:n_demo]) - act[:n_demo]).pow(2).mean()
+            agent["actor_opt"].zero_grad(set_to_none=True)
+            actor_loss.backward()
+            agent["actor_opt"].step()
+            alpha_loss = -(log_alpha * (logp.detach() + agent["target_entropy"])).mean()  # entropy tuning
+            agent["alpha_opt"].zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            agent["alpha_opt"].step()
+            alpha = log_alpha.exp().item()  # the next actor update uses the new temperature (as CleanRL)
+        qf.requires_grad_(True)
+        out["actor_loss"] = actor_loss
+    with torch.no_grad():  # Polyak averaging of the target critics (speed-up: one foreach call)
+        torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+    return out
+
+
+def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[int], from_parent: bool,
+            tag: str, state_path: Path, demos: list | None = None, report=None, writer=None) -> dict:
+    """SAC on `task` for `total_steps`; at each step in `checkpoints` save the actor and roll it out.
+    Saves the resumable state to `state_path` every `args.save_every` seconds. Returns the records."""
+    actor = agent["actor"]
+    obs_dim, act_dim = actor.fc1.in_features, actor.fc_mean.out_features
+    rb, demo_rb = Replay(total_steps, obs_dim, act_dim), None
+    if demos:
+        demo_rb = Replay(sum(len(A) for _, A, _ in demos), obs_dim, act_dim)
+        for O, A, R in demos:
+            for t in range(len(A)):
+                demo_rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    records = {k: [] for k in ("params", "step", "return", "success", "first_success", "traj", "post_success")}
+    start = 0
+    if state_path.exists():  # resume
+        st = common.load_artifact(state_path, PARTIAL_FORMAT, ("agent", "step", "records", "settings"))
+        common.check_settings(state_path, st["settings"], shard_settings(args))
+        load_agent_state(agent, st["agent"])
+        rb.data[: len(st["replay"])] = st["replay"]
+        rb.size = rb.pos = len(st["replay"])
+        start, records = st["step"], st["records"]
+        rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        print(f"{tag}: resuming at step {start} with {len(records['step'])} checkpoints saved")
+
+    def save_state(step):
+        common.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
+                              "agent": agent_state(agent, optimizers=True), "replay": rb.data[: rb.size].clone(),
+                              "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                              "records": records}, state_path)
+
+    env, eval_env = make_env(args, task, seed=args.seed), make_env(args, task, seed=args.seed + 1)
+    np_actor = NumpyActor(actor)
+    alpha = agent["log_alpha"].exp().item()
+    ckpt_set, next_save = set(checkpoints), time.time() + args.save_every
+    obs, _ = env.reset()
+    ep_ret, last_report, t_start = 0.0, start, time.time()
+    for step in range(start, total_steps):
+        if step < args.learning_starts and not from_parent:
+            action = rng.uniform(-1, 1, act_dim).astype(np.float32)
+        else:
+            action = np_actor.sample(obs, rng)
+        next_obs, reward, term, trunc, _ = env.step(action)
+        rb.add(obs, action, reward, float(term), next_obs)
+        obs, ep_ret = next_obs, ep_ret + reward
+        if term or trunc:
+            if writer is not None:
+                writer.add_scalar("train/episode_return", ep_ret, step)
+            (obs, _), ep_ret = env.reset(), 0.0
+
+        if step >= args.learning_starts:
+            batch = rb.sample(args.batch_size if demo_rb is None else args.batch_size // 2)
+            n_demo = 0 if demo_rb is None else args.batch_size - len(batch)
+            if n_demo:  # half demonstrations, half online data
+                batch = torch.cat([demo_rb.sample(n_demo), batch])
+            losses = sac_update(agent, args, rb.split(batch), step, alpha, n_demo)
+            alpha = agent["log_alpha"].exp().item()
+            if writer is not None and step % 1000 == 0:
+                for k, v in losses.items():
+                    writer.add_scalar(f"losses/{k}", v.item(), step)
+                writer.add_scalar("losses/alpha", alpha, step)
+                writer.add_scalar("charts/SPS", (step - start) / (time.time() - t_start + 1e-9), step)
+
+        if step + 1 in ckpt_set:  # checkpoint: save the actor, roll it out deterministically
+            r = rollout(eval_env, np_actor.deterministic)
+            records["params"].append(common.flatten(actor))
+            records["step"].append(step + 1)
+            for k in ("return", "success", "first_success"):
+                records[k].append(r[k])
+            for k in ("traj", "post_success"):  # tensors: the resumable state must load with weights_only
+                records[k].append(torch.from_numpy(r[k]))
+            if writer is not None:
+                writer.add_scalar("checkpoint/return", r["return"], step + 1)
+                writer.add_scalar("checkpoint/success", r["success"], step + 1)
+        if time.time() > next_save and step + 1 < total_steps and (not checkpoints or step + 1 in ckpt_set):
+            save_state(step + 1)
+            next_save = time.time() + args.save_every
+        if report is not None and step + 1 - last_report >= 500:
+            report(step + 1 - last_report)
+            last_report = step + 1
+    if report is not None:
+        report(total_steps - last_report)
+    return records
 
 
 def rollout(env, act_fn) -> dict:
@@ -273,8 +445,7 @@ def rollout(env, act_fn) -> dict:
     while True:
         a = act_fn(obs)
         obs, r, term, trunc, info = env.step(a)
-        states.append(obs)
-        actions.append(a)
+        states.append(obs), actions.append(a)
         ret += r
         if first is None and info.get("success", 0.0) > 0:
             first = len(states) - 1
@@ -283,6 +454,11 @@ def rollout(env, act_fn) -> dict:
     traj, post = common.rollout_features(np.stack(states), np.stack(actions), first)
     return {"return": float(ret), "success": float(first is not None), "first_success": -1 if first is None else first,
             "traj": traj, "post_success": post, "states": states, "actions": actions}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The parent, and one child per task
+# ----------------------------------------------------------------------------------------------------
 
 
 def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) -> list[tuple]:
@@ -303,239 +479,80 @@ def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) ->
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# The parent
-# ----------------------------------------------------------------------------------------------------
-
-
-def new_agent(args: Args, obs_dim: int, act_dim: int) -> dict:
-    torch.manual_seed(args.seed)  # one shared init for every child when there is no parent
-    actor = common.Actor(obs_dim, act_dim)
-    qf = TwinQ(obs_dim, act_dim, args.critic_hidden)
-    qf_target = TwinQ(obs_dim, act_dim, args.critic_hidden)
-    qf_target.load_state_dict(qf.state_dict())
-    return {"actor": actor, "qf": qf, "qf_target": qf_target,
-            "log_alpha": torch.tensor(math.log(args.alpha), requires_grad=True)}
-
-
-def agent_state(agent: dict) -> dict:
-    return {"actor": agent["actor"].state_dict(), "qf": agent["qf"].state_dict(),
-            "qf_target": agent["qf_target"].state_dict(), "log_alpha": agent["log_alpha"].detach().clone()}
-
-
-def load_agent_state(agent: dict, state: dict) -> None:
-    for k in ("actor", "qf", "qf_target"):
-        agent[k].load_state_dict(state[k])
-    with torch.no_grad():
-        agent["log_alpha"].copy_(state["log_alpha"])
-
-
 def parent_velocity(velocities: list[float]) -> float:
     """The training velocity nearest the middle of their range (the lower one on a tie)."""
     mid = (min(velocities) + max(velocities)) / 2
     return min(velocities, key=lambda v: (round(abs(v - mid), 9), v))
 
 
-def train_parent(args: Args, spec: dict, path: Path) -> dict:
-    """Train the parent (or load it if `path` exists) and save its whole SAC state."""
+def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
+    """Train the parent and save its whole SAC state, or load it if `path` holds one of these settings."""
     if path.exists():
-        parent = common.load_artifact(path, PARENT_FORMAT, ("agent", "params"), spec=spec, suite=args.suite)
+        parent = common.load_artifact(path, common.PARENT_FORMAT, ("agent", "params", "settings"), spec=spec,
+                                      suite=args.suite, scale=args.scale)
+        common.check_settings(path, parent["settings"], shard_settings(args))
         print(f"parent: using {path} ({parent['task']})")
         return parent
     t0 = time.time()
     agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
     if args.suite == "cheetah-vel":
-        task = parent_velocity(args.velocities)
+        task = parent_velocity(tasks)
         if args.parent_steps > 0:
             print(f"parent: SAC for {args.parent_steps} steps at v* = {task}")
             run_sac(args, agent, task, total_steps=args.parent_steps, checkpoints=[], from_parent=False,
                     tag="parent", state_path=path.with_suffix(".partial.pt"))
         name = common.task_name(args.suite, task)
-    else:
-        print(f"parent: behaviour cloning of {args.parent_demo_episodes} scripted episodes x "
-              f"{len(args.parent_tasks)} tasks")
-        behaviour_clone(args, agent["actor"], args.parent_tasks)
+    else:  # behaviour cloning: MSE between tanh(mean) and noisy scripted actions, pooled over tasks
+        obs, act = [], []
+        for i, t in enumerate(args.parent_tasks):
+            for O, A, _ in scripted_episodes(t, args.parent_demo_episodes, args.demo_steps, args.demo_noise,
+                                             seed=goal_seeds(args)[f"parent demonstrations of {t}"]):
+                obs.append(O[:-1]), act.append(A)
+        obs, act = torch.as_tensor(np.concatenate(obs)), torch.as_tensor(np.concatenate(act))
+        opt = torch.optim.Adam(agent["actor"].parameters(), lr=1e-3)
+        for _ in range(args.parent_bc_steps):
+            idx = torch.randint(len(obs), (args.batch_size,))
+            loss = F.mse_loss(agent["actor"].act(obs[idx]), act[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        print(f"parent: behaviour cloning of {len(obs)} scripted samples of {len(args.parent_tasks)} tasks, "
+              f"final MSE {loss.item() if args.parent_bc_steps else float('nan'):.4f}")
         name = "bc:" + ",".join(args.parent_tasks)
-    parent = {"format": PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+    parent = {"format": common.PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
               "params": common.flatten(agent["actor"]), "agent": agent_state(agent),
               "trained_with_sac": args.suite == "cheetah-vel" and args.parent_steps > 0,
-              "config": asdict(args), "seconds": time.time() - t0}
+              "settings": shard_settings(args), "config": asdict(args), "seconds": time.time() - t0}
     common.save_artifact(parent, path)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
     print(f"parent: saved {path} in {parent['seconds']:.0f}s")
     return parent
 
 
-def behaviour_clone(args: Args, actor: common.Actor, tasks: list[str]) -> None:
-    """MSE between the deterministic action tanh(mean) and noisy scripted actions, pooled over tasks."""
-    obs, act = [], []
-    for i, task in enumerate(tasks):
-        for O, A, _ in scripted_episodes(task, args.parent_demo_episodes, args.demo_steps, args.demo_noise,
-                                         seed=args.seed + 1000 * i):
-            obs.append(O[:-1]), act.append(A)
-    obs, act = torch.as_tensor(np.concatenate(obs)), torch.as_tensor(np.concatenate(act))
-    opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
-    for _ in range(args.parent_bc_steps):
-        idx = torch.randint(len(obs), (args.batch_size,))
-        loss = F.mse_loss(actor.act(obs[idx]), act[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    print(f"parent: behaviour cloning on {len(obs)} samples, final MSE {loss.item():.4f}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# SAC training with checkpoints (one task)
-# ----------------------------------------------------------------------------------------------------
-
-
-def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[int], from_parent: bool,
-            tag: str, state_path: Path, demos: list | None = None, report=None, writer=None) -> dict:
-    """SAC on `task` for `total_steps`; at each step in `checkpoints` save the actor and roll it out.
-    Saves the resumable state to `state_path` every `args.save_every` seconds. Returns the records."""
-    obs_dim, act_dim = agent["actor"].fc1.in_features, agent["actor"].fc_mean.out_features
-    actor, qf, qf_target, log_alpha = agent["actor"], agent["qf"], agent["qf_target"], agent["log_alpha"]
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
-    q_opt = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.q_lr)
-    target_entropy = -float(act_dim)
-    rb = Replay(total_steps, obs_dim, act_dim)
-    demo_rb = None
-    if demos:
-        demo_rb = Replay(sum(len(A) for _, A, _ in demos), obs_dim, act_dim)
-        for O, A, R in demos:
-            for t in range(len(A)):
-                demo_rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    records = {k: [] for k in ("params", "step", "return", "success", "first_success", "traj", "post_success")}
-    start = 0
-    if state_path.exists():  # resume
-        st = common.load_artifact(state_path, PARTIAL_FORMAT, ("agent", "step", "records"))
-        load_agent_state(agent, st["agent"])
-        actor_opt.load_state_dict(st["actor_opt"]), q_opt.load_state_dict(st["q_opt"])
-        alpha_opt.load_state_dict(st["alpha_opt"])
-        rb.data[: st["replay"].shape[0]] = st["replay"]
-        rb.size, rb.pos, start, records = st["replay"].shape[0], st["replay"].shape[0], st["step"], st["records"]
-        rng.bit_generator.state = st["np_rng"]
-        torch.set_rng_state(st["torch_rng"])
-        print(f"{tag}: resuming at step {start} with {len(records['step'])} checkpoints saved")
-
-    def save_state(step):
-        common.save_artifact({"format": PARTIAL_FORMAT, "agent": agent_state(agent), "step": step,
-                              "actor_opt": actor_opt.state_dict(), "q_opt": q_opt.state_dict(),
-                              "alpha_opt": alpha_opt.state_dict(), "replay": rb.data[: rb.size].clone(),
-                              "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                              "records": records}, state_path)
-
-    env = make_env(args, task, seed=args.seed)
-    eval_env = make_env(args, task, seed=args.seed + 1)
-    np_actor = NumpyActor(actor)
-    alpha = log_alpha.exp().item()
-    ckpt_set, next_save = set(checkpoints), time.time() + args.save_every
-    obs, _ = env.reset()
-    ep_ret, ep_len, last_report, t_start = 0.0, 0, start, time.time()
-    for step in range(start, total_steps):
-        # --- act and store ---
-        if step < args.learning_starts and not from_parent:
-            action = rng.uniform(-1, 1, act_dim).astype(np.float32)
-        else:
-            action = np_actor.sample(obs, rng)
-        next_obs, reward, term, trunc, info = env.step(action)
-        rb.add(obs, action, reward, float(term), next_obs)
-        obs, ep_ret, ep_len = next_obs, ep_ret + reward, ep_len + 1
-        if term or trunc:
-            if writer is not None:
-                writer.add_scalar("train/episode_return", ep_ret, step)
-            obs, _ = env.reset()
-            ep_ret, ep_len = 0.0, 0
-
-        # --- update ---
-        if step >= args.learning_starts:
-            batch = rb.sample(args.batch_size if demo_rb is None else args.batch_size // 2)
-            if demo_rb is not None:
-                demo_batch = demo_rb.sample(args.batch_size - len(batch))
-                batch = torch.cat([demo_batch, batch])
-            b_obs, b_act, b_rew, b_term, b_next = rb.split(batch)
-            with torch.no_grad():
-                next_a, next_logp, _ = sample_action(actor, b_next)
-                q_next = qf_target(b_next, next_a).min(0).values - alpha * next_logp
-                q_target = b_rew + args.gamma * (1 - b_term) * q_next
-            q_loss = (qf(b_obs, b_act) - q_target).pow(2).mean(1).sum()
-            q_opt.zero_grad(set_to_none=True)
-            q_loss.backward()
-            q_opt.step()
-
-            if step % args.policy_frequency == 0:
-                qf.requires_grad_(False)  # the actor loss needs no critic weight gradients
-                for _ in range(args.policy_frequency):
-                    a, logp, mean = sample_action(actor, b_obs)
-                    q = qf(b_obs, a).min(0).values
-                    actor_loss = (alpha * logp - q).mean()
-                    if demo_rb is not None and step < args.bc_anneal_steps:
-                        # BC on the demonstration half, scaled by mean |Q| (TD3+BC), annealed towards zero
-                        w = args.bc_weight * (1 - step / args.bc_anneal_steps) * q.abs().mean().detach()
-                        n = len(demo_batch)
-                        actor_loss = actor_loss + w * (torch.tanh(mean[:n]) - b_act[:n]).pow(2).mean()
-                    actor_opt.zero_grad(set_to_none=True)
-                    actor_loss.backward()
-                    actor_opt.step()
-                    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-                    alpha_opt.zero_grad(set_to_none=True)
-                    alpha_loss.backward()
-                    alpha_opt.step()
-                    alpha = log_alpha.exp().item()
-                qf.requires_grad_(True)
-
-            with torch.no_grad():  # Polyak averaging of the target critics
-                torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
-
-            if writer is not None and step % 1000 == 0:
-                writer.add_scalar("losses/q", q_loss.item(), step)
-                writer.add_scalar("losses/actor", actor_loss.item(), step)
-                writer.add_scalar("losses/alpha", alpha, step)
-                writer.add_scalar("charts/SPS", (step - start) / (time.time() - t_start + 1e-9), step)
-
-        # --- checkpoint: save the actor, roll it out deterministically ---
-        if step + 1 in ckpt_set:
-            r = rollout(eval_env, np_actor.deterministic)
-            records["params"].append(common.flatten(actor))
-            records["step"].append(step + 1)
-            for k in ("return", "success", "first_success"):
-                records[k].append(r[k])
-            for k in ("traj", "post_success"):  # tensors: the resumable state must load with weights_only
-                records[k].append(torch.from_numpy(r[k]))
-            if writer is not None:
-                writer.add_scalar("checkpoint/return", r["return"], step + 1)
-                writer.add_scalar("checkpoint/success", r["success"], step + 1)
-            if time.time() > next_save and step + 1 < total_steps:
-                save_state(step + 1)
-                next_save = time.time() + args.save_every
-        elif not checkpoints and time.time() > next_save:
-            save_state(step + 1)
-            next_save = time.time() + args.save_every
-        if report is not None and step + 1 - last_report >= 500:
-            report(step + 1 - last_report)
-            last_report = step + 1
-    if report is not None:
-        report(total_steps - last_report)
-    return records
+def check_shard(args: Args, path: Path, parent: dict) -> None:
+    """A finished shard must be readable, of this scale and settings, and a child of this parent."""
+    try:
+        shard = common.load_artifact(path, common.STAGE0_FORMAT, ("settings", "made_from"),
+                                     spec=common.suite_spec(args.suite), suite=args.suite, scale=args.scale)
+    except SystemExit as e:
+        raise SystemExit(f"{e} (delete it to retrain that task)") from None
+    common.check_settings(path, shard["settings"], shard_settings(args))
+    if shard["made_from"] != {"parent.pt": parent["uid"]}:
+        raise SystemExit(f"error: {path}: fine-tuned from another parent than {path.parent.parent / 'parent.pt'} "
+                         "(delete it to retrain that task, or use another --run-dir)")
 
 
 def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, report=None) -> str:
     """Fine-tune one expert from the parent and write its shard. Returns a one-line summary."""
     torch.set_num_threads(args.torch_threads)
     name = common.task_name(args.suite, task)
-    shard_path = stage_dir / f"{name}.pt"
-    if shard_path.exists():
-        return f"{name}: done already ({shard_path})"
     t0 = time.time()
     agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
     load_agent_state(agent, parent["agent"])
     demos = None
     if args.suite == "metaworld" and args.demo_episodes > 0:
         demos = scripted_episodes(task, args.demo_episodes, args.demo_steps, args.demo_noise,
-                                  seed=args.seed + 7919)
+                                  seed=goal_seeds(args)["demonstrations"])
     checkpoints = [args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
     from torch.utils.tensorboard import SummaryWriter
 
@@ -544,20 +561,17 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
                   from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tag=name,
                   state_path=stage_dir / f"{name}.partial.pt", demos=demos, report=report, writer=writer)
     writer.close()
-    shard = {
-        "format": SHARD_FORMAT, "suite": args.suite, "task": name, "policy": spec,
-        "params": torch.stack(rec["params"]),
-        "step": torch.tensor(rec["step"], dtype=torch.int64),
-        "return": torch.tensor(rec["return"], dtype=torch.float32),
-        "success": torch.tensor(rec["success"], dtype=torch.float32),
-        "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
-        "traj": torch.stack(rec["traj"]),
-        "post_success": torch.stack(rec["post_success"]),
-        "config": asdict(args), "seconds": time.time() - t0,
-    }
+    shard = {"format": common.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+             "params": torch.stack(rec["params"]), "step": torch.tensor(rec["step"], dtype=torch.int64),
+             "return": torch.tensor(rec["return"], dtype=torch.float32),
+             "success": torch.tensor(rec["success"], dtype=torch.float32),
+             "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
+             "traj": torch.stack(rec["traj"]), "post_success": torch.stack(rec["post_success"]),
+             "settings": shard_settings(args), "made_from": {"parent.pt": parent["uid"]},
+             "config": asdict(args), "seconds": time.time() - t0}
     if args.suite == "cheetah-vel":
         shard["target_velocity"] = float(task)
-    common.save_artifact(shard, shard_path)
+    common.save_artifact(shard, stage_dir / f"{name}.pt")
     (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
     best = int(shard["return"].argmax())
     line = (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
@@ -572,8 +586,8 @@ def summarize(args: Args, tasks: list, spec: dict, stage_dir: Path, parent: dict
     of neighbouring velocities, the return at their midpoint of their best checkpoints' parameters mixed
     50/50, next to each of the two experts and the parent run at that midpoint (mean of `episodes`
     deterministic episodes). MetaWorld: success rate of all and of the last 20 checkpoints."""
-    shards = {t: common.load_artifact(stage_dir / f"{common.task_name(args.suite, t)}.pt", SHARD_FORMAT,
-                                      spec=spec, suite=args.suite) for t in tasks}
+    shards = {t: common.load_artifact(stage_dir / f"{common.task_name(args.suite, t)}.pt", common.STAGE0_FORMAT)
+              for t in tasks}
     if args.suite == "metaworld":
         rows = ["| task | checkpoints | steps | success, all checkpoints | success, last 20 | first success at step |",
                 "|---|---|---|---|---|---|"]
@@ -586,69 +600,79 @@ def summarize(args: Args, tasks: list, spec: dict, stage_dir: Path, parent: dict
     vs = sorted(tasks)
     best = {v: shards[v]["params"][shards[v]["return"].argmax()] for v in vs}
     rows = ["| v* | best checkpoint return | at step |", "|---|---|---|"]
-    for v in vs:
-        s = shards[v]
-        i = int(s["return"].argmax())
-        rows.append(f"| {v:g} | {float(s['return'][i]):.1f} | {int(s['step'][i])} |")
+    rows += [f"| {v:g} | {float(shards[v]['return'].max()):.1f} | {int(shards[v]['step'][shards[v]['return'].argmax()])} |"
+             for v in vs]
     pairs = list(zip(vs[:-1], vs[1:]))
     if pairs:
-        cands = []  # per pair: mixed, expert a, expert b, parent
-        for a, b in pairs:
-            cands += [0.5 * (best[a] + best[b]), best[a], best[b], parent["params"]]
-        params = torch.stack(cands).repeat(episodes, 1)
-        envs = [common.CheetahVel((a + b) / 2, seed=10_000 + e)
+        cands = [p for a, b in pairs for p in (0.5 * (best[a] + best[b]), best[a], best[b], parent["params"])]
+        envs = [common.make_eval_env("cheetah-vel", (a + b) / 2, episode=e)
                 for e in range(episodes) for a, b in pairs for _ in range(4)]
-        ret = common.run_lockstep(params, envs, spec)["return"].reshape(episodes, len(pairs), 4).mean(0)
+        ret = common.run_lockstep(torch.stack(cands).repeat(episodes, 1), envs, spec)["return"]
+        ret = ret.reshape(episodes, len(pairs), 4).mean(0)
         rows += ["", f"Midpoints of neighbouring training velocities (mean of {episodes} deterministic episodes):", "",
                  "| v_a | v_b | midpoint | experts mixed 50/50 | expert v_a | expert v_b | parent |",
                  "|---|---|---|---|---|---|---|"]
-        for (a, b), r in zip(pairs, ret):
-            rows.append(f"| {a:g} | {b:g} | {(a + b) / 2:g} | {r[0]:.1f} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.1f} |")
+        rows += [f"| {a:g} | {b:g} | {(a + b) / 2:g} | " + " | ".join(f"{x:.1f}" for x in r) + " |"
+                 for (a, b), r in zip(pairs, ret)]
     return "\n".join(rows)
 
 
-def _worker(args, task, parent, spec, stage_dir, q):
-    return train_task(args, task, parent, spec, stage_dir, report=q.put)
+_report_queue = None
+
+
+def _init_worker(q) -> None:
+    """Worker start: die with the main process (Linux), keep the progress queue."""
+    global _report_queue
+    _report_queue = q
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _worker(args, task, parent, spec, stage_dir):
+    return train_task(args, task, parent, spec, stage_dir, report=_report_queue.put)
 
 
 def main(args: Args) -> None:
-    common.apply_scale(args, SCALES[args.suite][args.scale])
-    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    tasks = validate(args)
     spec = common.suite_spec(args.suite)
-    if args.suite == "cheetah-vel":
-        tasks = args.velocities = common.check_velocities(args.velocities)
-    else:
-        tasks = common.check_metaworld_tasks(args.tasks)
-        common.check_metaworld_tasks(args.parent_tasks)
-    if args.jobs <= 0:
-        args.jobs = os.cpu_count() or 1
+    args.jobs = args.jobs or os.cpu_count() or 1
     torch.set_num_threads(args.torch_threads)
-    stage_dir = Path(args.run_dir) / "stage0"
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    stage_dir = common.prepare_run_dir(Path(args.run_dir) / "stage0")
     t0 = time.time()
-    parent = train_parent(args, spec, Path(args.run_dir) / "parent.pt")
-
-    todo = [t for t in tasks if not (stage_dir / f"{common.task_name(args.suite, t)}.pt").exists()]
+    parent = train_parent(args, tasks, spec, Path(args.run_dir) / "parent.pt")
+    for p in stage_dir.glob("*.partial.pt"):  # check resumable states before the work starts
+        common.check_settings(p, common.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
+                              shard_settings(args))
+    todo = []
+    for t in tasks:
+        path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
+        if path.exists():
+            check_shard(args, path, parent)  # finished: it must belong to this run
+        else:
+            todo.append(t)
     steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
           f"and {args.num_checkpoints} checkpoints each, {min(args.jobs, max(len(todo), 1))} worker(s)")
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo) * steps_per_task, unit="step", disable=not args.progress, smoothing=0.05)
-    lines = []
     if args.jobs == 1 or len(todo) <= 1:
         for t in todo:
-            lines.append(train_task(args, t, parent, spec, stage_dir, report=bar.update))
-            bar.write(lines[-1])
+            bar.write(train_task(args, t, parent, spec, stage_dir, report=bar.update))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager, ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=ctx) as pool:
-            q = manager.Queue()
-            futures = [pool.submit(_worker, args, t, parent, spec, stage_dir, q) for t in todo]
-            pending = set(futures)
+        q = ctx.Queue()
+        with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(q,)) as pool:
+            pending = {pool.submit(_worker, args, t, parent, spec, stage_dir) for t in todo}
             while pending:
                 try:
                     bar.update(q.get(timeout=0.5))
@@ -656,10 +680,9 @@ def main(args: Args) -> None:
                     pass
                 for f in [f for f in pending if f.done()]:
                     pending.discard(f)
-                    lines.append(f.result())
-                    bar.write(lines[-1])
-            while not q.empty():
-                bar.update(q.get())
+                    bar.write(f.result())
+        while not q.empty():
+            bar.update(q.get())
     bar.close()
     print(f"stage 0 finished in {time.time() - t0:.0f}s; shards in {stage_dir}")
     summary = summarize(args, tasks, spec, stage_dir, parent)
@@ -668,4 +691,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(common.parse_args(Args, SCALES, __doc__))

@@ -8,16 +8,15 @@ to the input (0.001) and to the latent (0.01).
 
     L_autoencoder = lambda / M * sum_i (X_hat^i - X^i)^2,  lambda = 1e3          (Eq. 1)
 
-Data: every checkpoint of every stage-0 shard of the suite; a random `holdout` fraction of each task's
+Data: every checkpoint of the training tasks' stage-0 shards; a random `holdout` fraction of each task's
 checkpoints is kept out of training. Besides the reconstruction error, the check that matters is
 functional: the decoded held-out policies are run in the environment next to the originals.
 
-The network is `common.PolicyAutoencoder` (evaluation decodes with it); this file holds Eq. 1 and the
-training. Writes `runs/<suite>/autoencoder.pt`: the model and its config, and the latent of every
-checkpoint.
+Writes `<run_dir>/autoencoder.pt`: the model, its settings, the shards it was made from, and the latent of
+every checkpoint. Later stages import `PolicyAutoencoder` and `load_autoencoder` from this file.
 
     python stage1_autoencoder.py                          # quick Cheetah-Vel
-    python stage1_autoencoder.py --suite metaworld --scale mw-quick
+    python stage1_autoencoder.py --suite metaworld
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 import common
 
@@ -39,14 +37,14 @@ import common
 class Args:
     suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
     """task family"""
-    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
-    """sets the defaults of every option left unset (DESIGN section 9)"""
-    run_dir: Optional[str] = None
-    """reads <run_dir>/stage0/*.pt, writes <run_dir>/autoencoder.pt (default runs/<suite>)"""
+    scale: Literal["smoke", "quick", "paper"] = "quick"
+    """sets the defaults of the options below (listed above); a flag given explicitly wins"""
+    run_dir: str = "runs/cheetah-vel-quick"
+    """reads <run_dir>/stage0/*.pt, writes <run_dir>/autoencoder.pt (default: runs/<suite>-<scale>)"""
     seed: int = 1
-    token_dim: Optional[int] = None
+    token_dim: int = 256
     """width of each of the 2 latent tokens (MAA and the paper scale: 1024)"""
-    steps: Optional[int] = None
+    steps: int = 1500
     """gradient steps"""
     batch_size: int = 64
     lr: float = 1e-3
@@ -59,12 +57,14 @@ class Args:
     """standardise every parameter with the training set's mean and std before encoding (saved with the
     model); off = raw parameters as in MAA"""
     train_tasks: Optional[list[str]] = None
-    """tasks whose checkpoints train the model (default: Cheetah-Vel all shards, MetaWorld the seen tasks);
-    the checkpoints of the others are encoded too"""
+    """tasks whose checkpoints train the model (None: Cheetah-Vel every shard but the test velocities',
+    MetaWorld the seen tasks); the checkpoints of the others are encoded too"""
     holdout: float = 0.1
     """fraction of each task's checkpoints kept out of training"""
-    eval_policies: Optional[int] = None
+    eval_policies: int = 50
     """held-out checkpoints run in the environment, original and decoded (0 = skip the functional check)"""
+    skip_done: bool = False
+    """do nothing if autoencoder.pt was made with these settings from these shards (pipeline.sh sets it)"""
     device: str = "auto"
     """where to train: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."""
     threads: int = 2
@@ -72,13 +72,47 @@ class Args:
     progress: bool = True
 
 
-SCALES = {
-    "smoke": dict(token_dim=64, steps=60, eval_policies=4),
-    "quick": dict(token_dim=256, steps=1500, eval_policies=50),
-    "mw-quick": dict(token_dim=256, steps=1500, eval_policies=48),
-    "paper": dict(token_dim=1024, steps=50_000, eval_policies=100),
-}
-FORMAT = common.AUTOENCODER_FORMAT
+SCALES = {"smoke": dict(token_dim=64, steps=60, eval_policies=4), "metaworld:quick": dict(eval_policies=48),
+          "paper": dict(token_dim=1024, steps=50_000, eval_policies=100)}
+FORMAT = "amt-hyp/autoencoder v2"
+
+
+class PolicyAutoencoder(nn.Module):
+    """E: two bias-free linear maps (first layer, rest) to tokens, LayerNorm; D: one linear map per token.
+    Works on standardised parameters (`mean`, `std`: the training set's, saved with the model)."""
+
+    def __init__(self, spec: dict, token_dim: int):
+        super().__init__()
+        first = spec["hidden"] * spec["obs_dim"] + spec["hidden"]  # fc1 weight and bias
+        self.sizes = [first, common.num_params(spec) - first]
+        self.enc = nn.ModuleList([nn.Linear(n, token_dim, bias=False) for n in self.sizes])
+        self.norm = nn.LayerNorm(token_dim)
+        self.dec = nn.ModuleList([nn.Linear(token_dim, n, bias=False) for n in self.sizes])
+        self.register_buffer("mean", torch.zeros(sum(self.sizes)))
+        self.register_buffer("std", torch.ones(sum(self.sizes)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, P] flat policies -> Z [B, 2, token_dim]."""
+        parts = ((x - self.mean) / self.std).split(self.sizes, dim=-1)
+        return torch.stack([self.norm(e(p)) for e, p in zip(self.enc, parts)], dim=1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Z [B, 2, token_dim] -> [B, P] flat policies."""
+        return torch.cat([d(z[:, i]) for i, d in enumerate(self.dec)], dim=-1) * self.std + self.mean
+
+    def forward(self, x: torch.Tensor, input_noise: float = 0.0, latent_noise: float = 0.0) -> torch.Tensor:
+        z = self.encode(x + input_noise * torch.randn_like(x))
+        return self.decode(z + latent_noise * torch.randn_like(z))
+
+
+def load_autoencoder(path: str | Path, suite: str, scale: str) -> tuple[PolicyAutoencoder, dict]:
+    """The trained autoencoder (eval mode) and its artifact; used by the later stages."""
+    spec = common.suite_spec(suite)
+    art = common.load_artifact(path, FORMAT, ("model", "token_dim", "latents", "made_from"), spec=spec,
+                               suite=suite, scale=scale)
+    model = PolicyAutoencoder(spec, art["token_dim"])
+    model.load_state_dict(art["model"])
+    return model.eval(), art
 
 
 def autoencoder_loss(x_hat: torch.Tensor, x: torch.Tensor, lam: float = 1e3) -> torch.Tensor:
@@ -100,41 +134,57 @@ def split_holdout(shards: list[dict], frac: float, seed: int) -> torch.Tensor:
 
 
 def functional_check(suite: str, params: torch.Tensor, decoded: torch.Tensor, tasks: list) -> dict:
-    """Run original and decoded policies in lockstep, one episode each on the same env seed / goal."""
-    spec = common.suite_spec(suite)
-    envs = [common.make_eval_env(suite, t, episode=i) for _ in range(2) for i, t in enumerate(tasks)]
-    out = common.run_lockstep(torch.cat([params, decoded]), envs, spec)
+    """Run original and decoded policies in lockstep, one episode each on the same env seed / goal (the
+    i-th policy on evaluation goal i mod 50: MetaWorld has 50 goal configurations per seed)."""
+    envs = [common.make_eval_env(suite, t, episode=i % common.MW_GOALS) for _ in range(2) for i, t in enumerate(tasks)]
+    out = common.run_lockstep(torch.cat([params, decoded]), envs, common.suite_spec(suite))
     key = "return" if suite == "cheetah-vel" else "success"
     n = len(tasks)
     return {"metric": key, "original": out[key][:n].tolist(), "decoded": out[key][n:].tolist()}
 
 
+def default_train_tasks(suite: str, names: list[str]) -> list[str]:
+    """Cheetah-Vel: every shard but those of the test velocities; MetaWorld: the seen tasks."""
+    if suite == "cheetah-vel":
+        return [t for t in names if t not in {common.task_name(suite, v) for v in common.CHEETAH_TEST}]
+    return [t for t in names if t in common.MW_SEEN]
+
+
 def main(args: Args) -> None:
-    common.apply_scale(args, SCALES[args.scale])
-    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.check_options(args, positive=("token_dim", "steps", "batch_size", "lr", "threads"),
+                         nonnegative=("weight_decay", "input_noise", "latent_noise", "lam", "eval_policies"),
+                         fraction=("holdout",))
+    run = common.prepare_run_dir(args.run_dir)
+    path = run / "autoencoder.pt"
+    shards = common.load_stage0(run, args.suite, args.scale)
+    made_from = common.shard_ids(shards)
+    if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
+        print(f"stage 1 autoencoder: {path} is up to date (same settings, same shards); skipped")
+        return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     spec = common.suite_spec(args.suite)
-    shards = common.load_stage0(args.run_dir, args.suite)
     X = torch.cat([s["params"] for s in shards])
     task_of = torch.cat([torch.full((len(s["step"]),), i) for i, s in enumerate(shards)])
     names = [s["task"] for s in shards]
-    if args.train_tasks is None:
-        args.train_tasks = names if args.suite == "cheetah-vel" else [t for t in names if t in common.MW_SEEN]
-    missing = [t for t in args.train_tasks if t not in names]
-    if missing or not args.train_tasks:
-        raise SystemExit(f"error: {Path(args.run_dir, 'stage0')}: no shard for training task(s) "
+    train_tasks = args.train_tasks or default_train_tasks(args.suite, names)
+    missing = [t for t in train_tasks if t not in names]
+    if missing or not train_tasks:
+        raise SystemExit(f"error: {run / 'stage0'}: no shard for training task(s) "
                          f"{', '.join(missing) or '(none)'}; shards: {', '.join(names)}")
-    in_train_task = torch.tensor([names[i] in args.train_tasks for i in task_of.tolist()])
+    test = [t for t in train_tasks if args.suite == "cheetah-vel" and float(t[4:]) in common.CHEETAH_TEST]
+    if test:
+        raise SystemExit(f"error: --train-tasks {', '.join(test)}: test velocities; no stage trains on them")
+    in_train_task = torch.tensor([names[i] in train_tasks for i in task_of.tolist()])
     heldout = split_holdout(shards, args.holdout, args.seed) & in_train_task
     is_train = in_train_task & ~heldout
     train = X[is_train]
     print(f"stage 1 autoencoder: {len(X)} checkpoints of {len(shards)} tasks; training on {len(train)} of "
-          f"{len(args.train_tasks)} tasks, {int(heldout.sum())} held out; policy size {X.shape[1]}, latent 2 x "
+          f"{len(train_tasks)} tasks, {int(heldout.sum())} held out; policy size {X.shape[1]}, latent 2 x "
           f"{args.token_dim}")
 
-    model = common.PolicyAutoencoder(spec, args.token_dim)  # the model (common.py: evaluation decodes with it)
+    model = PolicyAutoencoder(spec, args.token_dim)
     if args.normalize:
         model.mean.copy_(train.mean(0))
         model.std.copy_(train.std(0).clamp_min(1e-3 * train.std(0).mean()))
@@ -145,7 +195,7 @@ def main(args: Args) -> None:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage1_autoencoder"))
+    writer = SummaryWriter(str(run / "tb" / "stage1_autoencoder"))
     # the loss is taken in the normalised space the model works in (the scale the noise levels refer to)
     norm = lambda x: (x - model.mean) / model.std  # noqa: E731
     bar = tqdm(range(args.steps), disable=not args.progress, desc="autoencoder")
@@ -184,15 +234,14 @@ def main(args: Args) -> None:
               f"decoded {d.mean():.2f} (mean |decoded - original| per policy {np.abs(d - o).mean():.2f})")
     writer.close()
 
-    art = {"format": FORMAT, "suite": args.suite, "policy": spec, "config": asdict(args),
-           "token_dim": args.token_dim, "model": model.state_dict(),
-           "latents": Z, "task_index": task_of, "tasks": [s["task"] for s in shards],
+    art = {"format": FORMAT, "suite": args.suite, "policy": spec, "settings": common.settings(args),
+           "made_from": made_from, "config": asdict(args), "token_dim": args.token_dim, "model": model.state_dict(),
+           "latents": Z, "task_index": task_of, "tasks": names, "train_tasks": train_tasks,
            "checkpoint_step": torch.cat([s["step"] for s in shards]), "heldout": heldout, "train": is_train,
            "metrics": metrics, "seconds": time.time() - t0}
-    path = Path(args.run_dir) / "autoencoder.pt"
     common.save_artifact(art, path)
     print(f"stage 1 autoencoder: saved {path} in {art['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(common.parse_args(Args, SCALES, __doc__))

@@ -14,9 +14,10 @@ training only and forgets it at inference).
 Cheetah-Vel conditions on the target velocity, so this stage has nothing to do there and says so.
 
 Trains on the shards of `train_tasks` (default: the seen tasks present); writes h and v for the rollout
-of every checkpoint of every shard (seen and unseen) to `runs/<suite>/behavior_embed.pt`.
+of every checkpoint of every shard (seen and unseen) to `<run_dir>/behavior_embed.pt`. Later stages
+import `Phi`, `load_behavior_embed` and `embed_trajectories` from this file.
 
-    python stage1_behavior_embed.py --suite metaworld --scale mw-quick
+    python stage1_behavior_embed.py --suite metaworld
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 import common
 
@@ -38,26 +38,37 @@ import common
 class Args:
     suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
     """task family (Cheetah-Vel needs no behaviour embedding)"""
-    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
-    """sets the defaults of every option left unset (DESIGN section 9)"""
-    run_dir: Optional[str] = None
-    """reads <run_dir>/stage0/*.pt, writes <run_dir>/behavior_embed.pt (default runs/<suite>)"""
+    scale: Literal["smoke", "quick", "paper"] = "quick"
+    """sets the defaults of the options below (listed above); a flag given explicitly wins"""
+    run_dir: str = "runs/cheetah-vel-quick"
+    """reads <run_dir>/stage0/*.pt, writes <run_dir>/behavior_embed.pt (default: runs/<suite>-<scale>)"""
     seed: int = 1
     train_tasks: Optional[list[str]] = None
-    """tasks whose rollouts train the embedding (default: the seen tasks among the shards)"""
+    """tasks whose rollouts train the embedding (None: the seen tasks among the shards)"""
     embed_dim: int = 128
-    steps: Optional[int] = None
+    steps: int = 2000
     """gradient steps"""
     batch_size: int = 128
     lr: float = 3e-4
+    skip_done: bool = False
+    """do nothing if behavior_embed.pt was made with these settings from these shards (pipeline.sh sets it)"""
     progress: bool = True
 
 
-SCALES = {"smoke": dict(steps=50), "quick": dict(steps=2000), "mw-quick": dict(steps=2000),
-          "paper": dict(steps=20_000)}
-FORMAT = common.BEHAVIOR_FORMAT
+SCALES = {"smoke": dict(steps=50), "paper": dict(steps=20_000)}
+FORMAT = "amt-hyp/behavior-embed v2"
 
-# phi (trajectory features -> 1024 -> 1024 -> h) is common.Phi: evaluation embeds new rollouts with it.
+
+class Phi(nn.Module):
+    """phi: trajectory features (20 x (obs + 3 act)) -> 1024 -> 1024 -> h (the condition tau_e)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                                 nn.Linear(1024, out_dim))
+
+    def forward(self, x):
+        return self.net(x)
 
 
 class Psi(nn.Module):
@@ -83,22 +94,47 @@ def fit_scaling(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, torch.where(hi - lo > 1e-6, hi, lo + 1)
 
 
+def scale_to_unit(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Map [lo, hi] to [-1, 1] (values outside the training range go beyond it)."""
+    return 2 * (x - lo) / (hi - lo) - 1
+
+
+def load_behavior_embed(path: str | Path, suite: str, scale: str) -> tuple[Phi, dict]:
+    """phi (eval mode) with its artifact: `embed_trajectories(phi, art, traj)` gives h."""
+    art = common.load_artifact(path, FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks", "made_from"),
+                               suite=suite, scale=scale)
+    phi = Phi(art["scaling"]["traj_lo"].numel(), art["h"].shape[1])
+    phi.load_state_dict(art["phi"])
+    return phi.eval(), art
+
+
+@torch.no_grad()
+def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
+    """h = phi(scaled traj), with the scaling fit on this stage's training rollouts (never refit)."""
+    return phi(scale_to_unit(traj, art["scaling"]["traj_lo"], art["scaling"]["traj_hi"]))
+
+
 def main(args: Args) -> None:
     if args.suite == "cheetah-vel":
         print("stage 1 behaviour embedding: not needed for Cheetah-Vel (HypLatent conditions on the target "
               "velocity); nothing to do.")
         return
-    common.apply_scale(args, SCALES[args.scale])
-    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr"))
+    run = common.prepare_run_dir(args.run_dir)
+    path = run / "behavior_embed.pt"
+    shards = common.load_stage0(run, args.suite, args.scale)
+    made_from = common.shard_ids(shards)
+    if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
+        print(f"stage 1 behaviour embedding: {path} is up to date (same settings, same shards); skipped")
+        return
     common.seed_everything(args.seed)
     t0 = time.time()
-    shards = common.load_stage0(args.run_dir, args.suite)
     names = [s["task"] for s in shards]
     train_tasks = args.train_tasks or [t for t in names if t in common.MW_SEEN]
     common.check_metaworld_tasks(train_tasks)
     missing = [t for t in train_tasks if t not in names]
     if not train_tasks or missing:
-        raise SystemExit(f"error: {Path(args.run_dir, 'stage0')}: no shard for training task(s) "
+        raise SystemExit(f"error: {run / 'stage0'}: no shard for training task(s) "
                          f"{', '.join(missing) or '(none given)'}; shards: {', '.join(names)}")
     traj = torch.cat([s["traj"] for s in shards])
     post = torch.cat([s["post_success"] for s in shards])
@@ -106,17 +142,17 @@ def main(args: Args) -> None:
     is_train = torch.tensor([names[i] in train_tasks for i in task_of.tolist()])
     t_lo, t_hi = fit_scaling(traj[is_train])
     p_lo, p_hi = fit_scaling(post[is_train])
-    traj_s, post_s = common.scale_to_unit(traj, t_lo, t_hi), common.scale_to_unit(post, p_lo, p_hi)
+    traj_s, post_s = scale_to_unit(traj, t_lo, t_hi), scale_to_unit(post, p_lo, p_hi)
     print(f"stage 1 behaviour embedding: {int(is_train.sum())} rollouts of {len(train_tasks)} training tasks; "
           f"embedding {len(traj)} rollouts of {len(shards)} tasks")
 
-    phi, psi = common.Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
+    phi, psi = Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
     W = nn.Parameter(torch.eye(args.embed_dim))
     opt = torch.optim.Adam([*phi.parameters(), *psi.parameters(), W], lr=args.lr)
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage1_behavior_embed"))
+    writer = SummaryWriter(str(run / "tb" / "stage1_behavior_embed"))
     train_idx = is_train.nonzero().squeeze(1)
     bar = tqdm(range(args.steps), disable=not args.progress, desc="behaviour embedding")
     for step in bar:
@@ -138,17 +174,17 @@ def main(args: Args) -> None:
         acc = {names[i]: float((pred[task_of == i] == i).float().mean()) for i in range(len(shards))}
     print(f"final loss {loss.item():.3f} (chance: {torch.log(torch.tensor(float(min(args.batch_size, len(train_idx))))):.3f}); "
           "task retrieval from h: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in acc.items()))
-    art = {"format": FORMAT, "suite": args.suite, "config": asdict(args), "train_tasks": train_tasks,
+    art = {"format": FORMAT, "suite": args.suite, "settings": common.settings(args), "made_from": made_from,
+           "config": asdict(args), "train_tasks": train_tasks,
            "phi": phi.state_dict(), "psi": psi.state_dict(), "W": W.detach(),
            "scaling": {"traj_lo": t_lo, "traj_hi": t_hi, "post_lo": p_lo, "post_hi": p_hi},
            "h": h, "v": v, "task_index": task_of, "tasks": names,
            "checkpoint_step": torch.cat([s["step"] for s in shards]),
            "success": torch.cat([s["success"] for s in shards]),
            "metrics": {"final_loss": loss.item(), "task_retrieval": acc}, "seconds": time.time() - t0}
-    path = Path(args.run_dir) / "behavior_embed.pt"
     common.save_artifact(art, path)
     print(f"stage 1 behaviour embedding: saved {path} in {art['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(common.parse_args(Args, SCALES, __doc__))

@@ -1,10 +1,10 @@
 """Stage 2: HypLatent, a conditional adversarial generator of policy latents (paper Sec. III-B, Eqs. 3-5;
 DESIGN.md section 6).
 
-The generator G (common.Generator) maps a condition tau_e (MetaWorld: the behaviour embedding h of a
-rollout; Cheetah-Vel: the target velocity) and noise n ~ N(0, I) to a latent Z_hat = G(tau_e, n) of the
-stage-1 autoencoder. A discriminator F tells autoencoder latents Z from generated ones, and an auxiliary
-head Q reconstructs tau_e from F's features of Z_hat:
+The generator G maps a condition tau_e (MetaWorld: the behaviour embedding h of a rollout; Cheetah-Vel:
+the target velocity) and noise n ~ N(0, I) to a latent Z_hat = G(tau_e, n) of the stage-1 autoencoder.
+A discriminator (the paper's F; `D` in the code, since F is torch.nn.functional) tells autoencoder
+latents Z from generated ones, and an auxiliary head Q reconstructs tau_e from its features of Z_hat:
 
     V_zeta = 1/N sum_i log(1 - F(Z_hat^i))                       minimised by G      (Eq. 3)
     V_mu   = 1/N sum_i [log F(Z^i) + log(1 - F(Z_hat^i))]         maximised by F      (Eq. 4)
@@ -14,11 +14,13 @@ The authors' code also adds `paired_weight * MSE(G(tau_e, n), Z)` (Z: the latent
 condition) to G's loss, which the paper does not print: `--paired-weight 0` turns it off.
 Latents and conditions are normalised per dimension with training statistics saved beside the model.
 
-Writes `runs/<suite>/hyplatent.pt` (every `save_every` steps, and at the end); if a loss becomes NaN the
-run stops and the last good checkpoint stays.
+Writes `<run_dir>/hyplatent.pt` once, at the end; every `save_every` steps the training state goes to
+`hyplatent.partial.pt`, from which a re-run resumes. If a loss becomes NaN the run stops and the partial
+state of the last good step stays. Stage 3 and evaluation import `Generator`, `load_generator`,
+`training_pairs` and `decode_generated` from this file.
 
     python stage2_hyplatent.py                                    # quick Cheetah-Vel
-    python stage2_hyplatent.py --suite metaworld --scale mw-quick
+    python stage2_hyplatent.py --suite metaworld
 """
 
 from __future__ import annotations
@@ -27,35 +29,38 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 import common
+from stage1_autoencoder import PolicyAutoencoder, load_autoencoder
+from stage1_behavior_embed import load_behavior_embed
 
 
 @dataclass
 class Args:
     suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
     """task family"""
-    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
-    """sets the defaults of every option left unset (DESIGN section 9)"""
-    run_dir: Optional[str] = None
-    """reads autoencoder.pt (and behavior_embed.pt for MetaWorld), writes hyplatent.pt (default runs/<suite>)"""
+    scale: Literal["smoke", "quick", "paper"] = "quick"
+    """sets the defaults of the options below (listed above); a flag given explicitly wins"""
+    run_dir: str = "runs/cheetah-vel-quick"
+    """reads autoencoder.pt (and behavior_embed.pt for MetaWorld), writes hyplatent.pt (default:
+    runs/<suite>-<scale>)"""
     out: str = "hyplatent.pt"
     """file name of the artifact inside run_dir"""
     seed: int = 1
-    steps: Optional[int] = None
+    steps: int = 3000
     """gradient steps (one discriminator and one generator update each)"""
     batch_size: int = 128
     lr: float = 2e-4
-    noise_dim: Optional[int] = None
+    noise_dim: int = 4
     """size of n (paper: 128 MetaWorld, 4 Cheetah-Vel)"""
-    widths: Optional[tuple[int, ...]] = None
-    """generator widths, down then back up (DESIGN: 2048 1024 512 256)"""
+    widths: tuple[int, ...] = (2048, 1024, 512, 256)
+    """generator widths, down then back up (the authors' code)"""
     lambda_reg: float = 1.0
     """weight of Eq. 5 (the paper gives none)"""
     paired_weight: float = 1e3
@@ -64,24 +69,54 @@ class Args:
     """functional check at the end: this many training conditions per task, one generated policy each,
     decoded and run for 2 episodes (0 = skip)"""
     save_every: int = 500
+    """steps between saves of the resumable training state"""
+    skip_done: bool = False
+    """do nothing if the artifact was made with these settings from these inputs (pipeline.sh sets it)"""
     device: str = "auto"
     """where to train: auto (CUDA if available, else CPU), cpu, cuda, ..."""
     threads: int = 2
     progress: bool = True
 
 
-SCALES = {
-    "smoke": dict(steps=40, widths=(64, 32), noise_dim=None),
-    "quick": dict(steps=3000, widths=(2048, 1024, 512, 256)),
-    "mw-quick": dict(steps=3000, widths=(2048, 1024, 512, 256)),
-    "paper": dict(steps=50_000, widths=(2048, 1024, 512, 256)),
-}
-NOISE_DIM = {"cheetah-vel": 4, "metaworld": 128}
+SCALES = {"smoke": dict(steps=40, widths=(64, 32)), "paper": dict(steps=50_000),
+          **{f"metaworld:{s}": dict(noise_dim=128) for s in ("smoke", "quick", "paper")}}
+FORMAT = "amt-hyp/hyplatent v2"
+PARTIAL_FORMAT = "amt-hyp/hyplatent-partial v2"
+
+
+def _block(i: int, o: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.GELU(), nn.Dropout(dropout))
+
+
+class Generator(nn.Module):
+    """G(tau_e, n) -> Z_hat: the paper's "1D UNet", as in the authors' code an MLP encoder-decoder with
+    additive skip connections (widths 2048, 1024, 512, 256 and back; BatchNorm, GELU, dropout 0.1).
+    Works on normalised conditions and latents (statistics saved in the artifact). Stage 3 and evaluation
+    use it frozen, in eval mode (BatchNorm's running statistics, no dropout)."""
+
+    def __init__(self, cond_dim: int, noise_dim: int, latent_dim: int, widths=(2048, 1024, 512, 256),
+                 dropout: float = 0.1):
+        super().__init__()
+        self.noise_dim = noise_dim
+        dims = [cond_dim + noise_dim, *widths]
+        self.down = nn.ModuleList([_block(dims[i], dims[i + 1], dropout) for i in range(len(widths))])
+        self.up = nn.ModuleList([_block(widths[i + 1], widths[i], dropout) for i in reversed(range(len(widths) - 1))])
+        self.out = nn.Linear(widths[0], latent_dim)
+
+    def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([cond, noise], dim=-1)
+        skips = []
+        for blk in self.down:
+            x = blk(x)
+            skips.append(x)
+        for blk, skip in zip(self.up, reversed(skips[:-1])):
+            x = blk(x) + skip
+        return self.out(x)
 
 
 class Discriminator(nn.Module):
-    """F: a 3-layer MLP on the (flattened, normalised) latent; `logit` gives realness F = sigmoid(logit),
-    `features` feed the auxiliary head Q, a 2-layer MLP back to tau_e (Eq. 5)."""
+    """The paper's F: a 3-layer MLP on the (flattened, normalised) latent; `logit` gives realness
+    F = sigmoid(logit), `features` feed the auxiliary head Q, a 2-layer MLP back to tau_e (Eq. 5)."""
 
     def __init__(self, latent_dim: int, cond_dim: int, hidden: int = 512):
         super().__init__()
@@ -113,14 +148,119 @@ def reg_loss(q_out: torch.Tensor, cond: torch.Tensor, lambda_reg: float) -> torc
     return lambda_reg / len(cond) * (q_out - cond).pow(2).sum()  # Eq. 5
 
 
+def discriminator_step(D: Discriminator, opt_d, z_real: torch.Tensor, z_fake: torch.Tensor, c: torch.Tensor,
+                       lambda_reg: float) -> tuple[torch.Tensor, ...]:
+    """Update D and its head Q: maximise Eq. 4, minimise Eq. 5. `z_fake` is detached: G does not move."""
+    real_logit, _ = D(z_real)
+    fake_logit, fake_feat = D(z_fake.detach())
+    d_obj = discriminator_objective(real_logit, fake_logit)  # Eq. 4
+    d_reg = reg_loss(D.q(fake_feat), c, lambda_reg)  # Eq. 5
+    opt_d.zero_grad(set_to_none=True)
+    (-d_obj + d_reg).backward()
+    opt_d.step()
+    return d_obj, real_logit, fake_logit
+
+
+def generator_step(D: Discriminator, opt_g, z_fake: torch.Tensor, z_paired: torch.Tensor, c: torch.Tensor,
+                   lambda_reg: float, paired_weight: float) -> tuple[torch.Tensor, ...]:
+    """Update G (opt_g holds G's parameters only): minimise Eq. 3 + Eq. 5 (+ the authors' paired term)."""
+    fake_logit, fake_feat = D(z_fake)
+    g_loss = generator_loss(fake_logit)  # Eq. 3
+    g_reg = reg_loss(D.q(fake_feat), c, lambda_reg)  # Eq. 5
+    paired = F.mse_loss(z_fake, z_paired)
+    opt_g.zero_grad(set_to_none=True)
+    (g_loss + g_reg + paired_weight * paired).backward()
+    opt_g.step()
+    return g_loss, g_reg, paired
+
+
+# ----------------------------------------------------------------------------------------------------
+# The (Z, tau_e) pairs, loading and decoding (also used by stage 3 and evaluation)
+# ----------------------------------------------------------------------------------------------------
+
+
+def training_pairs(run_dir: str | Path, suite: str, scale: str) -> dict:
+    """Stages 2 and 3 learn from (Z, tau_e) pairs: the latents of the autoencoder's training checkpoints and
+    their raw conditions (Cheetah-Vel: the shard's target velocity; MetaWorld: the rollout's behaviour
+    embedding h). The autoencoder (and the embedding) must have been made from the shards the run
+    directory holds now; `made_from` names the artifacts the pairs come from."""
+    run = Path(run_dir)
+    shards = common.load_stage0(run, suite, scale)
+    _, ae = load_autoencoder(run / "autoencoder.pt", suite, scale)
+    common.check_made_from(run / "autoencoder.pt", ae, common.shard_ids(shards))
+    made_from = {"autoencoder.pt": ae["uid"]}
+    if suite == "cheetah-vel":
+        velocity = {s["task"]: s["target_velocity"] for s in shards}  # by name, never by position
+        cond = torch.tensor([[velocity[ae["tasks"][i]]] for i in ae["task_index"].tolist()])
+    else:
+        _, be = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
+        common.check_made_from(run / "behavior_embed.pt", be, common.shard_ids(shards))
+        cond, made_from["behavior_embed.pt"] = be["h"], be["uid"]
+    train = ae["train"]
+    return {"Z": ae["latents"].flatten(1)[train], "cond": cond[train], "task_index": ae["task_index"][train],
+            "tasks": ae["tasks"], "token_dim": ae["token_dim"], "made_from": made_from}
+
+
+def load_generator(path: str | Path, suite: str, scale: str) -> tuple[Generator, dict]:
+    """The trained generator, frozen in eval mode, and its artifact (normalisation statistics included).
+    Refuses an artifact that records fewer steps than it was asked to train."""
+    art = common.load_artifact(path, FORMAT, ("generator", "arch", "latent_mean", "latent_std", "cond_mean",
+                                              "cond_std", "step", "settings", "made_from"), suite=suite, scale=scale)
+    if art["step"] != art["settings"]["steps"]:
+        raise SystemExit(f"error: {path}: trained {art['step']} of {art['settings']['steps']} steps (unfinished)")
+    G = Generator(**art["arch"])
+    G.load_state_dict(art["generator"])
+    return G.eval().requires_grad_(False), art
+
+
+def decode_generated(latents: torch.Tensor, hl_art: dict, ae: PolicyAutoencoder) -> torch.Tensor:
+    """Normalised generated latents [N, 2 * token_dim] -> flat policies [N, P]: undo stage 2's latent
+    normalisation (statistics in its artifact `hl_art`), then the autoencoder's decoder."""
+    z = latents * hl_art["latent_std"] + hl_art["latent_mean"]
+    return ae.decode(z.view(len(latents), 2, -1))
+
+
+def run_generated(latents: torch.Tensor, hl_art: dict, ae: PolicyAutoencoder, suite: str, tasks: list,
+                  episodes: int = 1) -> np.ndarray:
+    """Decode normalised latents and run policy i on tasks[i] (velocity or metaworld name), `episodes`
+    times each, in lockstep. Returns the mean return (Cheetah-Vel) or success (MetaWorld) per policy, [N]."""
+    with torch.no_grad():
+        params = decode_generated(latents, hl_art, ae).repeat(episodes, 1)
+    envs = [common.make_eval_env(suite, t, episode=e) for e in range(episodes) for t in tasks]
+    out = common.run_lockstep(params, envs, common.suite_spec(suite))
+    return out["return" if suite == "cheetah-vel" else "success"].reshape(episodes, len(tasks)).mean(0)
+
+
+def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor, list]:
+    """Up to `per_task` training pairs per task for a functional check: (indices, task of each as an env
+    argument: velocity or metaworld name)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat([rows[torch.randperm(len(rows), generator=g)[:per_task]]
+                     for rows in ((data["task_index"] == t).nonzero().squeeze(1) for t in range(len(data["tasks"])))])
+    names = [data["tasks"][int(t)] for t in data["task_index"][idx]]
+    return idx, [float(c) for c in data["cond"][idx, 0]] if data["cond"].shape[1] == 1 else names
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+
+
 def main(args: Args) -> None:
-    common.apply_scale(args, SCALES[args.scale])
-    args.noise_dim = args.noise_dim or NOISE_DIM[args.suite]
-    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.check_options(args, positive=("steps", "batch_size", "lr", "noise_dim", "save_every", "threads"),
+                         nonnegative=("lambda_reg", "paired_weight", "check_per_task"))
+    if not args.widths or min(args.widths) <= 0:
+        raise SystemExit(f"error: --widths needs positive widths; got {args.widths}")
+    run = common.prepare_run_dir(args.run_dir)
+    path, partial = run / args.out, (run / args.out).with_suffix(".partial.pt")
+    data = training_pairs(run, args.suite, args.scale)
+    settings = common.settings(args)
+    if args.skip_done and common.up_to_date(path, FORMAT, settings, data["made_from"]):
+        print(f"stage 2 HypLatent: {path} is up to date (same settings, same inputs); skipped")
+        return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    data = common.training_pairs(args.run_dir, args.suite)
     Z, cond = data["Z"], data["cond"]
     z_mean, z_std = Z.mean(0), Z.std(0).clamp_min(1e-6)
     c_mean, c_std = cond.mean(0), cond.std(0).clamp_min(1e-6)
@@ -128,59 +268,42 @@ def main(args: Args) -> None:
     arch = {"cond_dim": cond.shape[1], "noise_dim": args.noise_dim, "latent_dim": Z.shape[1],
             "widths": list(args.widths)}
     dev = common.pick_device(args.device)
-    G = common.Generator(**arch).to(dev)
-    D = Discriminator(Z.shape[1], cond.shape[1]).to(dev)
+    G, D = Generator(**arch).to(dev), Discriminator(Z.shape[1], cond.shape[1]).to(dev)
     Zd, Cd = Zn.to(dev), Cn.to(dev)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    history = {k: [] for k in ("step", "g", "d", "reg", "paired", "d_acc", "q_mse")}
+    start = 0
+    if partial.exists():  # resume
+        st = common.load_artifact(partial, PARTIAL_FORMAT, ("generator", "discriminator", "step", "settings"))
+        common.check_settings(partial, st["settings"], settings)
+        common.check_made_from(partial, st, data["made_from"])
+        G.load_state_dict(st["generator"]), D.load_state_dict(st["discriminator"])
+        opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
+        start, history = st["step"], st["history"]
+        torch.set_rng_state(st["torch_rng"])
+        print(f"stage 2 HypLatent: resuming from {partial} at step {start}")
     print(f"stage 2 HypLatent: {len(Z)} (latent, condition) pairs, latent {Z.shape[1]}, condition "
           f"{cond.shape[1]}, noise {args.noise_dim}; paired-latent term weight {args.paired_weight:g}")
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    path = Path(args.run_dir) / args.out
-    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / f"stage2_{path.stem}"))
-    history = {k: [] for k in ("step", "g", "d", "reg", "paired", "d_acc", "q_mse")}
-
-    def save(step):
-        common.save_artifact({
-            "format": common.HYPLATENT_FORMAT, "suite": args.suite, "config": asdict(args), "arch": arch,
-            "generator": common.cpu_state(G), "discriminator": common.cpu_state(D), "step": step,
-            "latent_mean": z_mean, "latent_std": z_std, "cond_mean": c_mean, "cond_std": c_std,
-            "token_dim": data["token_dim"], "history": history, "seconds": time.time() - t0}, path)
-
-    bar = tqdm(range(args.steps), disable=not args.progress, desc="HypLatent")
+    writer = SummaryWriter(str(run / "tb" / f"stage2_{path.stem}"))
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not args.progress, desc="HypLatent")
     last_good = None
     for step in bar:
         idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
         z_real, c = Zd[idx], Cd[idx]
         z_fake = G(c, torch.randn(len(c), args.noise_dim, device=dev))
-
-        # discriminator and Q: maximise Eq. 4, minimise Eq. 5
-        real_logit, _ = D(z_real)
-        fake_logit, fake_feat = D(z_fake.detach())
-        d_obj = discriminator_objective(real_logit, fake_logit)  # Eq. 4
-        d_reg = reg_loss(D.q(fake_feat), c, args.lambda_reg)  # Eq. 5
-        opt_d.zero_grad(set_to_none=True)
-        (-d_obj + d_reg).backward()
-        opt_d.step()
-
-        # generator: minimise Eq. 3 + Eq. 5 (+ the authors' paired-latent term)
-        fake_logit_g, fake_feat_g = D(z_fake)
-        g_loss = generator_loss(fake_logit_g)  # Eq. 3
-        g_reg = reg_loss(D.q(fake_feat_g), c, args.lambda_reg)  # Eq. 5
-        paired = F.mse_loss(z_fake, z_real)
-        opt_g.zero_grad(set_to_none=True)
-        (g_loss + g_reg + args.paired_weight * paired).backward()
-        opt_g.step()
+        d_obj, real_logit, fake_logit = discriminator_step(D, opt_d, z_real, z_fake, c, args.lambda_reg)
+        g_loss, g_reg, paired = generator_step(D, opt_g, z_fake, z_real, c, args.lambda_reg, args.paired_weight)
 
         losses = [g_loss.item(), d_obj.item(), g_reg.item()]
         if not all(math.isfinite(x) for x in losses):
-            msg = (f"error: stage 2: a loss became NaN/inf at step {step} (G {losses[0]}, D {losses[1]}, "
-                   f"reg {losses[2]}); ")
-            raise SystemExit(msg + (f"kept the last good checkpoint (step {last_good}) in {path}"
-                                    if last_good is not None else "no checkpoint was saved"))
+            msg = f"error: stage 2: a loss became NaN/inf at step {step} (G {losses[0]}, D {losses[1]}, reg {losses[2]}); "
+            raise SystemExit(msg + (f"kept the state of step {last_good} in {partial}" if last_good is not None
+                                    else "no state was saved"))
         if step % 25 == 0 or step == args.steps - 1:
             d_acc = 0.5 * ((real_logit > 0).float().mean() + (fake_logit < 0).float().mean()).item()
             for k, val in zip(history, (step, losses[0], losses[1], losses[2], paired.item(), d_acc,
@@ -190,32 +313,36 @@ def main(args: Args) -> None:
                     writer.add_scalar(f"stage2/{k}", val, step)
             bar.set_postfix(G=f"{losses[0]:.3f}", D=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}",
                             paired=f"{paired.item():.3f}", acc=f"{d_acc:.2f}")
-        if (step + 1) % args.save_every == 0:
-            save(step + 1)
+        if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            common.save_artifact({"format": PARTIAL_FORMAT, "settings": settings, "made_from": data["made_from"],
+                                  "generator": common.cpu_state(G), "discriminator": common.cpu_state(D),
+                                  "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step + 1,
+                                  "history": history, "torch_rng": torch.get_rng_state()}, partial)
             last_good = step + 1
     writer.close()
-    h = {k: v[-1] for k, v in history.items()}
-    print(f"final: Eq.3 (G) {h['g']:.4f}, Eq.4 (D objective) {h['d']:.4f}, Eq.5 (reg) {h['reg']:.4f}, paired MSE "
-          f"{h['paired']:.4f}, D accuracy {h['d_acc']:.2f}")
-    check = None
-    G, D = G.cpu(), D.cpu()
+    last = {k: v[-1] for k, v in history.items()}
+    print(f"final: Eq.3 (G) {last['g']:.4f}, Eq.4 (D objective) {last['d']:.4f}, Eq.5 (reg) {last['reg']:.4f}, "
+          f"paired MSE {last['paired']:.4f}, D accuracy {last['d_acc']:.2f}")
+    art = {"format": FORMAT, "suite": args.suite, "settings": settings, "made_from": data["made_from"],
+           "config": asdict(args), "arch": arch, "step": args.steps, "latent_mean": z_mean, "latent_std": z_std,
+           "cond_mean": c_mean, "cond_std": c_std, "token_dim": data["token_dim"], "history": history}
+    G, D = G.cpu().eval(), D.cpu()
     if args.check_per_task:  # decode generated latents for training conditions and run them
-        G.eval()
-        ae, _ = common.load_autoencoder(Path(args.run_dir) / "autoencoder.pt", args.suite)
-        idx, env_tasks, names = common.check_conditions(data, args.check_per_task, args.seed)
+        ae, _ = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)
+        idx, env_tasks = check_conditions(data, args.check_per_task, args.seed)
         with torch.no_grad():
             z = G(Cn[idx], torch.randn(len(idx), args.noise_dim))
-        gen_stats = {"latent_mean": z_mean, "latent_std": z_std}
-        score = common.run_generated(z, gen_stats, ae, args.suite, env_tasks, episodes=2)
-        truth = common.run_generated(Zn[idx], gen_stats, ae, args.suite, env_tasks, episodes=2)
-        check = {"generated": float(score.mean()), "paired_decoded": float(truth.mean()), "n": len(idx)}
-        print(f"functional check, {len(idx)} training conditions: generated policies {check['generated']:.2f}, "
-              f"the decoded checkpoints they were paired with {check['paired_decoded']:.2f} "
+        score = run_generated(z, art, ae, args.suite, env_tasks, episodes=2)
+        truth = run_generated(Zn[idx], art, ae, args.suite, env_tasks, episodes=2)
+        history["check"] = {"generated": float(score.mean()), "paired_decoded": float(truth.mean()), "n": len(idx)}
+        print(f"functional check, {len(idx)} training conditions: generated policies {score.mean():.2f}, "
+              f"the decoded checkpoints they were paired with {truth.mean():.2f} "
               f"({'mean return' if args.suite == 'cheetah-vel' else 'success rate'})")
-    history["check"] = check
-    save(args.steps)
-    print(f"stage 2 HypLatent: saved {path} in {time.time() - t0:.0f}s")
+    art |= {"generator": common.cpu_state(G), "discriminator": common.cpu_state(D), "seconds": time.time() - t0}
+    common.save_artifact(art, path)  # the finished artifact, written once
+    partial.unlink(missing_ok=True)
+    print(f"stage 2 HypLatent: saved {path} in {art['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(common.parse_args(Args, SCALES, __doc__))

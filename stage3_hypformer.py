@@ -2,7 +2,7 @@
 DESIGN.md section 7).
 
 For each condition tau_e, the frozen generator G of stage 2 draws L latents Z_hat_1..Z_hat_L with
-independent noise. HypFormer (common.HypFormer) reads the tokens [Z_token, Z_hat_1..Z_hat_L, tau_e]
+independent noise. HypFormer reads the tokens [Z_token, Z_hat_1..Z_hat_L, tau_e]
 with one transformer encoder layer (no positional encoding: the L samples are a set) and predicts, through
 a latent head and a residue head averaged over tokens, Z_pred and grad_pred. With the ground-truth latent
 Z_gt paired with tau_e:
@@ -19,10 +19,10 @@ Eq. 7 trains the residue head alone, Eq. 8 both heads.
 The generated policy is decode(Z_pred + grad_pred). The authors' code feeds (batch, tokens, width) to a
 layer built with batch_first=False, so its attention mixes the samples of a batch; here it does not.
 
-Writes `runs/<suite>/hypformer.pt`.
+Writes `<run_dir>/hypformer.pt`; evaluation imports `HypFormer`, `load_hypformer` and `sample_latents`.
 
     python stage3_hypformer.py                          # quick Cheetah-Vel, L = 8
-    python stage3_hypformer.py --num-tokens 32          # the paper's token ablation (Fig. 5)
+    python stage3_hypformer.py --num-tokens 32 --out hypformer_L32.pt   # the paper's token ablation (Fig. 5)
 """
 
 from __future__ import annotations
@@ -30,25 +30,30 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 import common
+from stage1_autoencoder import load_autoencoder
+from stage2_hyplatent import Generator, check_conditions, load_generator, run_generated, training_pairs
 
 
 @dataclass
 class Args:
     suite: Literal["cheetah-vel", "metaworld"] = "cheetah-vel"
     """task family"""
-    scale: Literal["smoke", "quick", "mw-quick", "paper"] = "quick"
-    """sets the defaults of every option left unset (DESIGN section 9)"""
-    run_dir: Optional[str] = None
-    """reads autoencoder.pt, hyplatent.pt (and behavior_embed.pt), writes hypformer.pt (default runs/<suite>)"""
+    scale: Literal["smoke", "quick", "paper"] = "quick"
+    """sets the defaults of the options below (listed above); a flag given explicitly wins"""
+    run_dir: str = "runs/cheetah-vel-quick"
+    """reads autoencoder.pt, hyplatent.pt (and behavior_embed.pt), writes hypformer.pt (default:
+    runs/<suite>-<scale>)"""
     hyplatent: str = "hyplatent.pt"
     """file name of the stage-2 artifact inside run_dir"""
+    out: str = "hypformer.pt"
+    """file name of the artifact inside run_dir"""
     seed: int = 1
     num_tokens: int = 8
     """L, the number of generated latents per condition (paper: 2^3)"""
@@ -56,7 +61,7 @@ class Args:
     """token size"""
     heads: int = 128
     """attention heads (as printed; the head size is then width / heads = 2)"""
-    steps: Optional[int] = None
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-4
     lambda_sim: float = 1e3
@@ -65,14 +70,56 @@ class Args:
     check_per_task: int = 5
     """functional check at the end: this many training conditions per task; HypLatent alone and HypFormer
     policies decoded and run for 2 episodes each (0 = skip)"""
+    skip_done: bool = False
+    """do nothing if the artifact was made with these settings from these inputs (pipeline.sh sets it)"""
     device: str = "auto"
     """where to train: auto (CUDA if available, else CPU), cpu, cuda, ..."""
     threads: int = 2
     progress: bool = True
 
 
-SCALES = {"smoke": dict(steps=30), "quick": dict(steps=2000), "mw-quick": dict(steps=2000),
-          "paper": dict(steps=30_000)}
+SCALES = {"smoke": dict(steps=30), "paper": dict(steps=30_000)}
+FORMAT = "amt-hyp/hypformer v2"
+
+
+class HypFormer(nn.Module):
+    """Tokens [Z_token (learned), proj(Z_hat_1..Z_hat_L), proj(tau_e)] -> one TransformerEncoderLayer (no
+    positional encoding; attention runs over the L + 2 tokens of one sample, never across the batch) ->
+    shared MLP -> latent head and residue head, each averaged over the tokens: (Z_pred, grad_pred).
+    The refined latent is Z_pred + grad_pred. Works in the normalised latent space of stage 2."""
+
+    def __init__(self, latent_dim: int, cond_dim: int, width: int = 256, heads: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.z_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
+        self.proj_z = nn.Linear(latent_dim, width)
+        self.proj_c = nn.Linear(cond_dim, width)
+        self.layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=dropout,
+                                                batch_first=True)  # input (batch, tokens, width)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU())
+        self.latent_head = nn.Linear(width, latent_dim)
+        self.residue_head = nn.Linear(width, latent_dim)
+
+    def forward(self, z_hat: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_hat [B, L, latent] (normalised), cond [B, cond] (normalised) -> Z_pred, grad_pred [B, latent]."""
+        b = z_hat.shape[0]
+        tokens = torch.cat([self.z_token.expand(b, 1, -1), self.proj_z(z_hat), self.proj_c(cond).unsqueeze(1)], 1)
+        x = self.mlp(self.layer(tokens))
+        return self.latent_head(x).mean(1), self.residue_head(x).mean(1)
+
+
+def load_hypformer(path: str | Path, suite: str, scale: str) -> tuple[HypFormer, dict]:
+    art = common.load_artifact(path, FORMAT, ("model", "arch", "num_tokens", "made_from"), suite=suite, scale=scale)
+    model = HypFormer(**art["arch"])
+    model.load_state_dict(art["model"])
+    return model.eval(), art
+
+
+@torch.no_grad()
+def sample_latents(G: Generator, cond: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`num` latents per (normalised) condition from the frozen generator (eval mode): [B, num, latent]."""
+    b = cond.shape[0]
+    noise = torch.randn(b * num, G.noise_dim, device=cond.device, generator=generator)
+    return G(cond.repeat_interleave(num, 0), noise).view(b, num, -1)
 
 
 def sim_loss(z_pred: torch.Tensor, z_gt: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -97,28 +144,28 @@ def hypformer_loss(z_pred, grad_pred, z_gt, lambda_sim=1e3, lambda_res=1e3, lamb
     return parts
 
 
-@torch.no_grad()
-def sample_latents(G: common.Generator, cond: torch.Tensor, num: int) -> torch.Tensor:
-    """`num` latents per (normalised) condition from the frozen generator: [B, num, latent]."""
-    b = cond.shape[0]
-    c = cond.repeat_interleave(num, 0)
-    return G(c, torch.randn(b * num, G.noise_dim, device=cond.device)).view(b, num, -1)
-
-
 def main(args: Args) -> None:
-    common.apply_scale(args, SCALES[args.scale])
-    args.run_dir = args.run_dir or f"runs/{args.suite}"
+    common.check_options(args, positive=("num_tokens", "width", "heads", "steps", "batch_size", "lr", "threads"),
+                         nonnegative=("lambda_sim", "lambda_res", "lambda_c", "check_per_task"))
+    if args.width % args.heads:
+        raise SystemExit(f"error: --width {args.width} is not a multiple of --heads {args.heads}")
+    run = common.prepare_run_dir(args.run_dir)
+    path = run / args.out
+    G, hl_art = load_generator(run / args.hyplatent, args.suite, args.scale)  # frozen, eval mode
+    data = training_pairs(run, args.suite, args.scale)
+    common.check_made_from(run / args.hyplatent, hl_art, data["made_from"])
+    made_from = {args.hyplatent: hl_art["uid"], **data["made_from"]}
+    if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
+        print(f"stage 3 HypFormer: {path} is up to date (same settings, same inputs); skipped")
+        return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    run = Path(args.run_dir)
-    G, gen = common.load_generator(run / args.hyplatent, args.suite)  # frozen, eval mode
-    data = common.training_pairs(run, args.suite)
-    Zn = (data["Z"] - gen["latent_mean"]) / gen["latent_std"]
-    Cn = (data["cond"] - gen["cond_mean"]) / gen["cond_std"]
+    Zn = (data["Z"] - hl_art["latent_mean"]) / hl_art["latent_std"]
+    Cn = (data["cond"] - hl_art["cond_mean"]) / hl_art["cond_std"]
     arch = {"latent_dim": Zn.shape[1], "cond_dim": Cn.shape[1], "width": args.width, "heads": args.heads}
     dev = common.pick_device(args.device)
-    model, G, Zd, Cd = common.HypFormer(**arch).to(dev), G.to(dev), Zn.to(dev), Cn.to(dev)
+    model, G, Zd, Cd = HypFormer(**arch).to(dev), G.to(dev), Zn.to(dev), Cn.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     print(f"stage 3 HypFormer: {len(Zn)} (latent, condition) pairs, L = {args.num_tokens} generated latents "
@@ -127,7 +174,7 @@ def main(args: Args) -> None:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run / "tb" / "stage3_hypformer"))
+    writer = SummaryWriter(str(run / "tb" / f"stage3_{path.stem}"))
     history = {k: [] for k in ("step", "total", "sim", "res", "c", "mse_hyplatent", "mse_refined")}
     bar = tqdm(range(args.steps), disable=not args.progress, desc="HypFormer")
     for step in bar:
@@ -152,30 +199,28 @@ def main(args: Args) -> None:
             bar.set_postfix(loss=f"{loss['total'].item():.2f}", sim=f"{loss['sim'].item():.3f}",
                             refined_mse=f"{mse_r:.3f}")
     writer.close()
-    h = {k: v[-1] for k, v in history.items()}
-    print(f"final: Eq.9 {h['total']:.3f} = 1e3 x (Eq.6 {h['sim']:.4f} + Eq.7 {h['res']:.4f} + Eq.8 {h['c']:.4f}); "
-          f"MSE to Z_gt (normalised latents): one HypLatent sample {h['mse_hyplatent']:.4f}, "
-          f"HypFormer {h['mse_refined']:.4f}")
-    model, G = model.cpu(), G.cpu()
+    last = {k: v[-1] for k, v in history.items()}
+    print(f"final: Eq.9 {last['total']:.3f} = 1e3 x (Eq.6 {last['sim']:.4f} + Eq.7 {last['res']:.4f} + Eq.8 "
+          f"{last['c']:.4f}); MSE to Z_gt (normalised latents): one HypLatent sample {last['mse_hyplatent']:.4f}, "
+          f"HypFormer {last['mse_refined']:.4f}")
+    model, G = model.cpu().eval(), G.cpu()
     if args.check_per_task:  # HypLatent alone vs HypFormer on training conditions, decoded and run
-        model.eval()
-        ae, _ = common.load_autoencoder(run / "autoencoder.pt", args.suite)
-        idx, env_tasks, _ = common.check_conditions(data, args.check_per_task, args.seed)
+        ae, _ = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)
+        idx, env_tasks = check_conditions(data, args.check_per_task, args.seed)
         z_hat = sample_latents(G, Cn[idx], args.num_tokens)
         with torch.no_grad():
             z_pred, grad_pred = model(z_hat, Cn[idx])
-        alone = common.run_generated(z_hat[:, 0], gen, ae, args.suite, env_tasks, episodes=2)
-        refined = common.run_generated(z_pred + grad_pred, gen, ae, args.suite, env_tasks, episodes=2)
+        alone = run_generated(z_hat[:, 0], hl_art, ae, args.suite, env_tasks, episodes=2)
+        refined = run_generated(z_pred + grad_pred, hl_art, ae, args.suite, env_tasks, episodes=2)
         history["check"] = {"hyplatent": float(alone.mean()), "hypformer": float(refined.mean()), "n": len(idx)}
         print(f"functional check, {len(idx)} training conditions ({'mean return' if args.suite == 'cheetah-vel' else 'success rate'}): "
               f"HypLatent alone {alone.mean():.2f}, HypFormer {refined.mean():.2f}")
-    art = {"format": common.HYPFORMER_FORMAT, "suite": args.suite, "config": asdict(args), "arch": arch,
-           "model": common.cpu_state(model), "num_tokens": args.num_tokens, "hyplatent": args.hyplatent,
-           "history": history, "seconds": time.time() - t0}
-    path = run / "hypformer.pt"
+    art = {"format": FORMAT, "suite": args.suite, "settings": common.settings(args), "made_from": made_from,
+           "config": asdict(args), "arch": arch, "model": common.cpu_state(model), "num_tokens": args.num_tokens,
+           "hyplatent": args.hyplatent, "history": history, "seconds": time.time() - t0}
     common.save_artifact(art, path)
     print(f"stage 3 HypFormer: saved {path} in {art['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(common.parse_args(Args, SCALES, __doc__))
