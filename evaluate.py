@@ -493,12 +493,17 @@ def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
     return res.get("settings") == settings and res.get("made_from") == made_from
 
 
-def main(args: Args) -> None:
+def validate(args: Args) -> list[float]:
+    """Every option checked before any work starts; returns the Cheetah-Vel target velocities."""
     common.check_options(args, positive=("policies_per_task", "episodes", "conditions", "goals", "threads"),
                          nonnegative=("jobs",))
     if args.goals > common.MW_GOALS:
         raise SystemExit(f"error: --goals {args.goals}: MetaWorld has {common.MW_GOALS} evaluation goal configurations")
-    vels = common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
+    return common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
+
+
+def main(args: Args) -> None:
+    vels = validate(args)
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     t0, generated, chain = time.time(), None, None

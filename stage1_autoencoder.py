@@ -150,10 +150,14 @@ def default_train_tasks(suite: str, names: list[str]) -> list[str]:
     return [t for t in names if t in common.MW_SEEN]
 
 
-def main(args: Args) -> None:
+def validate(args: Args) -> None:
     common.check_options(args, positive=("token_dim", "steps", "batch_size", "lr", "threads"),
                          nonnegative=("weight_decay", "input_noise", "latent_noise", "lam", "eval_policies"),
                          fraction=("holdout",))
+
+
+def main(args: Args) -> None:
+    validate(args)
     run = common.prepare_run_dir(args.run_dir)
     path = run / "autoencoder.pt"
     shards = common.load_stage0(run, args.suite, args.scale)
@@ -169,13 +173,13 @@ def main(args: Args) -> None:
     task_of = torch.cat([torch.full((len(s["step"]),), i) for i, s in enumerate(shards)])
     names = [s["task"] for s in shards]
     train_tasks = args.train_tasks or default_train_tasks(args.suite, names)
+    test = [t for t in train_tasks if t in {common.task_name(args.suite, v) for v in common.CHEETAH_TEST}]
+    if args.suite == "cheetah-vel" and test:
+        raise SystemExit(f"error: --train-tasks {', '.join(test)}: test velocities; no stage trains on them")
     missing = [t for t in train_tasks if t not in names]
     if missing or not train_tasks:
         raise SystemExit(f"error: {run / 'stage0'}: no shard for training task(s) "
                          f"{', '.join(missing) or '(none)'}; shards: {', '.join(names)}")
-    test = [t for t in train_tasks if args.suite == "cheetah-vel" and float(t[4:]) in common.CHEETAH_TEST]
-    if test:
-        raise SystemExit(f"error: --train-tasks {', '.join(test)}: test velocities; no stage trains on them")
     in_train_task = torch.tensor([names[i] in train_tasks for i in task_of.tolist()])
     heldout = split_holdout(shards, args.holdout, args.seed) & in_train_task
     is_train = in_train_task & ~heldout

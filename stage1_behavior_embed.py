@@ -114,12 +114,18 @@ def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
     return phi(scale_to_unit(traj, art["scaling"]["traj_lo"], art["scaling"]["traj_hi"]))
 
 
+def validate(args: Args) -> None:
+    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr"))
+    if args.train_tasks:
+        common.check_metaworld_tasks(args.train_tasks)
+
+
 def main(args: Args) -> None:
+    validate(args)
     if args.suite == "cheetah-vel":
         print("stage 1 behaviour embedding: not needed for Cheetah-Vel (HypLatent conditions on the target "
               "velocity); nothing to do.")
         return
-    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr"))
     run = common.prepare_run_dir(args.run_dir)
     path = run / "behavior_embed.pt"
     shards = common.load_stage0(run, args.suite, args.scale)

@@ -246,11 +246,15 @@ def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor
 # ----------------------------------------------------------------------------------------------------
 
 
-def main(args: Args) -> None:
+def validate(args: Args) -> None:
     common.check_options(args, positive=("steps", "batch_size", "lr", "noise_dim", "save_every", "threads"),
                          nonnegative=("lambda_reg", "paired_weight", "check_per_task"))
-    if not args.widths or min(args.widths) <= 0:
-        raise SystemExit(f"error: --widths needs positive widths; got {args.widths}")
+    if len(args.widths) < 2 or min(args.widths) <= 0:
+        raise SystemExit(f"error: --widths needs at least two positive widths; got {args.widths}")
+
+
+def main(args: Args) -> None:
+    validate(args)
     run = common.prepare_run_dir(args.run_dir)
     path, partial = run / args.out, (run / args.out).with_suffix(".partial.pt")
     data = training_pairs(run, args.suite, args.scale)

@@ -144,11 +144,15 @@ def hypformer_loss(z_pred, grad_pred, z_gt, lambda_sim=1e3, lambda_res=1e3, lamb
     return parts
 
 
-def main(args: Args) -> None:
+def validate(args: Args) -> None:
     common.check_options(args, positive=("num_tokens", "width", "heads", "steps", "batch_size", "lr", "threads"),
                          nonnegative=("lambda_sim", "lambda_res", "lambda_c", "check_per_task"))
     if args.width % args.heads:
         raise SystemExit(f"error: --width {args.width} is not a multiple of --heads {args.heads}")
+
+
+def main(args: Args) -> None:
+    validate(args)
     run = common.prepare_run_dir(args.run_dir)
     path = run / args.out
     G, hl_art = load_generator(run / args.hyplatent, args.suite, args.scale)  # frozen, eval mode

@@ -92,8 +92,9 @@ def test_rollout_features_layout():
 
 def test_metaworld_goals_fixed_by_set_task():
     env = common.make_metaworld("door-open-v3")
-    goals_a = common.metaworld_goals("door-open-v3", seed=123, n=2)
-    goals_b = common.metaworld_goals("door-open-v3", seed=123, n=2)
+    goals_a = common.metaworld_goals("door-open-v3", seed=123)
+    goals_b = common.metaworld_goals("door-open-v3", seed=123)
+    assert len(goals_a) == common.MW_GOALS
     env.set_task(goals_a[0])
     o1, _ = env.reset()
     env.set_task(goals_b[0])

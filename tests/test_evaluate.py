@@ -61,7 +61,7 @@ def test_bad_velocities_one_line_error(values, message):
 
 
 def test_results_follow_the_contract_and_reproduce(cheetah_chain):
-    run, r, _ = cheetah_chain
+    run, r = cheetah_chain
     assert "== evaluation (Table IV or Tables I-III): done" in r.stdout
     res = json.loads((run / "results.json").read_text())
     assert res["suite"] == "cheetah-vel"
@@ -168,7 +168,7 @@ def test_run_episodes_chunks_keep_the_order(monkeypatch):
 
 
 def test_metaworld_tables(metaworld_chain):
-    run, r, _ = metaworld_chain
+    run, r = metaworld_chain
     res = json.loads((run / "results.json").read_text())
     by = {(x["method"], x["task"]): x for x in res["rows"]}
     for m in ("hyplatent", "hypformer", "parent"):

@@ -1,6 +1,5 @@
 """stage0_collect_sac.py: SAC pieces, rollouts, shard schema at smoke scale, resume, bad inputs."""
 
-import os
 import subprocess
 import sys
 import time
@@ -91,7 +90,7 @@ def test_parent_velocity_is_middle_of_range():
 
 
 def check_shard(path, suite, spec, n, task):
-    shard = common.load_artifact(path, s0.SHARD_FORMAT, spec=spec, suite=suite)
+    shard = common.load_artifact(path, common.STAGE0_FORMAT, spec=spec, suite=suite)
     P, T, O = common.num_params(spec), common.traj_dim(spec["obs_dim"], spec["act_dim"]), 3 * spec["obs_dim"]
     assert shard["params"].shape == (n, P) and shard["params"].dtype == torch.float32
     for k, dt in (("step", torch.int64), ("return", torch.float32), ("success", torch.float32),
@@ -119,10 +118,10 @@ def test_cheetah_smoke_shards(tmp_path):
         again = s0.rollout(s0.make_env(args, v, seed=args.seed + 1), np_actor.deterministic)
         assert again["return"] == pytest.approx(float(shard["return"][0]), abs=1e-3)
         np.testing.assert_allclose(again["traj"], shard["traj"][0].numpy(), atol=1e-5)
-    parent = common.load_artifact(tmp_path / "parent.pt", s0.PARENT_FORMAT, ("agent",), spec=spec)
+    parent = common.load_artifact(tmp_path / "parent.pt", common.PARENT_FORMAT, ("agent",), spec=spec)
     assert parent["task"] == "vel-0.3" and parent["trained_with_sac"]
     # children start from the parent: both differ from it, yet stay close to it in parameter space
-    p0 = common.load_artifact(tmp_path / "stage0" / "vel-0.3.pt", s0.SHARD_FORMAT)["params"][0]
+    p0 = common.load_artifact(tmp_path / "stage0" / "vel-0.3.pt", common.STAGE0_FORMAT)["params"][0]
     assert 0 < (p0 - parent["params"]).norm() < 0.5 * parent["params"].norm()
     # a re-run skips finished shards
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path))
@@ -137,7 +136,7 @@ def test_metaworld_smoke_all_16_tasks(tmp_path):
     for task in common.MW_TASKS:
         shard = check_shard(tmp_path / "stage0" / f"{task}.pt", "metaworld", spec, 2, task)
         assert shard["step"].tolist() == [200, 300] and "target_velocity" not in shard
-    parent = common.load_artifact(tmp_path / "parent.pt", s0.PARENT_FORMAT, ("agent",), spec=spec)
+    parent = common.load_artifact(tmp_path / "parent.pt", common.PARENT_FORMAT, ("agent",), spec=spec)
     assert parent["task"] == "bc:window-open-v3,door-open-v3" and not parent["trained_with_sac"]
 
 
@@ -175,6 +174,14 @@ def test_resume_after_kill(tmp_path):
     (["--suite", "metaworld", "--tasks", "door-open-v3", "open-door"], "unknown MetaWorld task(s) open-door; valid: "),
     (["--velocities", "0.5", "4.0"], "target velocities must lie in [0, 3]; got 4.0"),
     (["--velocities", "0.5", "abc"], "--velocities takes numbers in [0, 3]; got 0.5 abc"),
+    (["--velocities"], "--velocities needs at least one velocity"),
+    (["--checkpoint-every", "-5"], "--checkpoint-every must be > 0; got -5"),
+    (["--num-checkpoints", "0"], "--num-checkpoints must be > 0; got 0"),
+    (["--batch-size", "0"], "--batch-size must be > 0; got 0"),
+    (["--jobs", "-3"], "--jobs must be >= 0; got -3"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1); got 1.5"),
+    (["--suite", "metaworld", "--seed", "2023"], "would draw the checkpoint rollouts (later: conditioning) goals with seed 2024"),
+    (["--suite", "metaworld", "--seed", "1024"], "would draw the parent demonstrations of door-open-v3 goals with seed 2024"),
 ])
 def test_bad_input_one_line_error(tmp_path, flags, message):
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), *flags, timeout=120)
@@ -186,8 +193,73 @@ def test_bad_input_one_line_error(tmp_path, flags, message):
 
 def test_bad_parent_artifact_one_line_error(tmp_path):
     spec = common.policy_spec(39, 4)  # a MetaWorld-sized parent where Cheetah-Vel is expected
-    common.save_artifact({"format": s0.PARENT_FORMAT, "suite": "cheetah-vel", "policy": spec,
+    common.save_artifact({"format": common.PARENT_FORMAT, "suite": "cheetah-vel", "policy": spec, "settings": {"scale": "smoke"},
                           "params": torch.zeros(22_664), "agent": {}}, tmp_path / "parent.pt")
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
     assert "parent.pt: policy is" in r.stderr
+
+
+def test_sac_update_moves_q_to_the_bellman_target_and_alpha_the_right_way():
+    """One update on a hand-made batch: with gamma = 0 the target is the reward, and Q moves towards it;
+    log alpha rises when the policy's entropy is below the target (-act_dim) and falls when above."""
+    args = s0.Args(gamma=0.0, critic_hidden=16, q_lr=1e-2, policy_lr=1e-3)
+    torch.manual_seed(0)
+    obs, act = torch.randn(32, 3), torch.rand(32, 2) * 2 - 1
+    rew, term, nxt = torch.full((32,), 5.0), torch.zeros(32), torch.randn(32, 3)
+    # log_std = -5 + 3.5 (tanh(bias) + 1): bias -20 gives std e^-5 (entropy far below -2), 0.458 gives std 1
+    # (about -1.2 nats per sample after the tanh squash: above the target -2)
+    for log_std_bias, direction in ((-20.0, +1), (0.458, -1)):
+        agent = s0.new_agent(args, 3, 2)
+        with torch.no_grad():
+            agent["actor"].fc_logstd.weight.zero_(), agent["actor"].fc_logstd.bias.fill_(log_std_bias)
+        q0 = agent["qf"](obs, act).detach()
+        la0 = agent["log_alpha"].item()
+        target0 = [p.detach().clone() for p in agent["qf_target"].parameters()]
+        out = s0.sac_update(agent, args, (obs, act, rew, term, nxt), step=0, alpha=0.2)
+        q1 = agent["qf"](obs, act).detach()
+        assert (q1 - 5.0).abs().mean() < (q0 - 5.0).abs().mean()  # both critics moved towards r = 5
+        assert ((q1 - 5.0).abs() < (q0 - 5.0).abs()).float().mean() > 0.9
+        assert (agent["log_alpha"].item() - la0) * direction > 0
+        assert set(out) == {"q_loss", "actor_loss"}  # step 0: the delayed actor update ran
+        # the target critics moved by tau of the way to the critics (Polyak)
+        for t0, t1, p in zip(target0, agent["qf_target"].parameters(), agent["qf"].parameters()):
+            torch.testing.assert_close(t1, t0 + args.tau * (p.detach() - t0))
+
+
+def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
+    args = s0.Args(suite="metaworld", seed=1)
+    seeds = s0.goal_seeds(args)
+    assert common.EVAL_GOAL_SEED not in seeds.values() and seeds["checkpoint rollouts (later: conditioning)"] == 2
+    # and the goals themselves differ: no evaluation goal equals a training or conditioning goal
+    def goal_obs(seed):  # the goal position is part of the (goal-observable) reset observation
+        env = common.make_metaworld("drawer-close-v3")
+        out = []
+        for g in common.metaworld_goals("drawer-close-v3", seed):
+            env.set_task(g)
+            out.append(env.reset()[0][-3:].round(6).tobytes())
+        return set(out)
+    evaluation = goal_obs(common.EVAL_GOAL_SEED)
+    assert len(evaluation) > 40  # 50 mostly different goals
+    for name in ("training", "checkpoint rollouts (later: conditioning)", "demonstrations"):
+        assert not evaluation & goal_obs(seeds[name]), name
+
+
+def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3")
+    assert r.returncode == 0, r.stderr
+    for flags, message in ((["--scale", "quick"], "parent.pt: made at scale 'smoke', this run is at scale 'quick'"),
+                           (["--scale", "smoke", "--checkpoint-every", "50"],
+                            "parent.pt: made with checkpoint_every = 100, this run has checkpoint_every = 50")):
+        r = run_stage0(*flags, "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+    # a shard of another parent (here: a parent remade after the shard) is refused, with what to do
+    shard = torch.load(tmp_path / "stage0" / "vel-0.3.pt", weights_only=True)
+    shard["made_from"] = {"parent.pt": "0" * 32}
+    common.save_artifact(shard, tmp_path / "stage0" / "vel-0.3.pt")
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
+    assert r.returncode == 1 and "vel-0.3.pt: fine-tuned from another parent" in r.stderr
+    (tmp_path / "stage0" / "vel-0.3.pt").write_bytes(b"truncated")
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+    assert "not a readable artifact" in r.stderr and "delete it to retrain that task" in r.stderr

@@ -1,0 +1,135 @@
+"""Run directories that cannot mix: every scale's configuration builds and validates; a stage refuses
+(with one line) artifacts of another scale or settings, and upstream artifacts made from other inputs;
+--skip-done skips only artifacts made with the same settings from the same inputs."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import evaluate as ev
+import stage0_collect_sac as s0
+import stage1_autoencoder as s1a
+import stage1_behavior_embed as s1b
+import stage2_hyplatent as s2
+import stage3_hypformer as s3
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = [s0, s1a, s1b, s2, s3, ev]
+
+
+@pytest.mark.parametrize("suite", ["cheetah-vel", "metaworld"])
+@pytest.mark.parametrize("scale", ["smoke", "quick", "paper"])
+def test_every_scale_builds_and_validates(suite, scale):
+    for m in MODULES:
+        args = common.parse_args(m.Args, m.SCALES, m.__doc__, argv=["--suite", suite, "--scale", scale])
+        assert (args.suite, args.scale, args.run_dir) == (suite, scale, f"runs/{suite}-{scale}")
+        m.validate(args)
+    args = common.parse_args(s0.Args, s0.SCALES, "", argv=["--suite", suite, "--scale", scale])
+    tasks = s0.validate(args)
+    if suite == "metaworld":
+        assert tasks == common.MW_TASKS  # every scale records the unseen tasks' rollouts (Table III)
+        assert args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every > args.learning_starts
+    else:
+        assert not set(tasks) & set(common.CHEETAH_TEST)  # no test velocity is trained on
+        assert len(tasks) == {"smoke": 2, "quick": 10, "paper": 35}[scale]
+    # the explicit flag wins over the scale's default
+    args = common.parse_args(s2.Args, s2.SCALES, "", argv=["--scale", scale, "--suite", suite, "--steps", "7"])
+    assert args.steps == 7 and args.noise_dim == (128 if suite == "metaworld" else 4)
+
+
+def test_help_shows_the_real_defaults_of_the_scale():
+    r = subprocess.run([sys.executable, "stage1_autoencoder.py", "--scale", "paper", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    out = " ".join(r.stdout.split())
+    assert "(default: 1024)" in out and "(default: 50000)" in out and "runs/cheetah-vel-paper" in out
+    assert "smoke: token_dim=64, steps=60, eval_policies=4" in out  # and what the other scales change
+    assert "None" not in out.split("--token-dim")[1].split("--batch-size")[0]
+
+
+def run(script, *flags):
+    r = subprocess.run([sys.executable, script, "--no-progress", *flags], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    return r
+
+
+def one_line_error(r, message):
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+    return r.stderr.strip()
+
+
+@pytest.fixture
+def smoke_copy(cheetah_chain, tmp_path):
+    run, _ = cheetah_chain
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("tb"))
+    return dst
+
+
+def test_another_scale_in_the_run_directory_is_refused(smoke_copy):
+    d = str(smoke_copy)
+    for script in ("stage1_autoencoder.py", "stage2_hyplatent.py", "stage3_hypformer.py", "evaluate.py"):
+        one_line_error(run(script, "--scale", "quick", "--run-dir", d), "made at scale 'smoke', this run is at scale 'quick'")
+
+
+def test_shards_and_upstream_artifacts_that_do_not_belong_are_refused(smoke_copy):
+    d, stage0 = str(smoke_copy), smoke_copy / "stage0"
+    extra = torch.load(stage0 / "vel-0.3.pt", weights_only=True)
+    extra.update(task="vel-0.9", target_velocity=0.9, uid="1" * 32)
+    # 1. a shard of the same settings appears after stage 1 ran: the autoencoder no longer matches
+    common.save_artifact(extra, stage0 / "vel-0.9.pt")
+    one_line_error(run("stage2_hyplatent.py", "--scale", "smoke", "--run-dir", d),
+                   "autoencoder.pt: made from other inputs than this run directory holds (not among its inputs: "
+                   "stage0/vel-0.9.pt)")
+    # 2. a shard made with other stage-0 settings cannot join the others
+    extra["settings"] = dict(extra["settings"], num_checkpoints=5)
+    common.save_artifact(extra, stage0 / "vel-0.9.pt")
+    one_line_error(run("stage1_autoencoder.py", "--scale", "smoke", "--run-dir", d),
+                   "vel-0.9.pt: made with num_checkpoints = 5, this run has num_checkpoints = 4")
+    # 3. a shard is gone
+    (stage0 / "vel-0.9.pt").unlink()
+    (stage0 / "vel-1.5.pt").rename(smoke_copy / "vel-1.5.pt")
+    one_line_error(run("stage3_hypformer.py", "--scale", "smoke", "--run-dir", d), "missing now: stage0/vel-1.5.pt")
+    (smoke_copy / "vel-1.5.pt").rename(stage0 / "vel-1.5.pt")
+    # 4. HypLatent made from another autoencoder, HypFormer from another HypLatent
+    hl = torch.load(smoke_copy / "hyplatent.pt", weights_only=True)
+    common.save_artifact(dict(hl, made_from={"autoencoder.pt": "2" * 32}), smoke_copy / "hyplatent.pt")
+    one_line_error(run("stage3_hypformer.py", "--scale", "smoke", "--run-dir", d),
+                   "hyplatent.pt: made from other inputs than this run directory holds (remade since: autoencoder.pt)")
+    common.save_artifact(hl, smoke_copy / "hyplatent.pt")  # back, with the same uid
+    hf = torch.load(smoke_copy / "hypformer.pt", weights_only=True)
+    common.save_artifact(dict(hf, made_from=dict(hf["made_from"], **{"hyplatent.pt": "3" * 32})),
+                         smoke_copy / "hypformer.pt")
+    one_line_error(run("evaluate.py", "--scale", "smoke", "--run-dir", d),
+                   "hypformer.pt: made from other inputs than this run directory holds (remade since: hyplatent.pt)")
+
+
+def test_skip_done_redoes_a_stage_whose_inputs_or_settings_changed(smoke_copy):
+    d = str(smoke_copy)
+    r = run("stage3_hypformer.py", "--scale", "smoke", "--run-dir", d, "--skip-done")
+    assert r.returncode == 0 and "is up to date" in r.stdout
+    r = run("stage3_hypformer.py", "--scale", "smoke", "--run-dir", d, "--skip-done", "--steps", "5", "--check-per-task", "0")
+    assert r.returncode == 0 and "saved" in r.stdout  # other settings: made again
+    r = run("stage2_hyplatent.py", "--scale", "smoke", "--run-dir", d, "--check-per-task", "0")
+    assert r.returncode == 0 and "saved" in r.stdout  # a new HypLatent (new uid) ...
+    r = run("stage3_hypformer.py", "--scale", "smoke", "--run-dir", d, "--skip-done", "--steps", "5", "--check-per-task", "0")
+    assert r.returncode == 0 and "saved" in r.stdout  # ... so HypFormer is made again, although its settings match
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("stage1_autoencoder.py", ["--holdout", "1.0"], "--holdout must be in [0, 1); got 1.0"),
+    ("stage1_autoencoder.py", ["--train-tasks", "vel-0.6"], "test velocities; no stage trains on them"),
+    ("stage2_hyplatent.py", ["--steps", "0"], "--steps must be > 0; got 0"),
+    ("stage2_hyplatent.py", ["--batch-size", "0"], "--batch-size must be > 0; got 0"),
+    ("stage3_hypformer.py", ["--steps", "-1"], "--steps must be > 0; got -1"),
+    ("stage3_hypformer.py", ["--heads", "3"], "--width 256 is not a multiple of --heads 3"),
+    ("evaluate.py", ["--suite", "metaworld", "--goals", "60"], "MetaWorld has 50 evaluation goal configurations"),
+])
+def test_bad_options_one_line_error(smoke_copy, script, flags, message):
+    one_line_error(run(script, "--scale", "smoke", "--run-dir", str(smoke_copy), *flags), message)
