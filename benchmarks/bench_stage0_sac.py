@@ -139,8 +139,7 @@ def stage0(args: Args, a: s0.Args) -> float:
 
 def main(args: Args) -> None:
     torch.set_num_threads(1)
-    a = s0.Args(learning_starts=args.learning_starts, save_every=1e9)
-    common.apply_scale(a, s0.SCALES["cheetah-vel"]["quick"])
+    a = s0.Args(learning_starts=args.learning_starts, save_every=1e9)  # the quick Cheetah-Vel defaults
     print(f"Cheetah-Vel SAC at quick settings: critics {a.critic_hidden} wide, actor {common.HIDDEN} wide, "
           f"batch {a.batch_size}, policy_frequency {a.policy_frequency}; {args.steps} steps, "
           f"updates from step {args.learning_starts}; 1 thread")

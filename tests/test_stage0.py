@@ -263,3 +263,12 @@ def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
     assert "not a readable artifact" in r.stderr and "delete it to retrain that task" in r.stderr
+
+
+def test_stage0_benchmark_runs():
+    """The speed benchmark still runs against the current stage 0 (no timing is asserted)."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_stage0_sac.py"), "--steps", "600",
+                        "--learning-starts", "500", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ratio stage0/plain" in r.stdout
