@@ -295,7 +295,7 @@ def main(args: Args) -> None:
 
     writer = SummaryWriter(str(run / "tb" / f"stage2_{path.stem}"))
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not args.progress, desc="HypLatent")
-    last_good = None
+    last_good = start or None  # the step of the state in the partial file, if any
     for step in bar:
         idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
         z_real, c = Zd[idx], Cd[idx]

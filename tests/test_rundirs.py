@@ -123,13 +123,23 @@ def test_skip_done_redoes_a_stage_whose_inputs_or_settings_changed(smoke_copy):
 
 
 @pytest.mark.parametrize("script, flags, message", [
-    ("stage1_autoencoder.py", ["--holdout", "1.0"], "--holdout must be in [0, 1); got 1.0"),
     ("stage1_autoencoder.py", ["--train-tasks", "vel-0.6"], "test velocities; no stage trains on them"),
     ("stage2_hyplatent.py", ["--steps", "0"], "--steps must be > 0; got 0"),
-    ("stage2_hyplatent.py", ["--batch-size", "0"], "--batch-size must be > 0; got 0"),
-    ("stage3_hypformer.py", ["--steps", "-1"], "--steps must be > 0; got -1"),
-    ("stage3_hypformer.py", ["--heads", "3"], "--width 256 is not a multiple of --heads 3"),
-    ("evaluate.py", ["--suite", "metaworld", "--goals", "60"], "MetaWorld has 50 evaluation goal configurations"),
 ])
 def test_bad_options_one_line_error(smoke_copy, script, flags, message):
     one_line_error(run(script, "--scale", "smoke", "--run-dir", str(smoke_copy), *flags), message)
+
+
+@pytest.mark.parametrize("module, flags, message", [
+    (s1a, ["--holdout", "1.0"], "--holdout must be in [0, 1); got 1.0"),
+    (s2, ["--batch-size", "0"], "--batch-size must be > 0; got 0"),
+    (s2, ["--widths", "64"], "--widths needs at least two positive widths"),
+    (s3, ["--steps", "-1"], "--steps must be > 0; got -1"),
+    (s3, ["--heads", "3"], "--width 256 is not a multiple of --heads 3"),
+    (ev, ["--suite", "metaworld", "--goals", "60"], "MetaWorld has 50 evaluation goal configurations"),
+    (ev, ["--episodes", "0"], "--episodes must be > 0; got 0"),
+])
+def test_bad_options_refused_before_any_work(module, flags, message):
+    args = common.parse_args(module.Args, module.SCALES, "", argv=["--scale", "smoke", *flags])
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        module.validate(args)

@@ -174,14 +174,7 @@ def test_resume_after_kill(tmp_path):
     (["--suite", "metaworld", "--tasks", "door-open-v3", "open-door"], "unknown MetaWorld task(s) open-door; valid: "),
     (["--velocities", "0.5", "4.0"], "target velocities must lie in [0, 3]; got 4.0"),
     (["--velocities", "0.5", "abc"], "--velocities takes numbers in [0, 3]; got 0.5 abc"),
-    (["--velocities"], "--velocities needs at least one velocity"),
     (["--checkpoint-every", "-5"], "--checkpoint-every must be > 0; got -5"),
-    (["--num-checkpoints", "0"], "--num-checkpoints must be > 0; got 0"),
-    (["--batch-size", "0"], "--batch-size must be > 0; got 0"),
-    (["--jobs", "-3"], "--jobs must be >= 0; got -3"),
-    (["--gamma", "1.5"], "--gamma must be in [0, 1); got 1.5"),
-    (["--suite", "metaworld", "--seed", "2023"], "would draw the checkpoint rollouts (later: conditioning) goals with seed 2024"),
-    (["--suite", "metaworld", "--seed", "1024"], "would draw the parent demonstrations of door-open-v3 goals with seed 2024"),
 ])
 def test_bad_input_one_line_error(tmp_path, flags, message):
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), *flags, timeout=120)
@@ -272,3 +265,20 @@ def test_stage0_benchmark_runs():
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ratio stage0/plain" in r.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--velocities"], "--velocities needs at least one velocity"),
+    (["--num-checkpoints", "0"], "--num-checkpoints must be > 0; got 0"),
+    (["--batch-size", "0"], "--batch-size must be > 0; got 0"),
+    (["--jobs", "-3"], "--jobs must be >= 0; got -3"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1); got 1.5"),
+    (["--suite", "metaworld", "--seed", "2023"], "would draw the checkpoint rollouts (later: conditioning) goals with seed 2024"),
+    (["--suite", "metaworld", "--seed", "1024"], "would draw the parent demonstrations of door-open-v3 goals with seed 2024"),
+])
+def test_bad_options_refused_before_any_work(flags, message):
+    """The same validation the command line runs first (one subprocess case above checks the one-line stderr)."""
+    args = common.parse_args(s0.Args, s0.SCALES, "", argv=["--scale", "smoke", *flags])
+    with pytest.raises(SystemExit) as e:
+        s0.validate(args)
+    assert message in str(e.value) and "\n" not in str(e.value)
