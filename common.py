@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import random
+import re
 import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -300,9 +301,38 @@ def save_artifact(obj: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj.setdefault("uid", uuid.uuid4().hex)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_atomic(path: str | Path, write) -> None:
+    """`write(tmp)` to `.<stem>.tmp<pid><suffix>` beside `path` (the suffix kept for writers that read it,
+    like savefig), then rename: a reader never sees half a file. A writer with nothing to write may leave
+    no temp file (then `path` is left as it was)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    write(tmp)
+    if tmp.exists():
+        os.replace(tmp, path)
+
+
+def remove_dead_temps(folder: Path) -> list[Path]:
+    """Delete the temp files of `write_atomic` that killed writers left in `folder`; a temp file of a
+    process still running is kept."""
+    removed = []
+    for p in folder.glob(".*.tmp*"):
+        m = re.fullmatch(r"\..+\.tmp(\d+)(\.[^.]*)?", p.name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: dict | None = None,
@@ -449,7 +479,27 @@ def prepare_run_dir(path: str | Path) -> Path:
         probe.unlink()
     except OSError as e:
         raise SystemExit(f"error: {path}: cannot write to the run directory ({e.strerror})") from None
+    for p in remove_dead_temps(path):
+        print(f"removed {p} (temp file of an interrupted save)")
     return path
+
+
+def lock_run_dir(path: str | Path, who: str):
+    """Hold `<path>/.lock` (flock) while this process lives; the kernel releases it when the process
+    dies, so a killed run never blocks the next. A second process stops with one line. Keep the
+    returned file object alive."""
+    import fcntl
+
+    path = Path(path)
+    f = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        raise SystemExit(f"error: {path}: in use by another {who} ({f.read().strip() or 'pid unknown'}); "
+                         "wait for it to finish or stop it") from None
+    f.seek(0), f.truncate(), f.write(f"pid {os.getpid()}\n"), f.flush()
+    return f
 
 
 def cpu_state(module: nn.Module) -> dict:

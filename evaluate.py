@@ -8,7 +8,10 @@ episodes each. Baselines, measured in the same run:
 - decoded-expert: the autoencoder's round trip of that checkpoint (what the decoder alone loses);
 - interpolated-expert: the best checkpoints of the two training velocities around the target, their
   parameters mixed linearly by velocity distance (outside the training range: the nearest expert);
-- parent: the policy every expert was fine-tuned from.
+- parent: the policy every expert was fine-tuned from;
+- oracle-expert (an upper bound, not a competitor): the best checkpoint of a stage-0 expert trained at the
+  target velocity itself, same parent and schedule (`stage0_collect_sac.py --shard-dir oracle`; a training
+  velocity is its own oracle). Only velocities with such a shard get this row.
 Every policy of every method runs in lockstep: one batched forward of all policies per step.
 
 The score of a method is its mean return over the test velocities (each: mean over policies and episodes).
@@ -52,7 +55,7 @@ from stage3_hypformer import load_hypformer, sample_latents
 
 PAPER_ROWS = [("paper:MACAW (Iter. 0)", -121.6), ("paper:MACAW (Iter. 20K)", -60.5), ("paper:Prompt-DT", -34.43),
               ("paper:AMT-Hyp w/o HypFormer (10 seeds)", -33.44), ("paper:AMT-Hyp w/o HypFormer (35 seeds)", -29.6)]
-METHODS = ["hyplatent", "hypformer", "nearest-expert", "decoded-expert", "interpolated-expert", "parent"]
+METHODS = ["hyplatent", "hypformer", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
 GENERATED_FORMAT = "amt-hyp/generated v1"
 
 
@@ -134,6 +137,28 @@ def load_chain(args: Args) -> dict:
     return c
 
 
+def load_oracles(run: Path, args: Args, chain: dict, vels: list[float]) -> dict:
+    """{v: shard} of the experts trained at the target velocities themselves: a training shard at v, else
+    `<run>/oracle/<v>.pt` (same parent and settings as the training shards, checked). Their uids join
+    `chain["made_from"]`, so an evaluation is made again when an oracle appears or changes."""
+    by_vel = {round(s["target_velocity"], 6): s for s in chain["shards"]}
+    out = {}
+    for v in vels:
+        name = common.task_name("cheetah-vel", v)
+        path = run / "oracle" / f"{name}.pt"
+        if round(v, 6) in by_vel:
+            out[v] = by_vel[round(v, 6)]
+        elif path.exists():
+            s = common.load_artifact(path, common.STAGE0_FORMAT, ("params", "return", "settings", "made_from"),
+                                     spec=common.suite_spec(args.suite), suite=args.suite, scale=args.scale)
+            common.check_settings(path, s["settings"], chain["shards"][0]["settings"])
+            if s["made_from"] != chain["shards"][0]["made_from"]:
+                raise SystemExit(f"error: {path}: fine-tuned from another parent than the training shards")
+            out[v] = s
+            chain["made_from"][f"oracle/{name}.pt"] = s["uid"]
+    return out
+
+
 @torch.no_grad()
 def generate(args: Args, chain: dict, vels: list[float]) -> dict:
     """Every policy to evaluate: params [N, P] with its method and target velocity."""
@@ -159,6 +184,9 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         add(ae.decode(ae.encode(near[None])), "decoded-expert", v)
         add(interpolate_experts(train_vels, best, v), "interpolated-expert", v)
         add(chain["parent"]["params"], "parent", v)
+        if v in chain.get("oracle", {}):
+            o = chain["oracle"][v]
+            add(o["params"][o["return"].argmax()], "oracle-expert", v)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": common.suite_spec(args.suite),
             "params": torch.cat(params).float(), "method": method, "task": [common.task_name(args.suite, v) for v in task],
             "target_velocity": torch.tensor(task, dtype=torch.float32), "train_velocities": train_vels,
@@ -182,11 +210,14 @@ def score_rows(generated: dict, returns: np.ndarray) -> list[dict]:
         per_v = []
         for v in vels:
             sel = (method == m) & np.isclose(vel, v)
+            if not sel.any():  # the oracle at a velocity without an oracle shard
+                continue
             per_v.append(float(returns[sel].mean()))
             rows.append({"method": m, "task": common.task_name("cheetah-vel", v), "score": per_v[-1],
                          "n_policies": int(sel.sum()), "n_episodes": int(returns.shape[1])})
-        rows.append({"method": m, "task": "average", "score": float(np.mean(per_v)),
-                     "n_policies": int((method == m).sum()), "n_episodes": int(returns.shape[1])})
+        if len(per_v) == len(vels):  # an average over fewer velocities would not compare
+            rows.append({"method": m, "task": "average", "score": float(np.mean(per_v)),
+                         "n_policies": int((method == m).sum()), "n_episodes": int(returns.shape[1])})
     for name, score in PAPER_ROWS:
         rows.append({"method": name, "task": "average", "score": score, "n_policies": 0, "n_episodes": 0})
     return rows
@@ -195,13 +226,15 @@ def score_rows(generated: dict, returns: np.ndarray) -> list[dict]:
 def table(rows: list[dict], vels: list[float]) -> str:
     names = {"hyplatent": "AMT-Hyp w/o HypFormer (HypLatent)", "hypformer": "AMT-Hyp (HypLatent + HypFormer)",
              "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
-             "interpolated-expert": "interpolated expert", "parent": "parent"}
+             "interpolated-expert": "interpolated expert", "parent": "parent",
+             "oracle-expert": "oracle expert (trained at v*: upper bound)"}
     head = "| method | " + " | ".join(f"v* = {v:g}" for v in vels) + " | average |"
     lines = [head, "|---" * (len(vels) + 2) + "|"]
     by = {(r["method"], r["task"]): r["score"] for r in rows}
-    for m in [m for m in METHODS if (m, "average") in by]:
-        cells = [f"{by[(m, common.task_name('cheetah-vel', v))]:.2f}" for v in vels]
-        lines.append(f"| {names[m]} (measured) | " + " | ".join(cells) + f" | {by[(m, 'average')]:.2f} |")
+    cell = lambda m, t: f"{by[(m, t)]:.2f}" if (m, t) in by else "-"  # noqa: E731
+    for m in [m for m in METHODS if any(k[0] == m for k in by)]:
+        cells = [cell(m, common.task_name("cheetah-vel", v)) for v in vels]
+        lines.append(f"| {names[m]} (measured) | " + " | ".join(cells) + f" | {cell(m, 'average')} |")
     for name, score in PAPER_ROWS:
         lines.append(f"| {name[6:]} (printed in the paper) | " + " | ".join("" for _ in vels) + f" | {score:.2f} |")
     return "\n".join(lines)
@@ -217,9 +250,11 @@ def plot(rows: list[dict], vels: list[float], train_vels: list[float], path: Pat
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lows = []
     for m in METHODS:
-        if (m, "average") in by:
-            ys = [by[(m, common.task_name("cheetah-vel", v))] for v in vels]
-            ax.plot(vels, ys, "o--" if m == "parent" else "o-", label=m, alpha=0.6 if m == "parent" else 1.0)
+        xs = [v for v in vels if (m, common.task_name("cheetah-vel", v)) in by]
+        if xs:
+            ys = [by[(m, common.task_name("cheetah-vel", v))] for v in xs]
+            ax.plot(xs, ys, "o--" if m in ("parent", "oracle-expert") else "o-", label=m,
+                    alpha=0.6 if m == "parent" else 1.0, color="k" if m == "oracle-expert" else None)
             lows += ys if m != "parent" else []
     span = max(lows) - min(lows) + 1e-6  # scale to the compared methods; the parent may fall off the bottom
     ax.set_ylim(min(lows) - 0.15 * span, max(lows) + 0.15 * span)
@@ -477,14 +512,6 @@ def pca_figure(ae, ae_art: dict, generated: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, write) -> None:
-    """`write(tmp)` to a temp file beside `path`, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    write(tmp)
-    if tmp.exists():  # a figure with nothing to draw writes no file
-        os.replace(tmp, path)
-
-
 def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
     try:
         res = json.loads(path.read_text())
@@ -513,6 +540,8 @@ def main(args: Args) -> None:
     else:
         run = common.prepare_run_dir(args.run_dir)  # before the work: a read-only directory fails now
         chain, settings = load_chain(args), common.settings(args)
+        if args.suite == "cheetah-vel":
+            chain["oracle"] = load_oracles(run, args, chain, vels)
         if args.skip_done and results_up_to_date(run / "results.json", settings, chain["made_from"]):
             print(f"evaluation: {run / 'results.json'} is up to date (same settings, same artifacts); skipped")
             return
@@ -545,11 +574,11 @@ def main(args: Args) -> None:
     if args.from_generated:
         return
     common.save_artifact(generated, run / "generated.pt")
-    write_atomic(run / "results.md", lambda p: p.write_text(f"{header}\n\n{md}\n"))
-    write_atomic(run / figure[0], figure[1])
+    common.write_atomic(run / "results.md", lambda p: p.write_text(f"{header}\n\n{md}\n"))
+    common.write_atomic(run / figure[0], figure[1])
     res = {"suite": args.suite, "rows": rows, "settings": settings, "made_from": chain["made_from"],
            "config": asdict(args)}
-    write_atomic(run / "results.json", lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
+    common.write_atomic(run / "results.json", lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
     print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {run}/generated.pt, results.md, {figure[0]}, results.json")
 
 

@@ -11,6 +11,8 @@
 #   bash pipeline.sh mw-quick   # MetaWorld, 8 seen + 8 unseen tasks                       -> runs/metaworld-quick
 #   bash pipeline.sh mw-paper   # MetaWorld at MAA's size                                  -> runs/metaworld-paper
 #   bash pipeline.sh test       # the test suite (extra arguments go to pytest)
+#   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
+#   bash pipeline.sh seeds      # the quick chain for SEEDS (default "1 2 3"), then aggregate.py over them
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
 # AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
@@ -35,6 +37,14 @@ if [ "$SCALE" = test ]; then
   shift
   exec python -m pytest "$@"
 fi
+if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like the chain
+  DIRS=()
+  for s in ${SEEDS:-1 2 3}; do
+    SEED=$s AMT_NO_VENV=1 bash "$0" quick
+    DIRS+=("$RUNS/cheetah-vel-quick-seed$s")
+  done
+  exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-quick-aggregate"
+fi
 
 TASKS=()
 case "$SCALE" in
@@ -44,8 +54,8 @@ case "$SCALE" in
   mw-paper) SUITE=metaworld; SCALE=paper ;;
   *) echo "usage: bash pipeline.sh [smoke|quick|paper|mw-smoke|mw-quick|mw-paper|test]" >&2; exit 2 ;;
 esac
-RUN="$RUNS/$SUITE-$SCALE"
-COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --no-progress)
+RUN="$RUNS/$SUITE-$SCALE${SEED:+-seed$SEED}"
+COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" --no-progress)
 
 T0=$(date +%s)
 stage() {  # stage NAME COMMAND...: run a stage and print its wall time
@@ -58,6 +68,10 @@ stage() {  # stage NAME COMMAND...: run a stage and print its wall time
 }
 
 stage "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
+if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
+  stage "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
+    --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
+fi
 stage "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" --skip-done
 if [ "$SUITE" = metaworld ]; then
   stage "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" --skip-done

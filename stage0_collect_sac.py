@@ -57,6 +57,9 @@ class Args:
     """Cheetah-Vel training velocities (quick: 10 of the 35 training velocities drawn with seed 0)"""
     tasks: list[str] = field(default_factory=lambda: list(common.MW_TASKS))
     """MetaWorld tasks (the 8 seen train stages 1-3; the 8 unseen give conditioning rollouts only)"""
+    shard_dir: Literal["stage0", "oracle"] = "stage0"
+    """stage0: the shards stages 1-3 learn from; oracle: experts at velocities no stage trains on, trained
+    the same way from the same parent (evaluate.py's upper bound, `<run_dir>/oracle/`)"""
     jobs: int = 0
     """worker processes, one task at a time each (0 = all cores)"""
 
@@ -129,7 +132,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 def shard_settings(args: Args) -> dict:
     """What a parent, shard or partial state must share with this run (the task list may grow)."""
-    return common.settings(args, ignore=("velocities", "tasks"))
+    return common.settings(args, ignore=("velocities", "tasks", "shard_dir"))
 
 
 def goal_seeds(args: Args) -> dict:
@@ -642,7 +645,8 @@ def main(args: Args) -> None:
     spec = common.suite_spec(args.suite)
     args.jobs = args.jobs or os.cpu_count() or 1
     torch.set_num_threads(args.torch_threads)
-    stage_dir = common.prepare_run_dir(Path(args.run_dir) / "stage0")
+    lock = common.lock_run_dir(common.prepare_run_dir(args.run_dir), "stage-0 process")  # noqa: F841 - held till exit
+    stage_dir = common.prepare_run_dir(Path(args.run_dir) / args.shard_dir)
     t0 = time.time()
     parent = train_parent(args, tasks, spec, Path(args.run_dir) / "parent.pt")
     for p in stage_dir.glob("*.partial.pt"):  # check resumable states before the work starts
@@ -686,7 +690,7 @@ def main(args: Args) -> None:
     bar.close()
     print(f"stage 0 finished in {time.time() - t0:.0f}s; shards in {stage_dir}")
     summary = summarize(args, tasks, spec, stage_dir, parent)
-    (Path(args.run_dir) / "stage0_summary.md").write_text(summary + "\n")
+    (Path(args.run_dir) / f"{args.shard_dir}_summary.md").write_text(summary + "\n")
     print(summary)
 
 
