@@ -118,6 +118,15 @@ def cheetah_quick_velocities(seed: int = 0, n: int = 10) -> list[float]:
     return sorted(CHEETAH_TRAIN[i] for i in idx)
 
 
+def cheetah_nested_velocities() -> list[float]:
+    """All 35 training velocities in the order of the paper's ablation (10, 20, 25, 35 training
+    velocities, nested): the quick 10 first, then the other 25 in a fixed random order. The first n of
+    this list are the n-velocity training set."""
+    first = cheetah_quick_velocities()
+    rest = [v for v in CHEETAH_TRAIN if v not in first]
+    return first + [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]
+
+
 def cheetah_vel_reward(x_velocity: float, action: np.ndarray, target: float) -> float:
     """r = -|v_x - v*| - 0.05 ||a||^2 (MACAW / Prompt-DT Cheetah-Vel)."""
     return -abs(x_velocity - target) - 0.05 * float(np.square(action).sum())
@@ -129,10 +138,10 @@ class CheetahVel:
 
     obs_dim, act_dim, max_steps = CHEETAH_OBS, CHEETAH_ACT, CHEETAH_STEPS
 
-    def __init__(self, target_velocity: float, seed: int | None = None):
+    def __init__(self, target_velocity: float, seed: int | None = None, render: bool = False):
         from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv  # the env class, no wrappers
 
-        self.env = HalfCheetahEnv()
+        self.env = HalfCheetahEnv(render_mode="rgb_array", width=320, height=240) if render else HalfCheetahEnv()
         self.target = float(target_velocity)
         self.seed, self.t = seed, 0
 
@@ -148,6 +157,9 @@ class CheetahVel:
         self.t += 1
         reward = cheetah_vel_reward(info["x_velocity"], action, self.target)
         return obs.astype(np.float32), reward, False, self.t >= self.max_steps, info
+
+    def render(self) -> np.ndarray:
+        return self.env.render()
 
 
 MW_SEEN = ["window-open-v3", "door-open-v3", "drawer-open-v3", "dial-turn-v3",
@@ -193,15 +205,18 @@ def metaworld_goals(task: str, seed: int) -> list:
     return metaworld.MT1(task, seed=seed).train_tasks
 
 
-def make_metaworld(task: str):
+def make_metaworld(task: str, render: bool = False):
     """The raw metaworld v3 env (goal observable, 39-d obs, 4-d action, 500 steps): call
-    `env.set_task(goal)` then `env.reset()`; success is `info["success"]` at any step."""
+    `env.set_task(goal)` then `env.reset()`; success is `info["success"]` at any step. With `render`,
+    `env.render()` returns a 320x240 RGB frame."""
     import warnings
 
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
     warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
     check_metaworld_tasks([task])
+    if render:
+        return ALL_V3_ENVIRONMENTS[task](render_mode="rgb_array", camera_name="corner", width=320, height=240)
     return ALL_V3_ENVIRONMENTS[task]()
 
 
@@ -214,47 +229,57 @@ def suite_spec(suite: str) -> dict:
     return policy_spec(CHEETAH_OBS, CHEETAH_ACT) if suite == "cheetah-vel" else policy_spec(MW_OBS, MW_ACT)
 
 
-def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL_SEED):
+def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL_SEED, render: bool = False):
     """An env for evaluating a policy on `task` (velocity or metaworld name), fixed by `episode`:
     Cheetah-Vel seeds its reset with it; MetaWorld sets goal number `episode` (0..49) of the goal
-    configurations drawn with `goal_seed` (default: the evaluation goals)."""
+    configurations drawn with `goal_seed` (default: the evaluation goals). `render`: 320x240 frames."""
     if suite == "cheetah-vel":
-        return CheetahVel(float(task), seed=100_000 + episode)
+        return CheetahVel(float(task), seed=100_000 + episode, render=render)
     if not 0 <= episode < MW_GOALS:
         raise SystemExit(f"error: MetaWorld has {MW_GOALS} goal configurations per seed; goal {episode} asked for")
-    env = make_metaworld(task)
+    env = make_metaworld(task, render=render)
     env.set_task(metaworld_goals(task, goal_seed)[episode])
     return env
 
 
-def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = False) -> dict:
+def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = False,
+                 stop_when_decided: bool = False) -> dict:
     """One episode of each of N flat policies (deterministic actions), policy i in envs[i], all in
-    lockstep: every step is one batched forward of all N policies. The envs must be reset-ready (for
-    MetaWorld: goal already set) and have equal episode lengths. Returns per-policy `return` and `success`
-    (MetaWorld: info["success"] at any step) as float arrays [N]; with `record`, also each episode's MAA
-    features `traj` [N, traj_dim] and `post_success` [N, 3 * obs_dim] (see `rollout_features`)."""
+    lockstep: every step is one batched forward of the policies still running. The envs must be
+    reset-ready (for MetaWorld: goal already set). Returns per-policy `return` and `success` (MetaWorld:
+    info["success"] at any step) as float arrays [N]; with `record`, also each episode's MAA features
+    `traj` [N, traj_dim] and `post_success` [N, 3 * obs_dim] (see `rollout_features`).
+
+    `stop_when_decided`: an episode ends as soon as its outcome is decided: at its first success, or with
+    `record` once its features need no more steps (the first 60 steps and the 3 states from the first
+    success on). Success and features equal the full episode's (a test checks it); `return` is then
+    that of the shortened episode. Finished episodes leave the batch."""
     n = len(envs)
     assert params.shape[0] == n, f"{params.shape[0]} policies for {n} envs"
     obs = np.stack([e.reset()[0] for e in envs]).astype(np.float32)
-    ret, success, done = np.zeros(n), np.zeros(n), np.zeros(n, bool)
-    states, actions, first, t = [obs.copy()], [], [None] * n, 0
+    ret, success = np.zeros(n), np.zeros(n)
+    states, actions, first, t = [[o.copy()] for o in obs], [[] for _ in range(n)], [None] * n, 0
+    active, p_active = np.arange(n), params  # the episodes still running and their policies
     with torch.no_grad():
-        while not done.all():
-            act = batched_act(params, torch.from_numpy(obs).unsqueeze(1), spec).squeeze(1).numpy()
+        while len(active):
+            act = batched_act(p_active, torch.from_numpy(obs[active]).unsqueeze(1), spec).squeeze(1).numpy()
             t += 1
-            for i, e in enumerate(envs):
-                o, r, term, trunc, info = e.step(act[i])
+            done = np.zeros(len(active), bool)
+            for j, i in enumerate(active):
+                o, r, term, trunc, info = envs[i].step(act[j])
                 obs[i], ret[i] = o, ret[i] + r
                 if info.get("success", 0.0) > 0 and first[i] is None:
                     first[i] = t  # index of the first state reached with success
                 success[i] = max(success[i], float(info.get("success", 0.0)))
-                done[i] = term or trunc
-            if record:
-                states.append(obs.copy()), actions.append(act)
+                if record:
+                    states[i].append(obs[i].copy()), actions[i].append(act[j])
+                decided = first[i] is not None and (not record or t >= max(TRAJ_STEPS, first[i] + POST_STATES - 1))
+                done[j] = term or trunc or (stop_when_decided and decided)
+            if done.any():  # shrink the batch (one copy of the remaining policies per change)
+                active, p_active = active[~done], p_active[torch.from_numpy(~done)]
     out = {"return": ret, "success": success}
     if record:
-        S, A = np.stack(states, 1), np.stack(actions, 1)  # [N, T+1, obs], [N, T, act]
-        feats = [rollout_features(S[i], A[i], first[i]) for i in range(n)]
+        feats = [rollout_features(np.stack(states[i]), np.stack(actions[i]), first[i]) for i in range(n)]
         out["traj"], out["post_success"] = (np.stack(f) for f in zip(*feats))
     return out
 

@@ -86,6 +86,10 @@ class Args:
     """MetaWorld: condition on successful rollouts only (smoke scale: any, since its experts rarely succeed)"""
     jobs: int = 0
     """MetaWorld: processes stepping the environments (0 = all cores)"""
+    tag: str = ""
+    """name the outputs results-<tag>.md/json, generated-<tag>.pt, ... (e.g. `sweep`), leaving Table IV's alone"""
+    videos: int = 0
+    """render this many policies per task and generating method to GIFs under videos[-<tag>]/ (0 = none)"""
     skip_done: bool = False
     """do nothing if results.json was made with these settings from these artifacts (pipeline.sh sets it)"""
     threads: int = 2
@@ -201,6 +205,45 @@ def evaluate(generated: dict, episodes: int) -> np.ndarray:
     return out["return"].reshape(episodes, len(vels)).T
 
 
+@torch.no_grad()
+def memorisation(generated: dict, shards: list[dict]) -> dict:
+    """Are the generated policies new, or copies of training checkpoints? L2 distances in parameter space:
+    each generated policy to its nearest stage-0 checkpoint (any training velocity) and to the interpolated
+    expert of its target velocity, next to the data's own spacing: best checkpoints of neighbouring
+    training velocities, and consecutive checkpoints of one expert. Medians (and the 10th percentile of
+    the distance to the nearest checkpoint); the nearest-expert row is a training checkpoint (distance 0)."""
+    ckpts = torch.cat([s["params"] for s in shards]).float()
+    best = torch.stack([s["params"][s["return"].argmax()] for s in shards]).float()
+    method, params = np.array(generated["method"]), generated["params"]
+    interp = params[method == "interpolated-expert"]
+    vel_of = generated["target_velocity"]
+    interp_at = {round(float(v), 6): p for v, p in zip(vel_of[method == "interpolated-expert"], interp)}
+    out = {"neighbouring velocities (best checkpoints)": float(torch.linalg.norm(best[1:] - best[:-1], dim=1).median())
+           if len(best) > 1 else float("nan"),
+           "consecutive checkpoints of one expert": float(torch.cat(
+               [torch.linalg.norm(s["params"][1:] - s["params"][:-1], dim=1) for s in shards]).median())}
+    for m in ("hyplatent", "hypformer", "nearest-expert", "interpolated-expert", "oracle-expert"):
+        sel = torch.as_tensor(method == m)
+        if not sel.any():
+            continue
+        d_ckpt = torch.cdist(params[sel], ckpts).min(1).values
+        d_interp = torch.linalg.norm(params[sel] - torch.stack([interp_at[round(float(v), 6)] for v in vel_of[sel]]), dim=1)
+        out[m] = {"to nearest checkpoint": float(d_ckpt.median()), "to nearest checkpoint, 10th pct":
+                  float(d_ckpt.quantile(0.1)), "to interpolated expert": float(d_interp.median())}
+    return out
+
+
+def memorisation_table(mem: dict) -> str:
+    lines = ["| policies | to nearest training checkpoint (median) | (10th percentile) | to interpolated expert (median) |",
+             "|---|---|---|---|"]
+    lines += [f"| {m} | {d['to nearest checkpoint']:.2f} | {d['to nearest checkpoint, 10th pct']:.2f} | "
+              f"{d['to interpolated expert']:.2f} |" for m, d in mem.items() if isinstance(d, dict)]
+    lines += ["", "Spacing of the training data: best checkpoints of neighbouring training velocities "
+              f"{mem['neighbouring velocities (best checkpoints)']:.2f}; consecutive checkpoints of one expert "
+              f"{mem['consecutive checkpoints of one expert']:.2f} (medians of L2 distances in parameter space)."]
+    return "\n".join(lines)
+
+
 def score_rows(generated: dict, returns: np.ndarray) -> list[dict]:
     rows = []
     methods = [m for m in METHODS if m in generated["method"]]
@@ -299,7 +342,8 @@ MAX_ENVS = 128  # metaworld envs alive at once per process (1,600 at once ran ou
 def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False, desc: str = "") -> dict:
     """Policy i on MetaWorld episode jobs[i] = (task, goal_seed, goal_index), in lockstep chunks of at most
     MAX_ENVS episodes spread over `workers` processes (a progress bar named `desc` unless empty). Returns
-    run_lockstep's arrays (with `record`, the MAA rollout features too)."""
+    run_lockstep's arrays (with `record`, the MAA rollout features too). Episodes stop once their success
+    (and features) are decided (`run_lockstep(stop_when_decided=True)`): returns are of those episodes."""
     workers = max(1, workers)
     n_chunks = workers * -(-len(jobs) // (workers * MAX_ENVS))  # a multiple of workers, each <= MAX_ENVS
     chunks = [c for c in np.array_split(np.arange(len(jobs)), n_chunks) if len(c)]
@@ -321,7 +365,7 @@ def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = 
 def _lockstep_chunk(params: torch.Tensor, jobs: list, record: bool) -> dict:
     torch.set_num_threads(1)
     envs = [common.make_eval_env("metaworld", t, episode=i, goal_seed=s) for t, s, i in jobs]
-    return common.run_lockstep(params, envs, common.suite_spec("metaworld"), record=record)
+    return common.run_lockstep(params, envs, common.suite_spec("metaworld"), record=record, stop_when_decided=True)
 
 
 def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict, workers: int) -> dict:
@@ -531,6 +575,10 @@ def validate(args: Args) -> list[float]:
 
 def main(args: Args) -> None:
     vels = validate(args)
+    def out_name(name: str) -> str:  # results.json -> results-<tag>.json, videos -> videos-<tag>
+        stem, dot, ext = name.partition(".")
+        return f"{stem}-{args.tag}{dot}{ext}" if args.tag else name
+
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     t0, generated, chain = time.time(), None, None
@@ -542,8 +590,8 @@ def main(args: Args) -> None:
         chain, settings = load_chain(args), common.settings(args)
         if args.suite == "cheetah-vel":
             chain["oracle"] = load_oracles(run, args, chain, vels)
-        if args.skip_done and results_up_to_date(run / "results.json", settings, chain["made_from"]):
-            print(f"evaluation: {run / 'results.json'} is up to date (same settings, same artifacts); skipped")
+        if args.skip_done and results_up_to_date(run / out_name("results.json"), settings, chain["made_from"]):
+            print(f"evaluation: {run / out_name('results.json')} is up to date (same settings, same artifacts); skipped")
             return
     if args.suite == "cheetah-vel":
         if generated is not None:
@@ -554,8 +602,11 @@ def main(args: Args) -> None:
         header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {args.policies_per_task} generated policies x "
                   f"{args.episodes} episodes per velocity and method; {n} policies, {n * args.episodes} episodes in "
                   f"lockstep; training velocities {', '.join(f'{v:g}' for v in generated['train_velocities'])}.")
+        mem = memorisation(generated, chain["shards"]) if chain else None
         md, figure = table(rows, vels), ("return_vs_velocity.png",
                                          lambda p: plot(rows, vels, generated["train_velocities"], p))
+        if mem:
+            md += "\n\nMemorisation check (are generated policies new?):\n\n" + memorisation_table(mem)
     else:
         workers = args.jobs or os.cpu_count() or 1
         if generated is not None:
@@ -573,13 +624,19 @@ def main(args: Args) -> None:
     print(header + "\n\n" + md)
     if args.from_generated:
         return
-    common.save_artifact(generated, run / "generated.pt")
-    common.write_atomic(run / "results.md", lambda p: p.write_text(f"{header}\n\n{md}\n"))
-    common.write_atomic(run / figure[0], figure[1])
+    common.save_artifact(generated, run / out_name("generated.pt"))
+    common.write_atomic(run / out_name("results.md"), lambda p: p.write_text(f"{header}\n\n{md}\n"))
+    common.write_atomic(run / out_name(figure[0]), figure[1])
+    if args.videos:
+        import videos
+
+        videos.render(generated, run / out_name("videos"), args.videos)
     res = {"suite": args.suite, "rows": rows, "settings": settings, "made_from": chain["made_from"],
-           "config": asdict(args)}
-    common.write_atomic(run / "results.json", lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
-    print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {run}/generated.pt, results.md, {figure[0]}, results.json")
+           "config": asdict(args), "seed": args.seed}
+    if args.suite == "cheetah-vel":
+        res.update(train_velocities=generated["train_velocities"], memorisation=mem)
+    common.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
+    print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {', '.join(out_name(n) for n in ('generated.pt', 'results.md', figure[0], 'results.json'))} in {run}")
 
 
 if __name__ == "__main__":

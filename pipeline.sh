@@ -13,6 +13,8 @@
 #   bash pipeline.sh test       # the test suite (extra arguments go to pytest)
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
 #   bash pipeline.sh seeds      # the quick chain for SEEDS (default "1 2 3"), then aggregate.py over them
+#   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
+#                               # 40-velocity sweep (after `seeds`; see README "Velocity ablation")
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
 # AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
@@ -45,6 +47,39 @@ if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like t
   done
   exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-quick-aggregate"
 fi
+if [ "$SCALE" = ablation ]; then
+  AB=${2:-quick}  # bash pipeline.sh ablation smoke: the same at smoke scale (a check of the plumbing)
+  # Nested training sets (common.cheetah_nested_velocities): the seed's quick run holds the first 10 in
+  # stage0/; the other 25 are trained once into its oracle/ (no stage of the 10-velocity run trains on
+  # them); run directory <seed run>/n<N> links N shards into its stage0/ and the test velocities' shards
+  # into its oracle/, then runs stages 1-3 and the evaluation there.
+  nested() { python -c "import common; print(*common.cheetah_nested_velocities()[$1])"; }
+  DIRS=() BASES=()
+  for s in ${SEEDS:-1 2 3}; do
+    BASE="$RUNS/cheetah-vel-$AB-seed$s"
+    DIRS+=("$BASE") BASES+=("$BASE")
+    SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$0" "$AB"
+    python stage0_collect_sac.py --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --shard-dir oracle \
+      --velocities $(nested 10:)
+    python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --skip-done --tag sweep \
+      --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
+    for n in 20 25 35; do
+      mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
+      ln -sfn ../parent.pt "$BASE/n$n/parent.pt"
+      for v in $(nested ":$n"); do
+        f=$(python -c "import common; print(common.task_name('cheetah-vel', $v))").pt
+        if [ -f "$BASE/stage0/$f" ]; then ln -sfn "../../stage0/$f" "$BASE/n$n/stage0/$f"; else ln -sfn "../../oracle/$f" "$BASE/n$n/stage0/$f"; fi
+      done
+      for f in $(python -c "import common; print(*[common.task_name('cheetah-vel', v) + '.pt' for v in common.CHEETAH_TEST])"); do
+        ln -sfn "../../oracle/$f" "$BASE/n$n/oracle/$f"
+      done
+      SEED=$s RUN_DIR="$BASE/n$n" VELOCITIES="$(nested ":$n")" AMT_NO_VENV=1 bash "$0" "$AB"
+      DIRS+=("$BASE/n$n")
+    done
+  done
+  python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-$AB-ablation"
+  exec python aggregate.py "${BASES[@]}" --tag sweep --out "$RUNS/cheetah-vel-$AB-sweep"
+fi
 
 TASKS=()
 case "$SCALE" in
@@ -54,7 +89,8 @@ case "$SCALE" in
   mw-paper) SUITE=metaworld; SCALE=paper ;;
   *) echo "usage: bash pipeline.sh [smoke|quick|paper|mw-smoke|mw-quick|mw-paper|test]" >&2; exit 2 ;;
 esac
-RUN="$RUNS/$SUITE-$SCALE${SEED:+-seed$SEED}"
+RUN=${RUN_DIR:-"$RUNS/$SUITE-$SCALE${SEED:+-seed$SEED}"}
+if [ -n "${VELOCITIES:-}" ]; then TASKS=(--velocities $VELOCITIES); fi
 COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" --no-progress)
 
 T0=$(date +%s)

@@ -151,6 +151,58 @@ def test_recorded_lockstep_features_equal_stage0_rollouts():
                                                                     ref["states"][-3:]).reshape(-1), atol=1e-5)
 
 
+class Counting:
+    """Counts the steps an env is asked for."""
+
+    def __init__(self, env):
+        self.env, self.steps = env, 0
+
+    def reset(self):
+        return self.env.reset()
+
+    def step(self, a):
+        self.steps += 1
+        return self.env.step(a)
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_early_stop_changes_no_success_and_no_feature(record):
+    """Episodes that stop once decided give the success (and recorded features) of full episodes, on
+    real MetaWorld states, with successes at the first step, mid-way, late, and never."""
+    torch.manual_seed(5)
+    spec = common.policy_spec(39, 4)
+    ats = [1, 37, 80, 450, 10_000, 2, 10_000, 59]
+    params = torch.randn(len(ats), common.num_params(spec)) * 0.3
+    make = lambda: [Counting(SucceedsAt(common.make_eval_env("metaworld", "door-open-v3", episode=i % 3, goal_seed=2), at=a))  # noqa: E731
+                    for i, a in enumerate(ats)]
+    full_envs, short_envs = make(), make()
+    full = common.run_lockstep(params, full_envs, spec, record=record)
+    short = common.run_lockstep(params, short_envs, spec, record=record, stop_when_decided=True)
+    np.testing.assert_array_equal(short["success"], full["success"])
+    assert full["success"].tolist() == [1, 1, 1, 1, 0, 1, 0, 1]
+    if record:
+        np.testing.assert_array_equal(short["traj"], full["traj"])
+        np.testing.assert_array_equal(short["post_success"], full["post_success"])
+    steps = [e.steps for e in short_envs]
+    expected = [500 if a > 500 else (max(60, a + 2) if record else a) for a in ats]
+    assert steps == expected and all(e.steps == 500 for e in full_envs)
+
+
+def test_early_stop_on_real_checkpoints_of_both_suites(metaworld_chain, cheetah_chain):
+    """Stage-0 checkpoints of the smoke runs: MetaWorld successes and features, Cheetah-Vel returns
+    (it has no success, so nothing stops early) equal with and without early stopping."""
+    for (run, _), suite in ((metaworld_chain, "metaworld"), (cheetah_chain, "cheetah-vel")):
+        shards = common.load_stage0(run, suite, "smoke")
+        params = torch.cat([s["params"] for s in shards]).float()
+        tasks = [s["task"] if suite == "metaworld" else s["target_velocity"] for s in shards for _ in s["params"]]
+        make = lambda: [common.make_eval_env(suite, t, episode=i % 2) for i, t in enumerate(tasks)]  # noqa: E731
+        spec = common.suite_spec(suite)
+        full = common.run_lockstep(params, make(), spec, record=True)
+        short = common.run_lockstep(params, make(), spec, record=True, stop_when_decided=True)
+        for k in ("success", "traj", "post_success") + (("return",) if suite == "cheetah-vel" else ()):
+            np.testing.assert_array_equal(short[k], full[k])
+
+
 def test_run_episodes_chunks_keep_the_order(monkeypatch):
     """Episodes split into chunks over 2 processes come back in job order, equal to one lockstep run."""
     monkeypatch.setattr(ev, "MAX_ENVS", 2)  # 5 jobs -> 4 chunks of <= 2
@@ -161,7 +213,7 @@ def test_run_episodes_chunks_keep_the_order(monkeypatch):
             ("reach-wall-v3", 2, 3), ("drawer-close-v3", common.EVAL_GOAL_SEED, 0)]
     out = ev.run_episodes(params, jobs, workers=2, record=True)
     envs = [common.make_eval_env("metaworld", t, episode=i, goal_seed=g) for t, g, i in jobs]
-    ref = common.run_lockstep(params, envs, spec, record=True)
+    ref = common.run_lockstep(params, envs, spec, record=True, stop_when_decided=True)
     for k in ("return", "success", "traj", "post_success"):
         np.testing.assert_allclose(out[k], ref[k], rtol=1e-6, atol=1e-6)
     assert len(set(np.round(out["return"], 3))) == 5  # five different episodes

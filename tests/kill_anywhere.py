@@ -1,0 +1,113 @@
+"""Kill the smoke chain anywhere, re-run it, compare with an uninterrupted run (issue 10). Too slow for
+the suite (about 8 chains); run by hand:
+
+    python tests/kill_anywhere.py [--runs /tmp/kill-sweep]
+
+For each kill point, a fresh run directory: `bash pipeline.sh smoke` starts in its own process group;
+when the chain prints the point's marker line (plus a delay), the whole group gets SIGKILL; then the
+chain runs again to the end. Printed per point: which files the kill left, whether temp files or live
+processes remained, and whether the re-run's results.json rows equal the uninterrupted run's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+POINTS = [  # (name, marker printed by the chain, seconds to wait after it)
+    ("stage 0, parent SAC", "parent: SAC for", 2.0),
+    ("stage 0, children", "stage 0: 2 tasks", 4.0),
+    ("stage 0, oracle experts", "== stage 0 (oracle experts", 6.0),
+    ("stage 1 autoencoder", "== stage 1 (autoencoder", 8.0),
+    ("stage 2 HypLatent", "== stage 2 (HypLatent", 15.0),
+    ("stage 3 HypFormer", "== stage 3 (HypFormer", 10.0),
+    ("evaluation", "== evaluation", 3.5),
+]
+
+
+def chain(runs: Path, kill_at: tuple[str, float] | None = None) -> tuple[int, str, bool]:
+    """Run the smoke chain; with kill_at=(marker, delay), SIGKILL its process group after the marker.
+    Returns (exit code, output, whether the kill happened)."""
+    env = dict(os.environ, AMT_NO_VENV="1", RUNS=str(runs),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.Popen(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, killed = [], False
+    for line in p.stdout:
+        out.append(line)
+        if kill_at and not killed and kill_at[0] in line:
+            time.sleep(kill_at[1])
+            os.killpg(p.pid, signal.SIGKILL)
+            killed = True
+            break
+    if killed:
+        p.stdout.close()
+    p.wait()
+    return p.returncode, "".join(out), killed
+
+
+def leftovers(run: Path) -> tuple[list[str], list[str]]:
+    temps = sorted(str(q.relative_to(run)) for q in run.rglob(".*.tmp*"))
+    partial = sorted(str(q.relative_to(run)) for q in run.rglob("*.partial.pt"))
+    return temps, partial
+
+
+def live_processes(runs: Path) -> list[str]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(runs) in cmd and "kill_anywhere" not in cmd:
+                out.append(f"{d.name}: {cmd[:80]}")
+    return out
+
+
+def rows(run: Path) -> dict:
+    res = json.loads((run / "results.json").read_text())
+    return {(r["method"], r["task"]): r["score"] for r in res["rows"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", default="/tmp/kill-sweep")
+    args = ap.parse_args()
+    base = Path(args.runs)
+    shutil.rmtree(base, ignore_errors=True)
+    t0 = time.time()
+    rc, _, _ = chain(base / "reference")
+    assert rc == 0, "the uninterrupted chain failed"
+    ref = rows(base / "reference" / "cheetah-vel-smoke")
+    print(f"uninterrupted smoke chain: {time.time() - t0:.0f}s, {len(ref)} result rows")
+    print("| kill point | killed | files after the kill | temp / partial files left | re-run rc | "
+          "live processes after | results equal the uninterrupted run |")
+    print("|---|---|---|---|---|---|---|")
+    for name, marker, delay in POINTS:
+        runs = base / name.replace(" ", "_").replace(",", "")
+        rc, out, killed = chain(runs, (marker, delay))
+        run = runs / "cheetah-vel-smoke"
+        time.sleep(2)
+        files = sorted(q.name for q in run.glob("*.pt")) + [f"stage0/{len(list(run.glob('stage0/*.pt')))} files"]
+        temps, partial = leftovers(run)
+        rc2, out2, _ = chain(runs)
+        orphans = live_processes(runs)
+        temps2, partial2 = leftovers(run)
+        equal = rc2 == 0 and rows(run) == ref
+        diff = "" if equal or rc2 else max(abs(rows(run)[k] - ref[k]) for k in ref)
+        print(f"| {name} | {killed} | {', '.join(files)} | {len(temps)} / {len(partial)} -> after re-run "
+              f"{len(temps2)} / {len(partial2)} | {rc2} | {len(orphans)} | "
+              f"{'yes' if equal else f'no (largest difference {diff})'} |", flush=True)
+    print(f"sweep: {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

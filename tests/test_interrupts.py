@@ -1,0 +1,126 @@
+"""Issue 10: killed saves leave no litter, one stage-0 process per run directory, workers die with their
+parent, an unwritable run directory fails before the work."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import common
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_temp_files_of_dead_writers_are_removed(tmp_path):
+    dead, mine = dead_pid(), os.getpid()
+    litter = [tmp_path / f".hyplatent.tmp{dead}.pt", tmp_path / f".results.tmp{dead}.json", tmp_path / f".lock.tmp{dead}"]
+    keep = [tmp_path / f".hyplatent.tmp{mine}.pt", tmp_path / ".notes.tmpx", tmp_path / "hyplatent.pt"]
+    for p in litter + keep:
+        p.write_text("x")
+    common.prepare_run_dir(tmp_path)
+    assert [p for p in litter if p.exists()] == [] and all(p.exists() for p in keep)
+
+
+def test_write_atomic_never_leaves_half_a_file(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def crash(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        common.write_atomic(target, crash)
+    assert target.read_text() == "old"  # the temp file is left for the next run's clean-up
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".results.tmp{os.getpid()}.json", "results.json"]
+    common.write_atomic(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    code = f"import common, time; f = common.lock_run_dir({str(run_dir)!r}, 'test'); print('held', flush=True); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_second_stage0_process_stops_and_a_dead_one_holds_nothing(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(SystemExit, match=f"in use by another stage-0 process \\(pid {holder.pid}\\)"):
+            common.lock_run_dir(tmp_path, "stage-0 process")
+        r = subprocess.run([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--scale", "smoke", "--run-dir",
+                            str(tmp_path), "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "in use by another" in r.stderr
+        assert not (tmp_path / "parent.pt").exists() and not (tmp_path / "parent.partial.pt").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = common.lock_run_dir(tmp_path, "stage-0 process")  # the killed holder left nothing behind
+    lock.close()
+
+
+def descendants(pid: int) -> set[int]:
+    children = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c), todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc (Linux)")
+def test_stage0_workers_die_with_a_killed_main_process(tmp_path):
+    main = subprocess.Popen([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--scale", "smoke", "--run-dir",
+                             str(tmp_path), "--no-progress", "--jobs", "2", "--parent-steps", "0",
+                             "--num-checkpoints", "2000", "--save-every", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180  # both workers training (a worker killed while it starts up exits anyway)
+        while time.time() < deadline and len(list((tmp_path / "stage0").glob("*.partial.pt"))) < 2:
+            time.sleep(0.5)
+        workers = {p for p in descendants(main.pid) if b"spawn_main" in (Path("/proc") / str(p) / "cmdline").read_bytes()}
+        assert len(workers) == 2, "the workers never started"
+        everyone = descendants(main.pid)
+    finally:
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+    deadline = time.time() + 10  # a worker's shard takes minutes: only a worker that dies with main is gone
+    while time.time() < deadline and any(alive(p) for p in everyone):
+        time.sleep(0.5)
+    assert not [p for p in everyone if alive(p)], "orphans kept running after kill -9 of stage 0"
+
+
+def test_unwritable_run_directory_fails_before_the_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for script in ("stage0_collect_sac.py", "stage1_autoencoder.py", "stage2_hyplatent.py", "stage3_hypformer.py",
+                   "evaluate.py"):
+        r = subprocess.run([sys.executable, str(ROOT / script), "--scale", "smoke", "--run-dir", str(blocker / "run")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, (script, r.stderr)
+        assert "cannot write to the run directory" in r.stderr, (script, r.stderr)

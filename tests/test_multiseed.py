@@ -1,0 +1,156 @@
+"""Issue 11's tools: the oracle row, aggregation over seeds with intervals, nested training sets, memorisation
+distances, videos."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import aggregate as agg
+import common
+import evaluate as ev
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_t_interval_by_hand():
+    m, h = agg.mean_ci([1.0, 2.0, 3.0])  # s = 1, n = 3: t(0.975, 2) = 4.303, s/sqrt(3) = 0.57735
+    assert m == 2.0 and h == pytest.approx(4.303 * 0.57735, abs=1e-4)
+    m, h = agg.mean_ci([-4.0, -2.0])  # s = sqrt(2), n = 2: 12.706 * sqrt(2) / sqrt(2)
+    assert m == -3.0 and h == pytest.approx(12.706)
+    m, h = agg.mean_ci([5.0] * 14)  # df 13 takes the df-12 entry; zero spread, zero width
+    assert m == 5.0 and h == 0.0
+    assert np.isnan(agg.mean_ci([7.0])[1])
+    assert agg.verdict(1.0, 0.5, "a", "b") == "a better" and agg.verdict(-1.0, 0.5, "a", "b") == "b better"
+    assert agg.verdict(0.3, 0.5, "a", "b").startswith("no difference")
+
+
+def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), **settings):
+    """A results.json as evaluate.py writes it, with given averages {method: [per-velocity scores]}."""
+    rows = []
+    for m, per_v in scores.items():
+        for v, s in zip((0.6, 1.2), per_v):
+            rows.append({"method": m, "task": common.task_name("cheetah-vel", v), "score": s, "n_policies": 1, "n_episodes": 1})
+        rows.append({"method": m, "task": "average", "score": float(np.mean(per_v)), "n_policies": 2, "n_episodes": 1})
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({
+        "suite": "cheetah-vel", "rows": rows, "settings": {"scale": "smoke", "seed": seed, "episodes": 1, **settings},
+        "seed": seed, "train_velocities": list(train), "made_from": {},
+        "memorisation": {"consecutive checkpoints of one expert": float(seed), "hyplatent": {"to nearest checkpoint": 2.0 * seed}}}))
+
+
+def test_aggregate_means_intervals_and_paired_differences(tmp_path):
+    runs = []
+    for seed, hl, ip in ((1, (-10, -20), (-12, -22)), (2, (-14, -18), (-15, -21)), (3, (-12, -22), (-13, -23))):
+        fake_results(tmp_path / f"s{seed}", seed, {"hyplatent": hl, "interpolated-expert": ip})
+        runs.append(str(tmp_path / f"s{seed}"))
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
+    res = json.loads((tmp_path / "out" / "results.json").read_text())["2"]
+    assert res["n_seeds"] == 3 and res["seeds"] == [1, 2, 3]
+    cell = res["cells"]["hyplatent|vel-0.6"]
+    assert cell["seeds"] == [-10, -14, -12] and cell["mean"] == pytest.approx(-12.0)
+    assert cell["ci95"] == pytest.approx(4.303 * 2.0 / np.sqrt(3), abs=1e-3)  # s = 2
+    d = res["pairs"]["hyplatent - interpolated-expert"]  # per seed: -15 - (-17) = 2, -16 - (-18) = 2, -17 - (-18) = 1
+    assert d["per_seed"] == pytest.approx([2.0, 2.0, 1.0]) and d["mean"] == pytest.approx(5 / 3)
+    assert d["ci95"] == pytest.approx(4.303 * np.std([2, 2, 1], ddof=1) / np.sqrt(3), abs=1e-3)
+    assert d["verdict"] == "hyplatent better"  # 1.67 +- 1.43 excludes 0
+    assert res["memorisation"]["hyplatent: to nearest checkpoint"] == pytest.approx(4.0)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "-12.00 ± 4.97" in md and "hyplatent better" in md
+    assert (tmp_path / "out" / "return_vs_velocity.png").stat().st_size > 5_000
+
+
+def test_aggregate_refuses_mixed_settings_and_repeated_seeds(tmp_path):
+    fake_results(tmp_path / "a", 1, {"hyplatent": (-1, -2)})
+    fake_results(tmp_path / "b", 2, {"hyplatent": (-1, -2)}, episodes=5)
+    with pytest.raises(SystemExit, match="evaluated with other settings \\(episodes\\)"):
+        agg.main(agg.Args(runs=[str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "out")))
+    fake_results(tmp_path / "c", 1, {"hyplatent": (-1, -2)})
+    with pytest.raises(SystemExit, match="two run directories of seed 1"):
+        agg.main(agg.Args(runs=[str(tmp_path / "a"), str(tmp_path / "c")], out=str(tmp_path / "out")))
+    with pytest.raises(SystemExit, match="not found"):
+        agg.main(agg.Args(runs=[str(tmp_path / "nothing")], out=str(tmp_path / "out")))
+
+
+def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
+    for seed in (1, 2):
+        fake_results(tmp_path / f"n2-{seed}", seed, {"hyplatent": (-10 - seed, -20)})
+        fake_results(tmp_path / f"n3-{seed}", seed, {"hyplatent": (-5 - seed, -15)}, train=(0.3, 0.9, 1.5))
+    agg.main(agg.Args(runs=[str(p) for p in sorted(tmp_path.glob("n*"))], out=str(tmp_path / "out")))
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(res) == ["2", "3"]
+    assert res["3"]["cells"]["hyplatent|average"]["mean"] == pytest.approx(np.mean([-6, -15, -7, -15]))
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 5_000
+
+
+def test_nested_training_sets():
+    order = common.cheetah_nested_velocities()
+    assert sorted(order) == sorted(common.CHEETAH_TRAIN) and len(set(order)) == 35
+    assert sorted(order[:10]) == common.cheetah_quick_velocities()  # the quick run is the 10-velocity set
+    assert not set(order) & set(common.CHEETAH_TEST)
+
+
+def test_oracle_row_and_memorisation(cheetah_chain, tmp_path):
+    run, _ = cheetah_chain
+    res = json.loads((run / "results.json").read_text())
+    by = {(x["method"], x["task"]): x["score"] for x in res["rows"]}
+    gen = torch.load(run / "generated.pt", weights_only=True)
+    oracle_dir = run / "oracle"
+    for v in common.CHEETAH_TEST:  # the oracle policy is the best checkpoint of the shard trained at v
+        s = torch.load(oracle_dir / f"{common.task_name('cheetah-vel', v)}.pt", weights_only=True)
+        j = [i for i, (m, t) in enumerate(zip(gen["method"], gen["task"]))
+             if m == "oracle-expert" and t == common.task_name("cheetah-vel", v)]
+        assert len(j) == 1 and torch.equal(gen["params"][j[0]], s["params"][s["return"].argmax()].float())
+        assert ("oracle-expert", common.task_name("cheetah-vel", v)) in by
+    assert res["made_from"]["oracle/vel-0.6.pt"]  # an oracle retrained makes the evaluation stale
+    mem = res["memorisation"]
+    assert mem["nearest-expert"]["to nearest checkpoint"] == 0.0  # a training checkpoint itself
+    assert mem["hyplatent"]["to nearest checkpoint"] > 0 and mem["consecutive checkpoints of one expert"] > 0
+    assert res["train_velocities"] == [0.3, 1.5]
+
+    # an oracle from another parent is refused with one line
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    s = torch.load(copy / "oracle" / "vel-0.6.pt", weights_only=True)
+    s["made_from"] = {"parent.pt": "another"}
+    torch.save(s, copy / "oracle" / "vel-0.6.pt")
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--scale", "smoke", "--run-dir", str(copy)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "vel-0.6.pt: fine-tuned from another parent" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
+def test_videos_render_frames_that_move(cheetah_chain, tmp_path):
+    """A few frames of a generated policy, headless (MUJOCO_GL=egl): not blank, changing over time."""
+    run, _ = cheetah_chain
+    code = f"""
+import torch, numpy as np, common, videos
+g = torch.load({str(run / 'generated.pt')!r}, weights_only=True)
+env = common.make_eval_env('cheetah-vel', 1.2, episode=0, render=True)
+env.max_steps = 12
+frames, res = videos.episode_frames(g['params'][0], env, g['policy'], 'cheetah-vel', 'hyplatent #0')
+a = [np.asarray(f.convert('RGB'), dtype=float) for f in frames]
+print(len(a), a[0].shape, min(x[20:].std() for x in a), np.abs(a[0] - a[-1]).mean(), res['achieved_velocity'])
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, MUJOCO_GL="egl"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.split()  # frames, shape, smallest std of a frame, mean change first -> last, velocity
+    assert out[0] == "6" and out[1:4] == ["(240,", "320,", "3)"]  # every 2nd of 12 steps
+    assert float(out[4]) > 10  # no frame is blank (below the caption bar)
+    assert float(out[5]) > 0.5  # the picture changed between the first and the last frame
+
+
+def test_videos_without_opengl_one_line(cheetah_chain, tmp_path):
+    run, _ = cheetah_chain
+    r = subprocess.run([sys.executable, str(ROOT / "videos.py"), str(run / "generated.pt"), "--per-task", "1",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, MUJOCO_GL="no-such-backend"))
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert "cannot render" in r.stderr and "MUJOCO_GL=egl" in r.stderr
