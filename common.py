@@ -172,6 +172,8 @@ MW_GOALS = 50  # goal configurations metaworld.MT1 draws per task and seed
 # MetaWorld evaluation goals are drawn with this seed; stage 0 refuses seeds whose training or rollout goal
 # seeds would equal it, so evaluation goals never appear in training or conditioning.
 EVAL_GOAL_SEED = 2024
+# ...and the goals on which evaluate.py's top-k picks its k best policies (never scored, never trained on)
+SELECT_GOAL_SEED = 2025
 
 
 def check_metaworld_tasks(tasks: list[str]) -> list[str]:

@@ -26,7 +26,7 @@ POINTS = [  # (name, marker printed by the chain, seconds to wait after it)
     ("stage 0, children", "stage 0: 2 tasks", 4.0),
     ("stage 0, oracle experts", "== stage 0 (oracle experts", 6.0),
     ("stage 1 autoencoder", "== stage 1 (autoencoder", 8.0),
-    ("stage 2 HypLatent", "== stage 2 (HypLatent", 15.0),
+    ("stage 2 HypLatent", "== stage 2 (HypLatent", 4.0),
     ("stage 3 HypFormer", "== stage 3 (HypFormer", 10.0),
     ("evaluation", "== evaluation", 3.5),
 ]
@@ -80,6 +80,7 @@ def rows(run: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", default="/tmp/kill-sweep")
+    ap.add_argument("--points", nargs="*", help="only the kill points whose name contains one of these")
     args = ap.parse_args()
     base = Path(args.runs)
     shutil.rmtree(base, ignore_errors=True)
@@ -92,11 +93,14 @@ def main() -> None:
           "live processes after | results equal the uninterrupted run |")
     print("|---|---|---|---|---|---|---|")
     for name, marker, delay in POINTS:
+        if args.points and not any(p in name for p in args.points):
+            continue
         runs = base / name.replace(" ", "_").replace(",", "")
         rc, out, killed = chain(runs, (marker, delay))
         run = runs / "cheetah-vel-smoke"
         time.sleep(2)
-        files = sorted(q.name for q in run.glob("*.pt")) + [f"stage0/{len(list(run.glob('stage0/*.pt')))} files"]
+        files = sorted(q.name for q in run.glob("*.pt")) + [f"{d}/{len(list(run.glob(d + '/*.pt')))} files"
+                                                             for d in ("stage0", "oracle")]
         temps, partial = leftovers(run)
         rc2, out2, _ = chain(runs)
         orphans = live_processes(runs)

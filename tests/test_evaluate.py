@@ -101,6 +101,11 @@ def test_top_k_on_a_hand_made_list():
     assert ev.top_k(rates, 3) == pytest.approx((1 + 1 + 0.5) / 3)
     assert ev.top_k(rates, 5) == pytest.approx((1 + 1 + 0.5 + 0.5 + 0.25) / 5)
     assert ev.top_k(rates, 10) == pytest.approx(np.mean(rates))  # fewer than k: all of them
+    # honest: the k are picked on other goals; here those rank the two perfect policies last
+    select = [1.0, 0.0, 1.0, 0.5, 0.0, 0.5, 0.5]
+    assert ev.top_k(rates, 1, select) == 0.0  # policy 0 (tie with policy 2: the earlier one)
+    assert ev.top_k(rates, 3, select) == pytest.approx((0.0 + 0.5 + 0.5) / 3)  # policies 0, 2, 3
+    assert ev.top_k(rates, 5, select) == pytest.approx((0 + 0.5 + 0.5 + 0 + 0.25) / 5)  # 0, 2, 3, 5, 6
 
 
 def test_metaworld_goals_same_across_runs_and_processes():

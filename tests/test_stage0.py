@@ -232,10 +232,15 @@ def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
             env.set_task(g)
             out.append(env.reset()[0][-3:].round(6).tobytes())
         return set(out)
-    evaluation = goal_obs(common.EVAL_GOAL_SEED)
-    assert len(evaluation) > 40  # 50 mostly different goals
+    evaluation, selection = goal_obs(common.EVAL_GOAL_SEED), goal_obs(common.SELECT_GOAL_SEED)
+    assert len(evaluation) > 40 and len(selection) > 40  # 50 mostly different goals
+    assert not evaluation & selection  # top-k never picks on a scored goal
     for name in ("training", "checkpoint rollouts (later: conditioning)", "demonstrations"):
         assert not evaluation & goal_obs(seeds[name]), name
+        assert not selection & goal_obs(seeds[name]), name
+    # a seed whose goal seeds would be the selection goals' is refused like one hitting the evaluation goals'
+    with pytest.raises(SystemExit, match="2024 or 2025, the evaluation and top-k selection goals' seeds"):
+        s0.validate(s0.Args(suite="metaworld", seed=1025))  # parent demonstrations of the 2nd task: 1025 + 1000
 
 
 def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
