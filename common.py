@@ -428,11 +428,11 @@ def load_stage0(run_dir: str | Path, suite: str, scale: str) -> list[dict]:
     shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success",
                                                "settings", "made_from"), spec=suite_spec(suite), suite=suite,
                             scale=scale) for p in paths]
-    for p, s in zip(paths[1:], shards[1:]):
+    for p, s in zip(paths, shards):
         if s["made_from"] != shards[0]["made_from"]:
             raise SystemExit(f"error: {p}: fine-tuned from another parent than {paths[0].name} (mixed run directory)")
         check_settings(p, s["settings"], shards[0]["settings"])
-        if len(s["params"]) != len(s["step"]):
+        if len(s["params"]) != len(s["step"]):  # every shard, the first too
             raise SystemExit(f"error: {p}: {len(s['params'])} params rows for {len(s['step'])} steps")
     if suite == "cheetah-vel":
         shards.sort(key=lambda s: s["target_velocity"])

@@ -124,3 +124,33 @@ def test_unwritable_run_directory_fails_before_the_work(tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, (script, r.stderr)
         assert "cannot write to the run directory" in r.stderr, (script, r.stderr)
+
+
+def test_shard_whose_params_do_not_match_its_steps_is_refused(cheetah_chain, tmp_path):
+    import shutil
+
+    import torch
+
+    run, _ = cheetah_chain
+    shutil.copytree(run / "stage0", tmp_path / "stage0")
+    s = torch.load(tmp_path / "stage0" / "vel-0.3.pt", weights_only=True)
+    s["params"] = s["params"][:-1]
+    torch.save(s, tmp_path / "stage0" / "vel-0.3.pt")
+    with pytest.raises(SystemExit, match=r"vel-0.3.pt: 3 params rows for 4 steps"):
+        common.load_stage0(tmp_path, "cheetah-vel", "smoke")
+
+
+def test_evaluation_killed_before_results_json_is_made_again(cheetah_chain, tmp_path):
+    """The chain's skip check reads results.json, written last: outputs written before a kill never
+    make an unfinished evaluation look finished."""
+    import shutil
+
+    run, _ = cheetah_chain
+    shutil.copytree(run, tmp_path / "run", symlinks=True)
+    (tmp_path / "run" / "results.json").unlink()  # killed after results.md and the figure, before results.json
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "--scale", "smoke", "--run-dir", str(tmp_path / "run"),
+           "--skip-done", "--no-progress"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "skipped" not in r.stdout and (tmp_path / "run" / "results.json").exists()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "is up to date" in r.stdout and "skipped" in r.stdout
