@@ -136,7 +136,8 @@ def test_bad_options_one_line_error(smoke_copy, script, flags, message):
     (s2, ["--widths", "64"], "--widths needs at least two positive widths"),
     (s3, ["--steps", "-1"], "--steps must be > 0; got -1"),
     (s3, ["--heads", "3"], "--width 256 is not a multiple of --heads 3"),
-    (ev, ["--suite", "metaworld", "--goals", "60"], "MetaWorld has 50 evaluation goal configurations"),
+    (ev, ["--suite", "metaworld", "--goals", "60"], "--goals 60: MetaWorld has 50 goal configurations per seed"),
+    (ev, ["--suite", "metaworld", "--select-goals", "0"], "--select-goals must be > 0; got 0"),
     (ev, ["--episodes", "0"], "--episodes must be > 0; got 0"),
 ])
 def test_bad_options_refused_before_any_work(module, flags, message):
