@@ -50,7 +50,10 @@ def episode_frames(params: torch.Tensor, env, spec: dict, suite: str, label: str
         success = max(success, float(info.get("success", 0.0)))
         vel.append(info.get("x_velocity", 0.0))
         if t % FRAME_EVERY == 0 or done:
-            img = Image.fromarray(np.ascontiguousarray(env.render()))
+            frame = env.render()
+            if suite == "metaworld":  # its corner camera renders upside down (metaworld issue #516): flip rows
+                frame = frame[::-1]
+            img = Image.fromarray(np.ascontiguousarray(frame))
             text = (f"{label}  v*={env.target:g}  achieved {np.mean(vel):.2f}  t={t}" if suite == "cheetah-vel"
                     else f"{label}  t={t}  {'SUCCESS' if success else 'no success yet'}")
             draw = ImageDraw.Draw(img)
