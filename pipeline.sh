@@ -14,7 +14,7 @@
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
 #   bash pipeline.sh seeds      # the quick chain for SEEDS (default "1 2 3"), then aggregate.py over them
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
-#                               # 40-velocity sweep (after `seeds`; see README "Velocity ablation")
+#                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
 # AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
@@ -54,6 +54,7 @@ if [ "$SCALE" = ablation ]; then
   # them); run directory <seed run>/n<N> links N shards into its stage0/ and the test velocities' shards
   # into its oracle/, then runs stages 1-3 and the evaluation there.
   nested() { python -c "import common; print(*common.cheetah_nested_velocities()[$1])"; }
+  shard_files() { python -c "import common, sys; print(*(common.task_name('cheetah-vel', v) + '.pt' for v in sys.argv[1:]))" "$@"; }
   DIRS=() BASES=()
   for s in ${SEEDS:-1 2 3}; do
     BASE="$RUNS/cheetah-vel-$AB-seed$s"
@@ -66,11 +67,10 @@ if [ "$SCALE" = ablation ]; then
     for n in 20 25 35; do
       mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
       ln -sfn ../parent.pt "$BASE/n$n/parent.pt"
-      for v in $(nested ":$n"); do
-        f=$(python -c "import common; print(common.task_name('cheetah-vel', $v))").pt
+      for f in $(shard_files $(nested ":$n")); do
         if [ -f "$BASE/stage0/$f" ]; then ln -sfn "../../stage0/$f" "$BASE/n$n/stage0/$f"; else ln -sfn "../../oracle/$f" "$BASE/n$n/stage0/$f"; fi
       done
-      for f in $(python -c "import common; print(*[common.task_name('cheetah-vel', v) + '.pt' for v in common.CHEETAH_TEST])"); do
+      for f in $(shard_files $(python -c 'import common; print(*common.CHEETAH_TEST)')); do
         ln -sfn "../../oracle/$f" "$BASE/n$n/oracle/$f"
       done
       SEED=$s RUN_DIR="$BASE/n$n" VELOCITIES="$(nested ":$n")" AMT_NO_VENV=1 bash "$0" "$AB"
