@@ -135,7 +135,7 @@ def load_chain(args: Args) -> dict:
     made_from = {"autoencoder.pt": c["ae_art"]["uid"]}
     if suite == "metaworld":
         c["phi"], c["be"] = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
-        common.check_made_from(run / "behavior_embed.pt", c["be"], common.shard_ids(c["shards"]))
+        common.check_made_from(run / "behavior_embed.pt", c["be"], {**common.shard_ids(c["shards"]), **made_from})
         made_from["behavior_embed.pt"] = c["be"]["uid"]
     c["G"], c["hl_art"] = load_generator(run / args.hyplatent, suite, scale)
     common.check_made_from(run / args.hyplatent, c["hl_art"], made_from)

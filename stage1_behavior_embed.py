@@ -13,9 +13,11 @@ training only and forgets it at inference).
 
 Cheetah-Vel conditions on the target velocity, so this stage has nothing to do there and says so.
 
-Trains on the shards of `train_tasks` (default: the seen tasks present); writes h and v for the rollout
-of every checkpoint of every shard (seen and unseen) to `<run_dir>/behavior_embed.pt`. Later stages
-import `Phi`, `load_behavior_embed` and `embed_trajectories` from this file.
+Trains on the stage-0 rollouts of exactly the checkpoints the autoencoder trained on (its `train` mask in
+`autoencoder.pt`, so stage 1a runs first): the seen tasks' checkpoints less the autoencoder's held-out
+ones. No stage sees a held-out checkpoint or its rollout, which is what lets the evaluation condition on
+them. Writes h and v for the rollout of every checkpoint of every shard (seen, held-out and unseen) to
+`<run_dir>/behavior_embed.pt`. Later stages import `Phi`, `load_behavior_embed` and `embed_trajectories`.
 
     python stage1_behavior_embed.py --suite metaworld
 """
@@ -25,13 +27,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+from stage1_autoencoder import load_autoencoder
 
 
 @dataclass
@@ -41,22 +44,21 @@ class Args:
     scale: Literal["smoke", "quick", "paper"] = "quick"
     """sets the defaults of the options below (listed above); a flag given explicitly wins"""
     run_dir: str = "runs/cheetah-vel-quick"
-    """reads <run_dir>/stage0/*.pt, writes <run_dir>/behavior_embed.pt (default: runs/<suite>-<scale>)"""
+    """reads <run_dir>/stage0/*.pt and autoencoder.pt, writes <run_dir>/behavior_embed.pt (default:
+    runs/<suite>-<scale>)"""
     seed: int = 1
-    train_tasks: Optional[list[str]] = None
-    """tasks whose rollouts train the embedding (None: the seen tasks among the shards)"""
     embed_dim: int = 128
     steps: int = 2000
     """gradient steps"""
     batch_size: int = 128
     lr: float = 3e-4
     skip_done: bool = False
-    """do nothing if behavior_embed.pt was made with these settings from these shards (pipeline.sh sets it)"""
+    """do nothing if behavior_embed.pt was made with these settings from these inputs (pipeline.sh sets it)"""
     progress: bool = True
 
 
 SCALES = {"smoke": dict(steps=50), "paper": dict(steps=20_000)}
-FORMAT = "amt-hyp/behavior-embed v2"
+FORMAT = "amt-hyp/behavior-embed v3"  # v3: trained on the autoencoder's training checkpoints only
 
 
 class Phi(nn.Module):
@@ -116,8 +118,6 @@ def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
 
 def validate(args: Args) -> None:
     common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr"))
-    if args.train_tasks:
-        common.check_metaworld_tasks(args.train_tasks)
 
 
 def main(args: Args) -> None:
@@ -129,27 +129,27 @@ def main(args: Args) -> None:
     run = common.prepare_run_dir(args.run_dir)
     path = run / "behavior_embed.pt"
     shards = common.load_stage0(run, args.suite, args.scale)
-    made_from = common.shard_ids(shards)
+    _, ae = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)
+    common.check_made_from(run / "autoencoder.pt", ae, common.shard_ids(shards))
+    made_from = {**common.shard_ids(shards), "autoencoder.pt": ae["uid"]}
     if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
-        print(f"stage 1 behaviour embedding: {path} is up to date (same settings, same shards); skipped")
+        print(f"stage 1 behaviour embedding: {path} is up to date (same settings, same inputs); skipped")
         return
     common.seed_everything(args.seed)
     t0 = time.time()
     names = [s["task"] for s in shards]
-    train_tasks = args.train_tasks or [t for t in names if t in common.MW_SEEN]
-    common.check_metaworld_tasks(train_tasks)
-    missing = [t for t in train_tasks if t not in names]
-    if not train_tasks or missing:
-        raise SystemExit(f"error: {run / 'stage0'}: no shard for training task(s) "
-                         f"{', '.join(missing) or '(none given)'}; shards: {', '.join(names)}")
     traj = torch.cat([s["traj"] for s in shards])
     post = torch.cat([s["post_success"] for s in shards])
     task_of = torch.cat([torch.full((len(s["step"]),), i) for i, s in enumerate(shards)])
-    is_train = torch.tensor([names[i] in train_tasks for i in task_of.tolist()])
+    if ae["tasks"] != names or not torch.equal(ae["task_index"], task_of):
+        raise SystemExit(f"error: {run / 'autoencoder.pt'}: lists other checkpoints than {run / 'stage0'}; re-run stage 1")
+    is_train = ae["train"]  # the autoencoder's training checkpoints: seen tasks, its hold-out removed
+    train_tasks = ae["train_tasks"]
     t_lo, t_hi = fit_scaling(traj[is_train])
     p_lo, p_hi = fit_scaling(post[is_train])
     traj_s, post_s = scale_to_unit(traj, t_lo, t_hi), scale_to_unit(post, p_lo, p_hi)
-    print(f"stage 1 behaviour embedding: {int(is_train.sum())} rollouts of {len(train_tasks)} training tasks; "
+    print(f"stage 1 behaviour embedding: trains on the rollouts of the autoencoder's {int(is_train.sum())} training "
+          f"checkpoints ({len(train_tasks)} tasks; its {int(ae['heldout'].sum())} held-out ones left out); "
           f"embedding {len(traj)} rollouts of {len(shards)} tasks")
 
     phi, psi = Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
@@ -184,7 +184,7 @@ def main(args: Args) -> None:
            "config": asdict(args), "train_tasks": train_tasks,
            "phi": phi.state_dict(), "psi": psi.state_dict(), "W": W.detach(),
            "scaling": {"traj_lo": t_lo, "traj_hi": t_hi, "post_lo": p_lo, "post_hi": p_hi},
-           "h": h, "v": v, "task_index": task_of, "tasks": names,
+           "h": h, "v": v, "task_index": task_of, "tasks": names, "train": is_train,
            "checkpoint_step": torch.cat([s["step"] for s in shards]),
            "success": torch.cat([s["success"] for s in shards]),
            "metrics": {"final_loss": loss.item(), "task_retrieval": acc}, "seconds": time.time() - t0}

@@ -194,7 +194,7 @@ def training_pairs(run_dir: str | Path, suite: str, scale: str) -> dict:
         cond = torch.tensor([[velocity[ae["tasks"][i]]] for i in ae["task_index"].tolist()])
     else:
         _, be = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
-        common.check_made_from(run / "behavior_embed.pt", be, common.shard_ids(shards))
+        common.check_made_from(run / "behavior_embed.pt", be, {**common.shard_ids(shards), **made_from})
         cond, made_from["behavior_embed.pt"] = be["h"], be["uid"]
     train = ae["train"]
     return {"Z": ae["latents"].flatten(1)[train], "cond": cond[train], "task_index": ae["task_index"][train],

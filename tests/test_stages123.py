@@ -243,6 +243,12 @@ def test_chain_artifacts(cheetah_chain, metaworld_chain):
     _, art = s1a.load_autoencoder(run / "autoencoder.pt", "metaworld", "smoke")
     unseen = torch.tensor([art["tasks"][i] == "drawer-close-v3" for i in art["task_index"].tolist()])
     assert unseen.any() and not art["train"][unseen].any()
+    # phi trains on the rollouts of the autoencoder's training checkpoints only: its held-out checkpoints
+    # (the evaluation's conditioning rollouts come from them) and the unseen tasks stay out, scaling included
+    assert torch.equal(be["train"], art["train"]) and art["heldout"].any() and not be["train"][art["heldout"]].any()
+    traj = torch.cat([s["traj"] for s in common.load_stage0(run, "metaworld", "smoke")])
+    lo = traj[art["train"]].min(0).values
+    assert torch.equal(be["scaling"]["traj_lo"], lo) and not torch.equal(lo, traj.min(0).values)
 
 
 def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path, monkeypatch):
