@@ -87,6 +87,9 @@ class Args:
     """MetaWorld: fixed evaluation goal configurations each policy runs on (MAA: 2; at most 50)"""
     select_goals: int = 2
     """MetaWorld: goal configurations (another seed, never scored) on which top-k picks its k policies"""
+    baselines: bool = True
+    """MetaWorld: also run the baselines (expert, checkpoints, their round trips, parent); --no-baselines runs
+    the generated policies only (the token ablation, pipeline.sh mw-tokens)"""
     success_only: bool = True
     """MetaWorld: condition on successful rollouts only (smoke scale: any, since its experts rarely succeed)"""
     jobs: int = 0
@@ -430,6 +433,8 @@ def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
             z_pred, grad_pred = hf(sample_latents(G, c, chain["hf_art"]["num_tokens"], generator=g), c)
             for m, p in (("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))):
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
+        if not args.baselines:
+            continue
         if name in be["train_tasks"]:
             s = shards[name]
             best = s["params"][int(torch.argmax(s["success"] * 1e6 + s["return"]))][None]  # most successful, then best return
@@ -593,6 +598,8 @@ def validate(args: Args) -> list[float]:
         if getattr(args, name) > common.MW_GOALS:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)}: MetaWorld has {common.MW_GOALS} "
                              "goal configurations per seed")
+    if args.suite == "cheetah-vel" and not args.baselines:
+        raise SystemExit("error: --no-baselines is a MetaWorld option (Cheetah-Vel's baselines are cheap)")
     return common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
 
 
@@ -661,6 +668,8 @@ def main(args: Args) -> None:
            "config": asdict(args), "seed": args.seed}
     if args.suite == "cheetah-vel":
         res.update(train_velocities=generated["train_velocities"], memorisation=mem)
+    else:  # what aggregate.py groups MetaWorld runs by
+        res.update(seen=generated["seen"], num_tokens=chain["hf_art"]["num_tokens"])
     common.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
     print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {', '.join(out_name(n) for n in ('generated.pt', 'results.md', figure[0], 'results.json'))} in {run}")
 

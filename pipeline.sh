@@ -15,6 +15,10 @@
 #   bash pipeline.sh seeds      # the quick chain for SEEDS (default "1 2 3"), then aggregate.py over them
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
+#   bash pipeline.sh mw-seeds [quick]   # MetaWorld: stages 1-3 + evaluation for MW_SEEDS (default "1 2") on one
+#                               # stage 0 (seed 1's), then aggregate.py       -> runs/metaworld-quick-aggregate
+#   bash pipeline.sh mw-tokens [quick]  # Fig. 5: stage 3 + evaluation (no baselines) for each L of TOKENS, per
+#                               # seed of MW_SEEDS, then aggregate.py --tokens -> runs/metaworld-quick-tokens
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
 # AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
@@ -81,6 +85,36 @@ if [ "$SCALE" = ablation ]; then
   exec python aggregate.py "${BASES[@]}" --tag sweep --out "$RUNS/cheetah-vel-$AB-sweep"
 fi
 
+if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
+  AB=${2:-quick}
+  BASE="$RUNS/metaworld-$AB"  # seed 1's chain; its stage 0 is every seed's (DESIGN.md section 12)
+  AMT_NO_VENV=1 bash "$0" "mw-$AB"
+  DIRS=()
+  for s in ${MW_SEEDS:-1 2}; do
+    DIR=$BASE
+    if [ "$s" != 1 ]; then
+      DIR="$BASE-seed$s"
+      mkdir -p "$DIR"
+      ln -sfn "$(realpath "$BASE")/parent.pt" "$DIR/parent.pt"
+      ln -sfn "$(realpath "$BASE")/stage0" "$DIR/stage0"
+      SEED=$s RUN_DIR="$DIR" FROM_STAGE=1 AMT_NO_VENV=1 bash "$0" "mw-$AB"
+    fi
+    DIRS+=("$DIR")
+    if [ "$SCALE" = mw-tokens ]; then
+      # the paper's Fig. 5 list is 8 ... 512; L = 8 is the chain's own hypformer.pt (results.json)
+      for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 4 32)}; do
+        C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress --skip-done)
+        python stage3_hypformer.py "${C[@]}" --num-tokens "$L" --out "hypformer-L$L.pt"
+        python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" --tag "L$L" --no-baselines
+      done
+    fi
+  done
+  if [ "$SCALE" = mw-tokens ]; then
+    exec python aggregate.py "${DIRS[@]}" --tokens --out "$RUNS/metaworld-$AB-tokens"
+  fi
+  exec python aggregate.py "${DIRS[@]}" --out "$RUNS/metaworld-$AB-aggregate"
+fi
+
 TASKS=()
 case "$SCALE" in
   smoke | quick | paper) SUITE=cheetah-vel ;;
@@ -103,8 +137,12 @@ stage() {  # stage NAME COMMAND...: run a stage and print its wall time
   echo "== $name: done in $(( $(date +%s) - t ))s"
 }
 
-stage "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
-if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
+if [ -n "${FROM_STAGE:-}" ]; then  # FROM_STAGE=1: stage 0's shards are already in $RUN (another seed's, linked)
+  echo "== stage 0: skipped (FROM_STAGE=$FROM_STAGE); using $RUN/stage0"
+else
+  stage "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
+fi
+if [ "$SUITE" = cheetah-vel ] && [ -z "${FROM_STAGE:-}" ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
   stage "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
     --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
 fi

@@ -72,10 +72,57 @@ def test_aggregate_refuses_mixed_settings_and_repeated_seeds(tmp_path):
     with pytest.raises(SystemExit, match="evaluated with other settings \\(episodes\\)"):
         agg.main(agg.Args(runs=[str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "out")))
     fake_results(tmp_path / "c", 1, {"hyplatent": (-1, -2)})
-    with pytest.raises(SystemExit, match="two run directories of seed 1"):
+    with pytest.raises(SystemExit, match="two evaluations of seed 1"):
         agg.main(agg.Args(runs=[str(tmp_path / "a"), str(tmp_path / "c")], out=str(tmp_path / "out")))
     with pytest.raises(SystemExit, match="not found"):
         agg.main(agg.Args(runs=[str(tmp_path / "nothing")], out=str(tmp_path / "out")))
+
+
+def fake_mw_results(path: Path, seed: int, scores: dict, L: int = 8, tag: str = ""):
+    """A MetaWorld results[-tag].json: {method: (seen average, unseen average)} (per task rows: the same)."""
+    rows = []
+    for m, (seen, unseen) in scores.items():
+        for task, split, score in (("door-open-v3", "seen", seen), ("drawer-close-v3", "unseen", unseen)):
+            if score is not None:
+                rows += [{"method": m, "task": task, "score": score, "n_policies": 1, "n_episodes": 2},
+                         {"method": m, "task": f"average-{split}", "score": score, "n_policies": 1, "n_episodes": 2}]
+    rows.append({"method": "paper:MAA", "task": "average-seen", "score": 99.0, "n_policies": 0, "n_episodes": 0})
+    path.mkdir(parents=True, exist_ok=True)
+    settings = {"scale": "smoke", "seed": seed, "goals": 2, "tag": tag, "hypformer": f"hypformer-L{L}.pt" if tag else "hypformer.pt"}
+    (path / (f"results-{tag}.json" if tag else "results.json")).write_text(json.dumps({
+        "suite": "metaworld", "rows": rows, "settings": settings, "seed": seed, "made_from": {},
+        "seen": ["door-open-v3"], "num_tokens": L}))
+
+
+def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
+    # seed 1: HypFormer 50/20, parent 40/30; seed 2: 70/30, 45/20 (L = 8, with baselines); L = 2 without them
+    fake_mw_results(tmp_path / "s1", 1, {"hypformer": (50.0, 20.0), "parent": (40.0, 30.0), "hyplatent": (45.0, 10.0)})
+    fake_mw_results(tmp_path / "s2", 2, {"hypformer": (70.0, 30.0), "parent": (45.0, 20.0), "hyplatent": (55.0, 10.0)})
+    fake_mw_results(tmp_path / "s1", 1, {"hypformer": (10.0, 0.0), "hyplatent": (45.0, 10.0)}, L=2, tag="L2")
+    fake_mw_results(tmp_path / "s2", 2, {"hypformer": (20.0, 10.0), "hyplatent": (55.0, 10.0)}, L=2, tag="L2")
+    runs = [str(tmp_path / "s1"), str(tmp_path / "s2")]
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "seeds")))
+    res = json.loads((tmp_path / "seeds" / "results.json").read_text())
+    assert list(res) == ["L8"]  # without --tokens only results.json is read
+    g = res["L8"]
+    assert g["cells"]["hypformer|average-seen"]["mean"] == 60.0
+    assert g["cells"]["hypformer|average-seen"]["ci95"] == pytest.approx(12.706 * np.std([50, 70], ddof=1) / np.sqrt(2), abs=1e-3)
+    d = g["pairs"]["hypformer - parent (seen)"]  # 10 and 25: mean 17.5, s = 10.607, half-width 12.706 * 7.5 = 95.3
+    assert d["per_seed"] == [10.0, 25.0] and d["ci95"] == pytest.approx(95.295, abs=1e-2)
+    assert d["verdict"].startswith("no difference")  # two seeds rarely decide anything
+    assert "paper:MAA|average-seen" not in g["cells"]
+    assert "door-open-v3 |" in (tmp_path / "seeds" / "results.md").read_text()
+    agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
+    res = json.loads((tmp_path / "tokens" / "results.json").read_text())
+    assert list(res) == ["L2", "L8"] and res["L2"]["cells"]["hypformer|average-unseen"]["mean"] == 5.0
+    assert "parent|average-seen" not in res["L2"]["cells"]  # L2 ran without baselines
+    assert (tmp_path / "tokens" / "tokens.png").stat().st_size > 5_000
+    fake_mw_results(tmp_path / "s2", 2, {"hypformer": (20.0, 10.0)}, L=8, tag="L8")  # L = 8 twice for seed 2
+    with pytest.raises(SystemExit, match="two evaluations of seed 2 for L = 8"):
+        agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
+    fake_results(tmp_path / "cv", 3, {"hyplatent": (-1, -2)})
+    with pytest.raises(SystemExit, match="several suites"):
+        agg.main(agg.Args(runs=[*runs, str(tmp_path / "cv")], out=str(tmp_path / "x")))
 
 
 def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
