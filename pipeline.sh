@@ -87,7 +87,7 @@ fi
 
 if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
   AB=${2:-quick}
-  BASE="$RUNS/metaworld-$AB"  # seed 1's chain; its stage 0 is every seed's (DESIGN.md section 12)
+  BASE="$RUNS/metaworld-$AB"  # seed 1's chain; its stage 0 is every seed's (DESIGN.md section 13)
   AMT_NO_VENV=1 bash "$0" "mw-$AB"
   DIRS=()
   for s in ${MW_SEEDS:-1 2}; do
