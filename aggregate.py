@@ -268,7 +268,7 @@ def plot_ablation(groups: dict, path: Path) -> None:
                         ls="--" if m == "oracle-expert" else "-", color="k" if m == "oracle-expert" else None)
     ax.set_xlabel("number of training velocities (nested subsets)")
     ax.set_ylabel("mean return at the test velocities")
-    ax.set_title("Cheetah-Vel: test return vs training velocities (bars: 95% t interval over seeds)")
+    ax.set_title("Cheetah-Vel: test return vs training velocities\n(bars: 95% t interval over seeds)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
