@@ -36,7 +36,7 @@ import numpy as np
 import tyro
 
 import common
-from evaluate import METHODS, MW_METHODS
+from evaluate import METHODS, MW_METHODS, MW_ROWS
 
 # 0.975 quantiles of Student's t by degrees of freedom (a df between two entries takes the smaller df's,
 # which is the larger, conservative value)
@@ -50,7 +50,6 @@ PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("dec
 MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("hypformer", "hyplatent", "seen"),
             ("decoded-checkpoints", "checkpoints", "seen"), ("hyplatent", "decoded-checkpoints", "seen"),
             ("hyplatent", "parent", "unseen"), ("hypformer", "parent", "unseen"), ("hypformer", "hyplatent", "unseen")]
-MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}{o}" for m in ("hyplatent", "hypformer") for k in (10, 5) for o in ("", "-optimistic"))]
 NAMES = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
          "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
          "interpolated-expert": "interpolated expert", "parent": "parent",

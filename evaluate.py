@@ -337,6 +337,8 @@ PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
                  ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
                  ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
 MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
+# every MetaWorld row name: the methods, then top-k of the generated ones (picked on other goals; optimistic)
+MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}{o}" for m in ("hyplatent", "hypformer") for k in (5, 10) for o in ("", "-optimistic"))]
 
 
 def top_k(rates: np.ndarray, k: int, select: np.ndarray | None = None) -> float:
@@ -484,8 +486,7 @@ def metaworld_rows(generated: dict, success: np.ndarray, select: np.ndarray) -> 
                                      "score": 100 * top_k(rate[sel], k), "n_episodes": int(success.shape[1])})
     for split, names in (("seen", [t for t in dict.fromkeys(generated["task"]) if t in generated["seen"]]),
                          ("unseen", [t for t in dict.fromkeys(generated["task"]) if t not in generated["seen"]])):
-        for m in [*MW_METHODS, *(f"{m}@top{k}{o}" for m in ("hyplatent", "hypformer") for k in (5, 10)
-                                 for o in ("", "-optimistic"))]:
+        for m in MW_ROWS:
             scores = [r["score"] for r in rows if r["method"] == m and r["task"] in names]
             if scores:
                 rows.append({"method": m, "task": f"average-{split}", "score": float(np.mean(scores)),
