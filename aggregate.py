@@ -36,7 +36,8 @@ import numpy as np
 import tyro
 
 import common
-from evaluate import METHODS, MW_METHODS, MW_ROWS
+from evaluate import METHODS
+from evaluate_metaworld import MW_METHODS, MW_ROWS
 
 # 0.975 quantiles of Student's t by degrees of freedom (a df between two entries takes the smaller df's,
 # which is the larger, conservative value)

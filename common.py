@@ -317,6 +317,7 @@ def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | Non
 # ----------------------------------------------------------------------------------------------------
 
 STAGE0_FORMAT = "amt-hyp/stage0-shard v2"
+GENERATED_FORMAT = "amt-hyp/generated v1"  # evaluate.py's generated.pt (read by videos.py too)
 PARENT_FORMAT = "amt-hyp/stage0-parent v2"
 # options that change where or how fast a stage runs, never what it computes
 RUNTIME_FIELDS = ("run_dir", "jobs", "threads", "torch_threads", "device", "progress", "save_every", "skip_done")

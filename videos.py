@@ -98,7 +98,7 @@ def render(generated: dict, out: Path, per_task: int) -> list[dict]:
 def main(args: Args) -> None:
     if args.per_task < 1:
         raise SystemExit(f"error: --per-task must be at least 1 (got {args.per_task})")
-    g = common.load_artifact(args.generated, "amt-hyp/generated v1", ("params", "method", "task", "policy"))
+    g = common.load_artifact(args.generated, common.GENERATED_FORMAT, ("params", "method", "task", "policy"))
     render(g, Path(args.out) if args.out else Path(args.generated).parent / "videos", args.per_task)
 
 

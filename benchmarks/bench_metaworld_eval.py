@@ -2,7 +2,7 @@
 same machine:
 1. bare: the evaluation's environments (same tasks, goals and number of processes, `MAX_ENVS` per
    process) stepped with random actions and nothing else: the ceiling;
-2. lockstep: `evaluate.run_episodes` on the same episodes with random flat policies (one batched forward
+2. lockstep: `evaluate_metaworld.run_episodes` on the same episodes with random flat policies (one batched forward
    per step per process, early stopping on; random policies rarely succeed, so nearly every episode runs
    its 500 steps and the step counts of 1 and 2 match).
 Both include starting the processes and building the environments. The issue's aim: 2 at >= 70% of 1.
@@ -23,13 +23,13 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
-import evaluate  # noqa: E402
+import evaluate_metaworld  # noqa: E402
 
 
 @dataclass
 class Args:
     episodes: int = 256
-    """episodes in all (spread over the workers in chunks of at most evaluate.MAX_ENVS)"""
+    """episodes in all (spread over the workers in chunks of at most evaluate_metaworld.MAX_ENVS)"""
     workers: int = 2
     tasks: tuple[str, ...] = ("door-open-v3", "drawer-open-v3", "button-press-v3", "reach-wall-v3")
 
@@ -52,7 +52,7 @@ def main(args: Args) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     jobs = [(args.tasks[i % len(args.tasks)], common.EVAL_GOAL_SEED, i % common.MW_GOALS) for i in range(args.episodes)]
-    n_chunks = args.workers * -(-len(jobs) // (args.workers * evaluate.MAX_ENVS))
+    n_chunks = args.workers * -(-len(jobs) // (args.workers * evaluate_metaworld.MAX_ENVS))
     chunks = [[jobs[i] for i in c] for c in np.array_split(np.arange(len(jobs)), n_chunks)]
 
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def main(args: Args) -> None:
     torch.manual_seed(0)
     params = torch.randn(len(jobs), common.num_params(common.suite_spec("metaworld"))) * 0.1
     t0 = time.perf_counter()
-    out = evaluate.run_episodes(params, jobs, args.workers)
+    out = evaluate_metaworld.run_episodes(params, jobs, args.workers)
     seconds = time.perf_counter() - t0
     lock_steps = bare_steps  # the same episodes; random policies: successes end a few early (printed)
     lock = lock_steps / seconds

@@ -11,6 +11,7 @@ import torch
 
 import common
 import evaluate as ev
+import evaluate_metaworld as mw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
         assert avg == pytest.approx(np.mean(per_v))
     assert {x["method"] for x in rows if x["method"].startswith("paper:")} == {n for n, _ in ev.PAPER_ROWS}
 
-    gen = common.load_artifact(run / "generated.pt", ev.GENERATED_FORMAT, ("params", "method", "task", "target_velocity"),
+    gen = common.load_artifact(run / "generated.pt", common.GENERATED_FORMAT, ("params", "method", "task", "target_velocity"),
                                spec=common.policy_spec(17, 6), suite="cheetah-vel")
     k = len(gen["method"])
     assert gen["params"].shape == (k, 20_364) and len(gen["task"]) == k and gen["target_velocity"].shape == (k,)
@@ -97,15 +98,36 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
 
 def test_top_k_on_a_hand_made_list():
     rates = [0.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.25]
-    assert ev.top_k(rates, 1) == 1.0
-    assert ev.top_k(rates, 3) == pytest.approx((1 + 1 + 0.5) / 3)
-    assert ev.top_k(rates, 5) == pytest.approx((1 + 1 + 0.5 + 0.5 + 0.25) / 5)
-    assert ev.top_k(rates, 10) == pytest.approx(np.mean(rates))  # fewer than k: all of them
+    assert mw.top_k(rates, 1) == 1.0
+    assert mw.top_k(rates, 3) == pytest.approx((1 + 1 + 0.5) / 3)
+    assert mw.top_k(rates, 5) == pytest.approx((1 + 1 + 0.5 + 0.5 + 0.25) / 5)
+    assert mw.top_k(rates, 10) == pytest.approx(np.mean(rates))  # fewer than k: all of them
     # honest: the k are picked on other goals; here those rank the two perfect policies last
     select = [1.0, 0.0, 1.0, 0.5, 0.0, 0.5, 0.5]
-    assert ev.top_k(rates, 1, select) == 0.0  # policy 0 (tie with policy 2: the earlier one)
-    assert ev.top_k(rates, 3, select) == pytest.approx((0.0 + 0.5 + 0.5) / 3)  # policies 0, 2, 3
-    assert ev.top_k(rates, 5, select) == pytest.approx((0 + 0.5 + 0.5 + 0 + 0.25) / 5)  # 0, 2, 3, 5, 6
+    assert mw.top_k(rates, 1, select) == 0.0  # policy 0 (tie with policy 2: the earlier one)
+    assert mw.top_k(rates, 3, select) == pytest.approx((0.0 + 0.5 + 0.5) / 3)  # policies 0, 2, 3
+    assert mw.top_k(rates, 5, select) == pytest.approx((0 + 0.5 + 0.5 + 0 + 0.25) / 5)  # 0, 2, 3, 5, 6
+
+
+def test_top_k_selection_episodes_run_for_generated_policies_only(monkeypatch):
+    # 3 policies: a HypLatent one, a parent, a HypFormer one; 2 evaluation goals, 3 selection goals
+    generated = {"method": ["hyplatent", "parent", "hypformer"], "task": ["a", "a", "b"],
+                 "params": torch.arange(3.0)[:, None].repeat(1, 2)}
+    seen = {}
+
+    def fake_run_episodes(params, jobs, workers, desc=""):
+        seen["params"], seen["jobs"] = params[:, 0].tolist(), jobs
+        return {"success": np.arange(len(jobs), dtype=float)}  # episode j "succeeds" j times: traceable
+
+    monkeypatch.setattr(mw, "run_episodes", fake_run_episodes)
+    success, select = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False)
+    E, S = common.EVAL_GOAL_SEED, common.SELECT_GOAL_SEED
+    assert seen["jobs"] == [("a", E, 0), ("a", E, 0), ("b", E, 0), ("a", E, 1), ("a", E, 1), ("b", E, 1),
+                            ("a", S, 0), ("b", S, 0), ("a", S, 1), ("b", S, 1), ("a", S, 2), ("b", S, 2)]
+    assert seen["params"] == [0, 1, 2, 0, 1, 2, 0, 2, 0, 2, 0, 2]  # each job runs its own policy
+    assert success.tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert select[0].tolist() == [6, 8, 10] and select[2].tolist() == [7, 9, 11]
+    assert np.isnan(select[1]).all()  # the parent is never ranked, so never run on selection goals
 
 
 def test_metaworld_goals_same_across_runs_and_processes():
@@ -210,13 +232,13 @@ def test_early_stop_on_real_checkpoints_of_both_suites(metaworld_chain, cheetah_
 
 def test_run_episodes_chunks_keep_the_order(monkeypatch):
     """Episodes split into chunks over 2 processes come back in job order, equal to one lockstep run."""
-    monkeypatch.setattr(ev, "MAX_ENVS", 2)  # 5 jobs -> 4 chunks of <= 2
+    monkeypatch.setattr(mw, "MAX_ENVS", 2)  # 5 jobs -> 4 chunks of <= 2
     torch.manual_seed(4)
     spec = common.policy_spec(39, 4)
     params = torch.randn(5, common.num_params(spec)) * 0.3
     jobs = [("door-open-v3", 2, 0), ("drawer-close-v3", 2, 1), ("door-open-v3", common.EVAL_GOAL_SEED, 1),
             ("reach-wall-v3", 2, 3), ("drawer-close-v3", common.EVAL_GOAL_SEED, 0)]
-    out = ev.run_episodes(params, jobs, workers=2, record=True)
+    out = mw.run_episodes(params, jobs, workers=2, record=True)
     envs = [common.make_eval_env("metaworld", t, episode=i, goal_seed=g) for t, g, i in jobs]
     ref = common.run_lockstep(params, envs, spec, record=True, stop_when_decided=True)
     for k in ("return", "success", "traj", "post_success"):
@@ -252,6 +274,6 @@ def test_metaworld_tables(metaworld_chain):
     md = (run / "results.md").read_text()
     assert "Table I" in md and "Table II" in md and "Table III" in md and "(printed in the paper)" in md
     assert (run / "pca_latents.png").exists()
-    gen = common.load_artifact(run / "generated.pt", ev.GENERATED_FORMAT, ("params", "method", "task"),
+    gen = common.load_artifact(run / "generated.pt", common.GENERATED_FORMAT, ("params", "method", "task"),
                                spec=common.policy_spec(39, 4), suite="metaworld")
     assert gen["params"].shape[0] == len(gen["method"]) == len(gen["task"])
