@@ -375,13 +375,16 @@ def main(args: Args) -> None:
         if generated is not None:
             args.goals, args.select_goals = generated["goals"], generated.get("select_goals", args.select_goals)
         generated = generated or generate_metaworld(args, chain, workers)
+        n_ranked = sum(m in ("hyplatent", "hypformer") for m in generated["method"])  # top-k's candidates
+        t_eval = time.time()
         rows = metaworld_rows(generated, *evaluate_metaworld(generated, args.goals, args.select_goals, workers,
                                                              args.progress))
+        print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
         header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
                   f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal "
                   f"configurations (top-k picks its k on {args.select_goals} other goal configurations, never scored; "
                   f"the paper's way, picked on the scored episodes, is marked optimistic); {len(generated['method'])} "
-                  f"policies, {len(generated['method']) * (args.goals + args.select_goals)} "
+                  f"policies, {len(generated['method']) * args.goals + n_ranked * args.select_goals} "
                   "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
                   "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "
                   "training data) come from SAC with scripted demonstrations; the paper's data was SAC alone.")

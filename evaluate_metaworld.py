@@ -17,6 +17,7 @@ success (and, for a conditioning rollout, its recorded features) is decided.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +98,7 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
     With `success_only`, only successful rollouts count, and a task short of `conditions` after one round of
     `conditions` rollouts gets a second round. Returns {task: {"h", "step", "goal", "attempts", "successes"}}."""
     out = {t: {"h": [], "step": [], "goal": [], "attempts": 0, "successes": 0} for t in unused}
+    t0 = time.time()
     for rnd in range(2 if args.success_only else 1):
         params, jobs, meta = [], [], []
         for t, rows in unused.items():
@@ -121,6 +123,7 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
             o["successes"] += int(r["success"][i] > 0)
             if (r["success"][i] > 0 or not args.success_only) and len(o["h"]) < args.conditions:
                 o["h"].append(h[i]), o["step"].append(int(shards[t]["step"][c])), o["goal"].append(goal)
+    print(f"conditioning rollouts: {sum(o['attempts'] for o in out.values())} episodes in {time.time() - t0:.0f}s")
     return out
 
 
