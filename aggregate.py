@@ -48,9 +48,11 @@ PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("dec
          ("hyplatent", "nearest-expert"), ("hypformer", "interpolated-expert"), ("oracle-expert", "hyplatent"),
          ("oracle-expert", "hypformer"), ("oracle-expert", "interpolated-expert")]
 # MetaWorld: (a, b, split) differences of the split's average success
-MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("hypformer", "hyplatent", "seen"),
+# (the seen-task chain: data vs parent, autoencoder, generation, HypFormer; unseen: vs parent and the oracle)
+MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("checkpoints", "parent", "seen"),
             ("decoded-checkpoints", "checkpoints", "seen"), ("hyplatent", "decoded-checkpoints", "seen"),
-            ("hyplatent", "parent", "unseen"), ("hypformer", "parent", "unseen"), ("hypformer", "hyplatent", "unseen")]
+            ("hypformer", "hyplatent", "seen"), ("hyplatent", "parent", "unseen"), ("hypformer", "parent", "unseen"),
+            ("hypformer", "hyplatent", "unseen"), ("checkpoints", "hyplatent", "unseen")]
 NAMES = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
          "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
          "interpolated-expert": "interpolated expert", "parent": "parent",

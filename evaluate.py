@@ -72,9 +72,12 @@ class Args:
     from_generated: Optional[str] = None
     """re-evaluate the policies of a generated.pt instead of generating new ones (writes nothing)"""
     conditions: int = 100
-    """MetaWorld: conditioning embeddings (= generated policies per method) per task"""
+    """MetaWorld: conditioning embeddings (= generated policies per method) per task (quick: 25, README)"""
     goals: int = 2
     """MetaWorld: fixed evaluation goal configurations each policy runs on (MAA: 2; at most 50)"""
+    single_policy_goals: int = 20
+    """MetaWorld: evaluation goal configurations for the baselines with one policy per task (parent, expert,
+    decoded expert), whose rate would otherwise move in steps of 100/goals points (the first of the same list)"""
     select_goals: int = 2
     """MetaWorld: goal configurations (another seed, never scored) on which top-k picks its k policies"""
     baselines: bool = True
@@ -94,7 +97,9 @@ class Args:
     progress: bool = True
 
 
-SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False)}
+SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False, single_policy_goals=3),
+          # every failed MetaWorld episode runs 500 steps: 100 conditions took 1,562 s of evaluation (README)
+          "metaworld:quick": dict(conditions=25)}
 
 
 def nearest_expert(train_vels: list[float], v: float) -> int:
@@ -325,9 +330,9 @@ def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
 
 def validate(args: Args) -> list[float]:
     """Every option checked before any work starts; returns the Cheetah-Vel target velocities."""
-    common.check_options(args, positive=("policies_per_task", "episodes", "conditions", "goals", "select_goals", "threads"),
-                         nonnegative=("jobs",))
-    for name in ("goals", "select_goals"):
+    common.check_options(args, positive=("policies_per_task", "episodes", "conditions", "goals", "select_goals",
+                                          "single_policy_goals", "threads"), nonnegative=("jobs",))
+    for name in ("goals", "select_goals", "single_policy_goals"):
         if getattr(args, name) > common.MW_GOALS:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)}: MetaWorld has {common.MW_GOALS} "
                              "goal configurations per seed")
@@ -374,17 +379,19 @@ def main(args: Args) -> None:
         workers = args.jobs or os.cpu_count() or 1
         if generated is not None:
             args.goals, args.select_goals = generated["goals"], generated.get("select_goals", args.select_goals)
+            args.single_policy_goals = generated.get("single_policy_goals", args.goals)
         generated = generated or generate_metaworld(args, chain, workers)
-        n_ranked = sum(m in ("hyplatent", "hypformer") for m in generated["method"])  # top-k's candidates
         t_eval = time.time()
-        rows = metaworld_rows(generated, *evaluate_metaworld(generated, args.goals, args.select_goals, workers,
-                                                             args.progress))
+        success, select = evaluate_metaworld(generated, args.goals, args.select_goals, workers, args.progress,
+                                             args.single_policy_goals)
+        rows = metaworld_rows(generated, success, select)
         print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
         header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
                   f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal "
                   f"configurations (top-k picks its k on {args.select_goals} other goal configurations, never scored; "
-                  f"the paper's way, picked on the scored episodes, is marked optimistic); {len(generated['method'])} "
-                  f"policies, {len(generated['method']) * args.goals + n_ranked * args.select_goals} "
+                  f"the paper's way, picked on the scored episodes, is marked optimistic); the one-policy baselines "
+                  f"(parent, expert, decoded expert) on {args.single_policy_goals}; {len(generated['method'])} "
+                  f"policies, {int(np.isfinite(success).sum() + np.isfinite(select).sum())} "
                   "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
                   "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "
                   "training data) come from SAC with scripted demonstrations; the paper's data was SAC alone.")

@@ -8,7 +8,8 @@ too few); one HypLatent and one HypFormer policy per embedding, each run on `goa
 configurations (`set_task`, never `reset(seed=)`), success at any step. Baselines in the same run: the
 shared parent on every task; on seen tasks the best stage-0 checkpoint (`expert`) and its autoencoder round
 trip (`decoded-expert`), and every stage-0 checkpoint (`checkpoints`, the data stages 1-3 learn from) with
-its round trip (`decoded-checkpoints`): they tell which stage loses success. Top-k: the mean success of
+its round trip (`decoded-checkpoints`): they tell which stage loses success; on unseen tasks the task's own
+stage-0 checkpoints (`checkpoints`, SAC on the task itself, which no stage trained on): the oracle. Top-k: the mean success of
 the k best policies of a task, the k picked on `select_goals` other goal configurations that are never
 scored (the paper's way, picked on the scored episodes, is reported too, marked optimistic). The envs
 are spread over `--jobs` processes, each stepping its share in lockstep; an episode stops once its
@@ -45,6 +46,7 @@ PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
                  ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
                  ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
                  ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
+SINGLE = ("expert", "decoded-expert", "parent")  # one policy per task: only more goals sharpen its rate
 MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
 # every MetaWorld row name: the methods, then top-k of the generated ones (picked on other goals; optimistic)
 MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}{o}" for m in ("hyplatent", "hypformer") for k in (5, 10) for o in ("", "-optimistic"))]
@@ -148,16 +150,18 @@ def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         if not args.baselines:
             continue
+        s = shards[name]
         if name in be["train_tasks"]:
-            s = shards[name]
             best = s["params"][int(torch.argmax(s["success"] * 1e6 + s["return"]))][None]  # most successful, then best return
             for m, p in (("expert", best), ("decoded-expert", ae.decode(ae.encode(best))),
                          ("checkpoints", s["params"]), ("decoded-checkpoints", ae.decode(ae.encode(s["params"])))):
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
+        else:  # the oracle bound of zero-shot: the unseen task's own SAC checkpoints (no stage trained on them)
+            params.append(s["params"]), method.extend(["checkpoints"] * len(s["params"])), task.extend([name] * len(s["params"]))
         params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
     return {"format": common.GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
             "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": args.goals,
-            "select_goals": args.select_goals,
+            "select_goals": args.select_goals, "single_policy_goals": args.single_policy_goals,
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
             "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
                                  "successes": c["successes"]} for t, c in cond.items()},
@@ -165,26 +169,32 @@ def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
 
 
 def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int,
-                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Success of every policy on every evaluation goal configuration [N, goals], and of every generated
+                       progress: bool = True, single_goals: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Success of every policy on every evaluation goal configuration [N, G], and of every generated
     policy on every top-k selection goal configuration [N, select_goals] (NaN for the baselines, which
-    top-k never ranks); one lockstep run for both."""
+    top-k never ranks); one lockstep run for both. A one-policy-per-task baseline (`SINGLE`) runs on
+    `single_goals` evaluation goals, every other policy on `goals`; G is the larger, and the goals a policy
+    did not run on are NaN (every policy's goals are the first of the same fixed list)."""
     n = len(generated["method"])
+    n_goals = [(single_goals or goals) if m in SINGLE else goals for m in generated["method"]]
     ranked = [i for i in range(n) if generated["method"][i] in ("hyplatent", "hypformer")]
-    jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for e in range(goals) for i in range(n)]
+    runs = [(i, e) for e in range(max(n_goals)) for i in range(n) if e < n_goals[i]]
+    jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in runs]
     jobs += [(generated["task"][i], common.SELECT_GOAL_SEED, e) for e in range(select_goals) for i in ranked]
-    params = torch.cat([generated["params"].repeat(goals, 1), generated["params"][ranked].repeat(select_goals, 1)])
-    out = run_episodes(params, jobs, workers, desc="evaluation" if progress else "")
-    success = out["success"][:goals * n].reshape(goals, n).T
+    order = [i for i, _ in runs] + [i for _ in range(select_goals) for i in ranked]
+    out = run_episodes(generated["params"][order], jobs, workers, desc="evaluation" if progress else "")
+    success = np.full((n, max(n_goals)), np.nan)
+    success[tuple(np.array(runs).T)] = out["success"][:len(runs)]
     select = np.full((n, select_goals), np.nan)
-    select[ranked] = out["success"][goals * n:].reshape(select_goals, len(ranked)).T
+    select[ranked] = out["success"][len(runs):].reshape(select_goals, len(ranked)).T
     return success, select
 
 
 def metaworld_rows(generated: dict, success: np.ndarray, select: np.ndarray) -> list[dict]:
     """Rows per task and method (success % on the evaluation goals), top-k both ways, split averages."""
     method, task = np.array(generated["method"]), np.array(generated["task"])
-    rate, select_rate = success.mean(1), select.mean(1)  # per policy, over goal configurations
+    rate, select_rate = np.nanmean(success, 1), select.mean(1)  # per policy, over its goal configurations
+    n_eps = np.isfinite(success).sum(1)  # evaluation episodes per policy
     rows, per = [], {}
     for name in dict.fromkeys(generated["task"]):
         for m in MW_METHODS:
@@ -192,13 +202,13 @@ def metaworld_rows(generated: dict, success: np.ndarray, select: np.ndarray) -> 
             if sel.any():
                 per[(m, name)] = rate[sel]
                 rows.append({"method": m, "task": name, "score": 100 * float(rate[sel].mean()),
-                             "n_policies": int(sel.sum()), "n_episodes": int(success.shape[1])})
+                             "n_policies": int(sel.sum()), "n_episodes": int(n_eps[sel].max())})
                 if m in ("hyplatent", "hypformer"):
                     for k in (5, 10):
                         rows.append({"method": f"{m}@top{k}", "task": name, "n_policies": min(k, int(sel.sum())),
-                                     "score": 100 * top_k(rate[sel], k, select_rate[sel]), "n_episodes": int(success.shape[1])})
+                                     "score": 100 * top_k(rate[sel], k, select_rate[sel]), "n_episodes": int(n_eps[sel].max())})
                         rows.append({"method": f"{m}@top{k}-optimistic", "task": name, "n_policies": min(k, int(sel.sum())),
-                                     "score": 100 * top_k(rate[sel], k), "n_episodes": int(success.shape[1])})
+                                     "score": 100 * top_k(rate[sel], k), "n_episodes": int(n_eps[sel].max())})
     for split, names in (("seen", [t for t in dict.fromkeys(generated["task"]) if t in generated["seen"]]),
                          ("unseen", [t for t in dict.fromkeys(generated["task"]) if t not in generated["seen"]])):
         for m in MW_ROWS:
@@ -206,7 +216,7 @@ def metaworld_rows(generated: dict, success: np.ndarray, select: np.ndarray) -> 
             if scores:
                 rows.append({"method": m, "task": f"average-{split}", "score": float(np.mean(scores)),
                              "n_policies": sum(r["n_policies"] for r in rows if r["method"] == m and r["task"] in names),
-                             "n_episodes": int(success.shape[1])})
+                             "n_episodes": max(r["n_episodes"] for r in rows if r["method"] == m and r["task"] in names)})
     for name, seen, unseen in PAPER_SUMMARY:
         rows.append({"method": f"paper:{name}", "task": "average-seen", "score": seen, "n_policies": 0, "n_episodes": 0})
         rows.append({"method": f"paper:{name}", "task": "average-unseen", "score": unseen, "n_policies": 0,
@@ -232,14 +242,14 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
         if not names:
             continue
         head = "| task | conditions | HypLatent | HypFormer | " + \
-            ("expert | decoded expert | all checkpoints | decoded checkpoints | " if split == "seen" else "") + \
-               "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
+            ("expert | decoded expert | all checkpoints | decoded checkpoints | " if split == "seen" else
+             "own checkpoints (oracle) | ") + "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
             cells = [conditions_cell(generated, t), f("hyplatent", t), f("hypformer", t)]
-            cells += [f(m, t) for m in ("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")] \
-                if split == "seen" else []
+            cells += [f(m, t) for m in (("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")
+                                        if split == "seen" else ("checkpoints",))]
             cells += [f("parent", t), *map(str, p)]
             out.append(f"| {t} | " + " | ".join(cells) + " |")
         out.append("")
@@ -251,7 +261,8 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
     for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"), *top,
                      ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
                      ("decoded-expert", "decoded expert (its autoencoder round trip)"),
-                     ("checkpoints", "all stage-0 checkpoints of the task (the training data)"),
+                     ("checkpoints", "all stage-0 checkpoints of the task (seen: the training data; unseen: the "
+                                      "oracle, SAC on the task itself, which no stage trained on)"),
                      ("decoded-checkpoints", "their autoencoder round trips")):
         out.append(f"| {label} (measured) | {f(m, 'average-seen')} | {f(m, 'average-unseen')} |")
     for name, seen, unseen in PAPER_SUMMARY:

@@ -128,6 +128,19 @@ def test_top_k_selection_episodes_run_for_generated_policies_only(monkeypatch):
     assert success.tolist() == [[0, 3], [1, 4], [2, 5]]
     assert select[0].tolist() == [6, 8, 10] and select[2].tolist() == [7, 9, 11]
     assert np.isnan(select[1]).all()  # the parent is never ranked, so never run on selection goals
+    # the one-policy baselines (here the parent) run on more evaluation goals: the first 4 of the same list
+    success, select = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False,
+                                            single_goals=4)
+    assert seen["jobs"][:8] == [("a", E, 0), ("a", E, 0), ("b", E, 0), ("a", E, 1), ("a", E, 1), ("b", E, 1),
+                                ("a", E, 2), ("a", E, 3)]
+    assert seen["params"] == [0, 1, 2, 0, 1, 2, 1, 1, 0, 2]
+    assert np.array_equal(success, [[0, 3, np.nan, np.nan], [1, 4, 6, 7], [2, 5, np.nan, np.nan]], equal_nan=True)
+    assert select[:, 0].tolist()[::2] == [8, 9]
+    nan = np.nan  # a rate per policy over the goals it ran on; episodes counted per method
+    rows = {(r["method"], r["task"]): r for r in mw.metaworld_rows(
+        {**generated, "seen": ["a"]}, np.array([[0, 1, nan, nan], [1, 0, 0, 1], [1, 1, nan, nan]]), np.ones((3, 1)))}
+    assert rows[("parent", "a")]["n_episodes"] == 4 and rows[("hyplatent", "a")]["n_episodes"] == 2
+    assert rows[("parent", "a")]["score"] == 50.0 and rows[("hypformer", "b")]["score"] == 100.0
 
 
 def test_metaworld_goals_same_across_runs_and_processes():
@@ -252,8 +265,11 @@ def test_metaworld_tables(metaworld_chain):
     by = {(x["method"], x["task"]): x for x in res["rows"]}
     for m in ("hyplatent", "hypformer", "parent"):
         assert (m, "door-open-v3") in by and (m, "drawer-close-v3") in by
-    for m in ("expert", "decoded-expert", "checkpoints", "decoded-checkpoints"):  # seen tasks only
+    for m in ("expert", "decoded-expert", "decoded-checkpoints"):  # seen tasks only
         assert (m, "door-open-v3") in by and (m, "drawer-close-v3") not in by
+    # unseen tasks: their own stage-0 checkpoints (no stage trained on them) are the oracle row
+    assert by[("checkpoints", "drawer-close-v3")]["n_policies"] == 2
+    assert "own checkpoints (oracle)" in (run / "results.md").read_text()
     gen = torch.load(run / "generated.pt", weights_only=True)
     # one policy per conditioning rollout (smoke: 3 per task, successful or not), each from a checkpoint no
     # stage trained on: smoke keeps 2 checkpoints per task, the autoencoder holds out 1 of a seen task's,
@@ -267,6 +283,8 @@ def test_metaworld_tables(metaworld_chain):
         assert c["checkpoint_step"] == [held_out[k % len(held_out)] for k in range(3)]
         assert c["goal"] == [k // len(held_out) for k in range(3)] and c["attempts"] == 3
     assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 3
+    assert by[("parent", "drawer-close-v3")]["n_episodes"] == 3 == by[("expert", "door-open-v3")]["n_episodes"]
+    assert by[("hyplatent", "drawer-close-v3")]["n_episodes"] == 2  # smoke: one-policy baselines on 3 goals, others 2
     assert by[("checkpoints", "door-open-v3")]["n_policies"] == by[("decoded-checkpoints", "door-open-v3")]["n_policies"] == 2
     for split, tasks in (("seen", ["door-open-v3", "drawer-open-v3"]), ("unseen", ["drawer-close-v3"])):
         avg = by[("hypformer", f"average-{split}")]["score"]
