@@ -74,10 +74,11 @@ class Args:
     conditions: int = 100
     """MetaWorld: conditioning embeddings (= generated policies per method) per task (quick: 25, README)"""
     goals: int = 2
-    """MetaWorld: fixed evaluation goal configurations each policy runs on (MAA: 2; at most 50)"""
+    """MetaWorld: evaluation goal configurations each policy runs on (MAA: 2; at most 50): policy j of a
+    task on goals goals*j, goals*j + 1, ... of the task's fixed list of single_policy_goals (cyclically)"""
     single_policy_goals: int = 20
-    """MetaWorld: evaluation goal configurations for the baselines with one policy per task (parent, expert,
-    decoded expert), whose rate would otherwise move in steps of 100/goals points (the first of the same list)"""
+    """MetaWorld: the task's fixed list of evaluation goal configurations; the baselines with one policy per
+    task (parent, expert, decoded expert) run on all of it (with 2 goals their rate could only be 0/50/100)"""
     select_goals: int = 2
     """MetaWorld: goal configurations (another seed, never scored) on which top-k picks its k policies"""
     baselines: bool = True
@@ -387,10 +388,11 @@ def main(args: Args) -> None:
         rows = metaworld_rows(generated, success, select)
         print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
         header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
-                  f"embedding (up to {args.conditions} per task), each on {args.goals} fixed evaluation goal "
-                  f"configurations (top-k picks its k on {args.select_goals} other goal configurations, never scored; "
+                  f"embedding (up to {args.conditions} per task), each on {args.goals} of the task's "
+                  f"{max(args.goals, args.single_policy_goals)} fixed evaluation goal configurations (policy j on "
+                  f"goals {args.goals}j, {args.goals}j+1, ... cyclically, so every method covers the same goals; top-k picks its k on {args.select_goals} other goal configurations, never scored; "
                   f"the paper's way, picked on the scored episodes, is marked optimistic); the one-policy baselines "
-                  f"(parent, expert, decoded expert) on {args.single_policy_goals}; {len(generated['method'])} "
+                  f"(parent, expert, decoded expert) on all {args.single_policy_goals}; {len(generated['method'])} "
                   f"policies, {int(np.isfinite(success).sum() + np.isfinite(select).sum())} "
                   "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
                   "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "

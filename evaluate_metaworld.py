@@ -3,17 +3,19 @@
 
 MetaWorld: per task (seen and unseen), up to `conditions` behaviour embeddings h of successful rollouts of
 that task's checkpoints that no stage trained on (seen tasks: the autoencoder's held-out checkpoints; unseen
-tasks: all), rolled out here on stage 0's goal configurations (stage 0 records one rollout per checkpoint,
-too few); one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed evaluation goal
-configurations (`set_task`, never `reset(seed=)`), success at any step. Baselines in the same run: the
-shared parent on every task; on seen tasks the best stage-0 checkpoint (`expert`) and its autoencoder round
-trip (`decoded-expert`), and every stage-0 checkpoint (`checkpoints`, the data stages 1-3 learn from) with
-its round trip (`decoded-checkpoints`): they tell which stage loses success; on unseen tasks the task's own
-stage-0 checkpoints (`checkpoints`, SAC on the task itself, which no stage trained on): the oracle. Top-k: the mean success of
-the k best policies of a task, the k picked on `select_goals` other goal configurations that are never
-scored (the paper's way, picked on the scored episodes, is reported too, marked optimistic). The envs
-are spread over `--jobs` processes, each stepping its share in lockstep; an episode stops once its
-success (and, for a conditioning rollout, its recorded features) is decided.
+tasks: all), rolled out here on stage 0's goal configurations (stage 0 records one rollout per checkpoint, too
+few); one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed evaluation goal
+configurations (`set_task`, never `reset(seed=)`), success at any step; policy j of a task runs on goals
+j*goals, j*goals + 1, ... (cyclically) of the task's list of `single_goals`, so that every method is scored
+over the same goals. Baselines in the same run: the shared parent on every task; on seen tasks the best
+stage-0 checkpoint (`expert`) and its autoencoder round trip (`decoded-expert`), and every stage-0 checkpoint
+(`checkpoints`, the data stages 1-3 learn from) with its round trip (`decoded-checkpoints`): they tell which
+stage loses success; on unseen tasks the task's own stage-0 checkpoints (`checkpoints`, SAC on the task
+itself, which no stage trained on): the oracle. Top-k: the mean success of the k best policies of a task, the
+k picked on `select_goals` other goal configurations that are never scored (the paper's way, picked on the
+scored episodes, is reported too, marked optimistic). The envs are spread over `--jobs` processes, each
+stepping its share in lockstep; an episode stops once its success (and, for a conditioning rollout, its
+recorded features) is decided.
 """
 
 from __future__ import annotations
@@ -173,17 +175,27 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
     """Success of every policy on every evaluation goal configuration [N, G], and of every generated
     policy on every top-k selection goal configuration [N, select_goals] (NaN for the baselines, which
     top-k never ranks); one lockstep run for both. A one-policy-per-task baseline (`SINGLE`) runs on
-    `single_goals` evaluation goals, every other policy on `goals`; G is the larger, and the goals a policy
-    did not run on are NaN (every policy's goals are the first of the same fixed list)."""
+    `single_goals` evaluation goals, every other policy on `goals` of them; G is the larger, and the goals a
+    policy did not run on are NaN (all from the same fixed list of G; policy j of a method and task on goals
+    j*goals ... mod G, so each method's policies cover the list)."""
     n = len(generated["method"])
     n_goals = [(single_goals or goals) if m in SINGLE else goals for m in generated["method"]]
     ranked = [i for i in range(n) if generated["method"][i] in ("hyplatent", "hypformer")]
-    runs = [(i, e) for e in range(max(n_goals)) for i in range(n) if e < n_goals[i]]
+    width = max(goals, single_goals or goals)  # the task's list of evaluation goals (with or without baselines)
+    # Policy j of a (method, task) group runs on goals j*g ... j*g + g - 1 (mod width), so that the policies
+    # of one method cover the same list as a one-policy baseline, which runs on all of it; with one fixed
+    # pair of goals shared by all policies, the pair's difficulty would never average out, and the methods
+    # would be scored on different goals. The HypLatent and HypFormer policies of one condition share goals.
+    j, count = [], {}
+    for key in zip(generated["method"], generated["task"]):
+        j.append(count.get(key, 0))
+        count[key] = j[-1] + 1
+    runs = [(i, (j[i] * n_goals[i] + e) % width) for e in range(width) for i in range(n) if e < n_goals[i]]
     jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in runs]
     jobs += [(generated["task"][i], common.SELECT_GOAL_SEED, e) for e in range(select_goals) for i in ranked]
     order = [i for i, _ in runs] + [i for _ in range(select_goals) for i in ranked]
     out = run_episodes(generated["params"][order], jobs, workers, desc="evaluation" if progress else "")
-    success = np.full((n, max(n_goals)), np.nan)
+    success = np.full((n, width), np.nan)
     success[tuple(np.array(runs).T)] = out["success"][:len(runs)]
     select = np.full((n, select_goals), np.nan)
     select[ranked] = out["success"][len(runs):].reshape(select_goals, len(ranked)).T

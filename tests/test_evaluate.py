@@ -143,6 +143,31 @@ def test_top_k_selection_episodes_run_for_generated_policies_only(monkeypatch):
     assert rows[("parent", "a")]["score"] == 50.0 and rows[("hypformer", "b")]["score"] == 100.0
 
 
+def test_policies_of_one_method_cover_the_goal_list(monkeypatch):
+    # 3 HypLatent and 3 HypFormer policies (one per condition) and the parent of one task; goals 2 of a
+    # list of 4: policy j on goals 2j, 2j+1 (mod 4), the two methods' policy j on the same goals
+    generated = {"method": ["hyplatent"] * 3 + ["hypformer"] * 3 + ["parent"], "task": ["a"] * 7,
+                 "params": torch.arange(7.0)[:, None]}
+    seen = {}
+
+    def fake_run_episodes(params, jobs, workers, desc=""):
+        seen["pairs"] = list(zip(params[:, 0].int().tolist(), [e for _, _, e in jobs]))
+        return {"success": np.arange(len(jobs), dtype=float)}
+
+    monkeypatch.setattr(mw, "run_episodes", fake_run_episodes)
+    success, _ = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False, single_goals=4)
+    ran = [sorted(e for i, e in seen["pairs"][:-6] if i == p) for p in range(7)]  # the last 6: selection goals
+    assert ran == [[0, 1], [2, 3], [0, 1], [0, 1], [2, 3], [0, 1], [0, 1, 2, 3]]
+    assert [np.flatnonzero(np.isfinite(row)).tolist() for row in success] == ran
+    for p, e in seen["pairs"][:-6]:  # every episode's success lands in its own policy's row and goal's column
+        assert success[p, e] == seen["pairs"].index((p, e))
+    # without the baselines (the Fig. 5 runs) the generated policies cover the same list of 4
+    monkeypatch.setitem(generated, "method", generated["method"][:6])
+    monkeypatch.setitem(generated, "task", generated["task"][:6])
+    success, _ = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False, single_goals=4)
+    assert [np.flatnonzero(np.isfinite(row)).tolist() for row in success] == ran[:6]
+
+
 def test_metaworld_goals_same_across_runs_and_processes():
     obs = [common.make_eval_env("metaworld", "door-open-v3", episode=e).reset()[0] for e in (0, 1)]
     again = common.make_eval_env("metaworld", "door-open-v3", episode=0).reset()[0]
