@@ -89,6 +89,8 @@ def verdict(m: float, h: float, a: str, b: str) -> str:
     """Higher return is better: a wins where the interval of a - b lies above 0, loses where below."""
     if np.isnan(h):
         return "one seed: no call"
+    if h == 0:  # every seed gave the same difference: rows no seed changes (MetaWorld's shared stage 0)
+        return "the same in every seed (not varied by the seeds): no call"
     return "no difference shown (interval contains 0)" if abs(m) <= h else (f"{a} better" if m > 0 else f"{b} better")
 
 

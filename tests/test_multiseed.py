@@ -29,6 +29,7 @@ def test_t_interval_by_hand():
     assert np.isnan(agg.mean_ci([7.0])[1])
     assert agg.verdict(1.0, 0.5, "a", "b") == "a better" and agg.verdict(-1.0, 0.5, "a", "b") == "b better"
     assert agg.verdict(0.3, 0.5, "a", "b").startswith("no difference")
+    assert agg.verdict(4.6, 0.0, "a", "b").endswith("no call")  # a zero-width interval is not a precise one
 
 
 def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), **settings):
