@@ -102,7 +102,8 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
       # the paper's Fig. 5 list is 8 ... 512; L = 8 is the chain's own hypformer.pt (results.json). Quick: 2 and 32
-      # (about 5 min of stage 3 and 8 min of evaluation each on 2 cores; TOKENS="2 4 16 32" for more points)
+      # (L = 2: stage 3 141 s and evaluation 672 s on 2 cores beside the tests; L = 32's stage 3 takes longer;
+      # TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
         C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress --skip-done)
         python stage3_hypformer.py "${C[@]}" --num-tokens "$L" --out "hypformer-L$L.pt"
