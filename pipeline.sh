@@ -39,6 +39,20 @@ if [ -z "${AMT_NO_VENV:-}" ]; then
   . .venv/bin/activate
 fi
 
+COMMIT=$(python -c 'import artifacts; print(artifacts.git_commit())' 2>/dev/null || echo unknown)
+stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall time, log it in RUN_DIR/provenance.jsonl
+  local run=$1 name=$2 t s
+  shift 2
+  t=$(date +%s)
+  echo "== $name: $*"
+  "$@"
+  s=$(( $(date +%s) - t ))
+  echo "== $name: done in ${s}s"
+  mkdir -p "$run"
+  printf '{"event": "stage", "stage": "%s", "command": "%s", "seconds": %d, "commit": "%s", "date": "%s"}\n' \
+    "$name" "$*" "$s" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$run/provenance.jsonl"
+}
+
 if [ "$SCALE" = test ]; then
   shift
   exec python -m pytest "$@"
@@ -64,9 +78,10 @@ if [ "$SCALE" = ablation ]; then
     BASE="$RUNS/cheetah-vel-$AB-seed$s"
     DIRS+=("$BASE") BASES+=("$BASE")
     SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$0" "$AB"
-    python stage0_collect_sac.py --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --shard-dir oracle \
-      --velocities $(nested 10:)
-    python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --skip-done --tag sweep \
+    stage_in "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
+      --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --shard-dir oracle --velocities $(nested 10:)
+    stage_in "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
+      --no-progress --skip-done --tag sweep \
       --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
     for n in 20 25 35; do
       mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
@@ -106,8 +121,10 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
       # TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
         C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress --skip-done)
-        python stage3_hypformer.py "${C[@]}" --num-tokens "$L" --out "hypformer-L$L.pt"
-        python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" --tag "L$L" --no-baselines
+        stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
+          --out "hypformer-L$L.pt"
+        stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" \
+          --tag "L$L" --no-baselines
       done
     fi
   done
@@ -130,14 +147,8 @@ if [ -n "${VELOCITIES:-}" ]; then TASKS=(--velocities $VELOCITIES); fi
 COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" --no-progress)
 
 T0=$(date +%s)
-stage() {  # stage NAME COMMAND...: run a stage and print its wall time
-  local name=$1 t
-  shift
-  t=$(date +%s)
-  echo "== $name: $*"
-  "$@"
-  echo "== $name: done in $(( $(date +%s) - t ))s"
-}
+python artifacts.py chain "$RUN" bash pipeline.sh "$@"
+stage() { stage_in "$RUN" "$@"; }
 
 if [ -n "${FROM_STAGE:-}" ]; then  # FROM_STAGE=1: stage 0's shards are already in $RUN (another seed's, linked)
   echo "== stage 0: skipped (FROM_STAGE=$FROM_STAGE); using $RUN/stage0"
