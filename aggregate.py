@@ -29,15 +29,16 @@ A difference is called a win or a loss only where its interval excludes zero.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import tyro
 
-import common
-from evaluate import METHODS
-from evaluate_metaworld import MW_METHODS, MW_ROWS
+import artifacts
+from methods import LABELS, METHODS, MW_METHODS, MW_ROWS, task_name
 
 # 0.975 quantiles of Student's t by degrees of freedom (a df between two entries takes the smaller df's,
 # which is the larger, conservative value)
@@ -53,11 +54,6 @@ MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("
             ("decoded-checkpoints", "checkpoints", "seen"), ("hyplatent", "decoded-checkpoints", "seen"),
             ("hypformer", "hyplatent", "seen"), ("hyplatent", "parent", "unseen"), ("hypformer", "parent", "unseen"),
             ("hypformer", "hyplatent", "unseen"), ("checkpoints", "hyplatent", "unseen")]
-NAMES = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
-         "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
-         "interpolated-expert": "interpolated expert", "parent": "parent",
-         "oracle-expert": "oracle expert (trained at v*: upper bound)"}
-
 
 @dataclass
 class Args:
@@ -69,6 +65,13 @@ class Args:
     """aggregate results-<tag>.json (e.g. `sweep`) instead of results.json"""
     tokens: bool = False
     """MetaWorld token ablation: every results.json and results-L<L>.json of the run directories, grouped by L"""
+    publish: Optional[str] = None
+    """also write a result page (e.g. results/cheetah-vel.md): provenance block, headline, full tables, and its
+    figures beside it as <page>-*.png"""
+    title: str = ""
+    """the page's title (default: from the suite, scale and tag)"""
+    readme: str = "README.md"
+    """with --publish: the README whose `<!-- headline: <page> -->` block is replaced by the page's headline"""
 
 
 def mean_ci(x) -> tuple[float, float]:
@@ -79,6 +82,16 @@ def mean_ci(x) -> tuple[float, float]:
     df = len(x) - 1
     t = T975[max(k for k in T975 if k <= df)]
     return float(x.mean()), float(t * x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def prediction_halfwidth(x) -> float:
+    """Half-width of the 95% prediction interval for one new run: t(0.975, n-1) s sqrt(1 + 1/n), centred on
+    the mean (nan with fewer than 2). What a user's own run of the chain should land in, 19 times in 20."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return float("nan")
+    t = T975[max(k for k in T975 if k <= len(x) - 1)]
+    return float(t * x.std(ddof=1) * np.sqrt(1 + 1 / len(x)))
 
 
 def fmt(m: float, h: float) -> str:
@@ -158,7 +171,7 @@ def aggregate_group(rs: list[dict]) -> dict:
             if not row["method"].startswith("paper:"):
                 scores.setdefault((row["method"], row["task"]), []).append(row["score"])
     n = len(rs)
-    cells = {f"{m}|{t}": {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v)))}
+    cells = {f"{m}|{t}": {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v))), "pi95": prediction_halfwidth(v)}
              for (m, t), v in scores.items() if len(v) == n}
     pairs = {}
     todo = [(a, b, "average") for a, b in PAIRS] if rs[0]["suite"] == "cheetah-vel" else \
@@ -183,14 +196,14 @@ def aggregate_group(rs: list[dict]) -> dict:
 
 
 def group_table(g: dict, vels: list[float]) -> str:
-    tasks = [common.task_name("cheetah-vel", v) for v in vels] + ["average"]
+    tasks = [task_name("cheetah-vel", v) for v in vels] + ["average"]
     methods = [m for m in METHODS if any(f"{m}|{t}" in g["cells"] for t in tasks)]
     cell = lambda m, t: fmt(g["cells"][f"{m}|{t}"]["mean"], g["cells"][f"{m}|{t}"]["ci95"]) if f"{m}|{t}" in g["cells"] else "-"  # noqa: E731
     if len(vels) <= 8:  # methods as rows (Table IV)
         lines = ["| method | " + " | ".join(f"v* = {v:g}" for v in vels) + " | average |", "|---" * (len(vels) + 2) + "|"]
-        lines += [f"| {NAMES[m]} | " + " | ".join(cell(m, t) for t in tasks) + " |" for m in methods]
+        lines += [f"| {LABELS[m]} | " + " | ".join(cell(m, t) for t in tasks) + " |" for m in methods]
     else:  # a sweep: velocities as rows
-        lines = ["| v* | " + " | ".join(NAMES[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        lines = ["| v* | " + " | ".join(LABELS[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
         lines += [f"| {t.removeprefix('vel-')} | " + " | ".join(cell(m, t) for m in methods) + " |" for t in tasks]
     lines += pairs_table(g)
     if g["memorisation"]:
@@ -200,10 +213,16 @@ def group_table(g: dict, vels: list[float]) -> str:
     return "\n".join(lines)
 
 
+def pair_label(key: str) -> str:
+    """`hyplatent - interpolated-expert (seen)` -> `HypLatent - interpolated expert (seen)`."""
+    short = {"hyplatent": "HypLatent", "hypformer": "HypFormer"}
+    return " - ".join(" ".join(short.get(w, w.replace("-", " ")) for w in part.split(" ")) for part in key.split(" - "))
+
+
 def pairs_table(g: dict) -> list[str]:
     lines = ["", "Paired differences of the averages (a - b, per seed, then mean ± 95% t interval):", "",
              "| a - b | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
-    return lines + [f"| {k} | {fmt(d['mean'], d['ci95'])} | {', '.join(f'{x:.2f}' for x in d['per_seed'])} | "
+    return lines + [f"| {pair_label(k)} | {fmt(d['mean'], d['ci95'])} | {', '.join(f'{x:.2f}' for x in d['per_seed'])} | "
                     f"{d['verdict']} |" for k, d in g["pairs"].items()]
 
 
@@ -235,22 +254,22 @@ def plot_velocity(groups: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     for ax, (key, g) in zip(axes[0], groups.items()):
-        vels, lows = velocities_of(g), []
+        vels = velocities_of(g)
         for m in METHODS:
-            pts = [(v, g["cells"][f"{m}|{common.task_name('cheetah-vel', v)}"]) for v in vels
-                   if f"{m}|{common.task_name('cheetah-vel', v)}" in g["cells"]]
+            pts = [(v, g["cells"][f"{m}|{task_name('cheetah-vel', v)}"]) for v in vels
+                   if f"{m}|{task_name('cheetah-vel', v)}" in g["cells"]]
             if not pts or m == "parent":
                 continue
             xs, cs = [p[0] for p in pts], [p[1] for p in pts]
-            ys, es = [c["mean"] for c in cs], [0 if np.isnan(c["ci95"]) else c["ci95"] for c in cs]
-            ax.errorbar(xs, ys, yerr=es, fmt="o--" if m == "oracle-expert" else "o-", capsize=3, label=m,
-                        color="k" if m == "oracle-expert" else None, ms=3)
-            lows += ys
+            ys, es = np.array([c["mean"] for c in cs]), np.array([0 if np.isnan(c["ci95"]) else c["ci95"] for c in cs])
+            line, = ax.plot(xs, ys, "o--" if m == "oracle-expert" else "o-", label=LABELS[m], ms=3,
+                            color="k" if m == "oracle-expert" else None)
+            ax.fill_between(xs, ys - es, ys + es, color=line.get_color(), alpha=0.15, lw=0)
         for tv in key:
             ax.axvline(tv, color="grey", lw=0.5, alpha=0.5)
         ax.set_xlabel("target velocity (grey lines: training velocities)")
         ax.set_ylabel("mean return over 200 steps")
-        ax.set_title(f"{len(key)} training velocities, {g['n_seeds']} seed(s); bars: 95% t interval")
+        ax.set_title(f"{len(key)} training velocities, {g['n_seeds']} seed(s); bands: 95% t interval of the mean")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -312,13 +331,144 @@ def plot_tokens(groups: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Result pages: provenance, headline, tables, figures (README: "Results")
+# ----------------------------------------------------------------------------------------------------
+
+HEADLINE = ("<!-- headline -->", "<!-- /headline -->")
+
+
+def headline(agg: dict, suite: str) -> str:
+    """The averages of every method (mean ± 95% CI, the 95% prediction interval of one new run, the seeds'
+    values) and the paired differences with their calls, per group: what the README copies."""
+    out = []
+    for g in agg.values():
+        if len(agg) > 1:
+            out += [f"**{len(g['train_velocities'])} training velocities**" if suite == "cheetah-vel" else
+                    f"**HypFormer with L = {g['num_tokens']}**", ""]
+        n = g["n_seeds"]
+        if suite == "cheetah-vel":
+            tasks, names, rows = ["average"], ["average return"], [m for m in METHODS if f"{m}|average" in g["cells"]]
+        else:
+            tasks, names = ["average-seen", "average-unseen"], ["seen success %", "unseen success %"]
+            rows = [m for m in MW_ROWS if any(f"{m}|{t}" in g["cells"] for t in tasks)]
+        head = "| method | " + " | ".join(f"{x}, mean ± 95% CI over {n} seeds | one new run (95% prediction)" for x in names)
+        out += [head + " |", "|---" * (1 + 2 * len(tasks)) + "|"]
+        for m in rows:
+            cells = []
+            for t in tasks:
+                c = g["cells"].get(f"{m}|{t}")
+                cells += ["-", "-"] if c is None else [fmt(c["mean"], c["ci95"]), "-" if np.isnan(c["pi95"]) else
+                                                       f"{c['mean'] - c['pi95']:.2f} to {c['mean'] + c['pi95']:.2f}"]
+            out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+        out += pairs_table(g) + [""]
+    return "\n".join(out).rstrip()
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def provenance_block(runs: list[dict], argv: list[str]) -> str:
+    """Who made the page and its runs: the command, commit and date of the aggregation; per run directory
+    its seed, the commits and dates of its stages and each stage's wall time (pipeline.sh's
+    provenance.jsonl, summed over invocations); the machines; the chain and stage commands."""
+    lines = ["## Provenance", "", f"- Page: `python aggregate.py {' '.join(argv)}` at commit "
+             f"{artifacts.git_commit()}, {artifacts.utc_now()}.",
+             "- Seeds: " + ", ".join(str(r["seed"]) for r in runs) + " (one run directory each)."]
+    machines, chains, stage_cmds, table, stage_names = {}, [], [], [], []
+    for r in runs:
+        recs = artifacts.read_records(r["dir"])
+        secs: dict = {}
+        for rec in recs:
+            if rec.get("event") == "chain":
+                key = json.dumps(rec.get("machine", {}), sort_keys=True)
+                machines.setdefault(key, rec.get("machine", {}))
+                env = " ".join(f"{k}={v}" for k, v in rec.get("env", {}).items() if k not in ("RUNS", "RUN_DIR"))
+                chains.append(f"{env} {rec['command']}".strip())
+            elif rec.get("event") == "stage":
+                secs[rec["stage"]] = secs.get(rec["stage"], 0) + rec["seconds"]
+                if rec["stage"] not in stage_names:
+                    stage_names.append(rec["stage"])
+                stage_cmds.append(rec["command"].replace(str(r["dir"]), "<run>").replace(f"--seed {r['seed']}", "--seed <s>"))
+        commits = sorted({rec.get("commit", "?") for rec in recs})
+        dates = sorted(rec["date"] for rec in recs if "date" in rec)
+        table.append((r, secs, commits, dates))
+    if not stage_names:
+        lines.append("- The run directories hold no provenance.jsonl (not made by pipeline.sh): commits, machine and "
+                     "wall times unknown.")
+        return "\n".join(lines)
+    lines += ["", "| run directory | seed | commit(s) | dates (UTC) | " + " | ".join(stage_names) + " | total |",
+              "|---" * (5 + len(stage_names)) + "|"]
+    for r, secs, commits, dates in table:
+        span = f"{dates[0][:16]} to {dates[-1][:16]}".replace("T", " ") if dates else "?"
+        lines.append(f"| {r['dir']} | {r['seed']} | {', '.join(commits)} | {span} | "
+                     + " | ".join(fmt_seconds(secs[s]) if s in secs else "-" for s in stage_names)
+                     + f" | {fmt_seconds(sum(secs.values()))} |")
+    lines += ["", "Wall time of each stage: the sum over its invocations (a resumed stage counts every part; a "
+              "stage skipped as up to date adds its few seconds of checks).", ""]
+    for m in machines.values():
+        lines.append(f"- Machine: {m.get('cores')} cores ({m.get('cpu')}), device {m.get('device')}, {m.get('os')}; "
+                     f"Python {m.get('python')}, " + ", ".join(f"{p} {m.get(p)}" for p in artifacts.PACKAGES) + ".")
+    lines += ["- Chains: " + "; ".join(f"`{c}`" for c in dict.fromkeys(chains)) + ".", "- Stage commands (per run "
+              "directory `<run>` and seed `<s>`):", "", "```", *dict.fromkeys(stage_cmds), "```"]
+    return "\n".join(lines)
+
+
+def write_page(page: Path, title: str, runs: list[dict], argv: list[str], head: str, body: str,
+               figures: dict) -> None:
+    """The result page: title, provenance, headline (between the HEADLINE markers), full tables, figures
+    (`figures`: {file name: writer}, written beside the page as <page stem>-<name>)."""
+    page.parent.mkdir(parents=True, exist_ok=True)
+    links = []
+    for name, draw in figures.items():
+        fig = page.with_name(f"{page.stem}-{name}")
+        artifacts.write_atomic(fig, draw)
+        links.append(f"![{name}]({fig.name})")
+    text = "\n".join([f"# {title}", "", "<!-- generated by aggregate.py from the run directories below; do not edit -->",
+                      "", provenance_block(runs, argv), "", "## Headline", "", HEADLINE[0], head, HEADLINE[1], "",
+                      "## Full tables", "", body.rstrip(), "", "## Figures", "", *links, ""])
+    artifacts.write_atomic(page, lambda p: p.write_text(text))
+
+
+def page_headline(text: str) -> str:
+    """The headline block of a page (between the HEADLINE markers), or '' when it has none."""
+    i, j = text.find(HEADLINE[0]), text.find(HEADLINE[1])
+    return text[i + len(HEADLINE[0]) : j].strip("\n") if 0 <= i < j else ""
+
+
+def readme_blocks(readme: str) -> list[tuple[str, int, int]]:
+    """(page path, start, end) of every `<!-- headline: PAGE -->` ... `<!-- /headline -->` block of a README
+    text; start and end delimit the block's content."""
+    out, pos = [], 0
+    while (i := readme.find("<!-- headline: ", pos)) >= 0:
+        k = readme.index("-->", i)
+        j = readme.index(HEADLINE[1], k)
+        out.append((readme[i + len("<!-- headline: ") : k].strip(), k + 3, j))
+        pos = j
+    return out
+
+
+def sync_readme(readme: Path, page: Path) -> bool:
+    """Copy the page's headline into the README's block that cites the page; False when it has none."""
+    if not readme.exists():
+        return False
+    text, head = readme.read_text(), page_headline(page.read_text())
+    for path, i, j in readme_blocks(text):
+        if (readme.parent / path).resolve() == page.resolve():
+            new = text[:i] + "\n" + head + "\n" + text[j:]
+            artifacts.write_atomic(readme, lambda p: p.write_text(new))
+            return True
+    return False
+
+
 def main(args: Args) -> None:
     if not args.runs:
         raise SystemExit("error: name at least one run directory")
     if args.tokens and args.tag:
         raise SystemExit("error: --tokens reads results.json and results-L<L>.json itself; give no --tag")
     groups = group_runs(load_runs(args.runs, args.tag, args.tokens))
-    out = common.prepare_run_dir(args.out)
+    out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
     suite = next(iter(groups.values()))[0]["suite"]
     md = []
@@ -337,17 +487,33 @@ def main(args: Args) -> None:
                    f"{', '.join(g['dirs'])}. Top-k rows without `-optimistic` pick their k on goals never scored.",
                    "", metaworld_table(g), ""]
     text = "\n".join(md)
-    common.write_atomic(out / f"results{sfx}.md", lambda p: p.write_text(text))
+    artifacts.write_atomic(out / f"results{sfx}.md", lambda p: p.write_text(text))
     if suite == "cheetah-vel":
-        common.write_atomic(out / f"return_vs_velocity{sfx}.png",
+        artifacts.write_atomic(out / f"return_vs_velocity{sfx}.png",
                             lambda p: plot_velocity({k: agg[str(len(k))] for k in groups}, p))
         if len(groups) > 1:
-            common.write_atomic(out / f"ablation{sfx}.png", lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p))
+            artifacts.write_atomic(out / f"ablation{sfx}.png", lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p))
     elif len(groups) > 1:
-        common.write_atomic(out / "tokens.png", lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p))
-    common.write_atomic(out / f"results{sfx}.json", lambda p: p.write_text(json.dumps(agg, indent=1)))
+        artifacts.write_atomic(out / "tokens.png", lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p))
+    artifacts.write_atomic(out / f"results{sfx}.json", lambda p: p.write_text(json.dumps(agg, indent=1)))
     print(text)
     print(f"aggregate: wrote results{sfx}.md, results{sfx}.json and figures in {out}")
+    if args.publish:
+        page = Path(args.publish)
+        runs = [r for rs in groups.values() for r in rs]
+        scale = runs[0]["settings"].get("scale", "")
+        title = args.title or (f"{'Cheetah-Vel' if suite == 'cheetah-vel' else 'MetaWorld'} at {scale} scale"
+                               + (f" ({args.tag})" if args.tag else "") + (": HypFormer tokens (Fig. 5)" if args.tokens else ""))
+        figures = {}
+        if suite == "cheetah-vel":
+            figures[f"return_vs_velocity{sfx}.png"] = lambda p: plot_velocity({k: agg[str(len(k))] for k in groups}, p)
+            if len(groups) > 1:
+                figures[f"ablation{sfx}.png"] = lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p)
+        elif len(groups) > 1:
+            figures["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
+        write_page(page, title, runs, sys.argv[1:], headline(agg, suite), text, figures)
+        synced = sync_readme(Path(args.readme), page)
+        print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 
 
 if __name__ == "__main__":

@@ -4,27 +4,24 @@ each model lives in the stage file that trains it, and a later stage imports it 
 - the generated policy: the SAC actor, its flat parameter layout, and a batched forward that runs P flat
   policies on P observation batches at once;
 - the environments (Cheetah-Vel, MetaWorld v3), the lockstep runner and MAA's rollout features;
-- artifacts: atomic save, validated load, provenance (scale, settings and the inputs an artifact was made
-  from), the stage-0 shards of a run directory;
 - command lines: the defaults of a scale, the run directory of a scale, range checks; seeding, devices.
+
+Saving, loading and checking artifacts, and the run directory's lock and provenance, are in artifacts.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import random
-import re
-import uuid
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from methods import task_name  # noqa: F401 - shard and row names; defined beside the row names (no torch there)
 
 # ----------------------------------------------------------------------------------------------------
 # The generated policy (DESIGN.md section 2)
@@ -222,11 +219,6 @@ def make_metaworld(task: str, render: bool = False):
     return ALL_V3_ENVIRONMENTS[task]()
 
 
-def task_name(suite: str, task) -> str:
-    """Shard name of a task: `vel-0.225` for Cheetah-Vel, the metaworld name for MetaWorld."""
-    return f"vel-{float(task):g}" if suite == "cheetah-vel" else str(task)
-
-
 def suite_spec(suite: str) -> dict:
     return policy_spec(CHEETAH_OBS, CHEETAH_ACT) if suite == "cheetah-vel" else policy_spec(MW_OBS, MW_ACT)
 
@@ -313,152 +305,6 @@ def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | Non
 
 
 # ----------------------------------------------------------------------------------------------------
-# Artifacts and their provenance (DESIGN.md section 10)
-# ----------------------------------------------------------------------------------------------------
-
-STAGE0_FORMAT = "amt-hyp/stage0-shard v2"
-GENERATED_FORMAT = "amt-hyp/generated v1"  # evaluate.py's generated.pt (read by videos.py too)
-PARENT_FORMAT = "amt-hyp/stage0-parent v2"
-# options that change where or how fast a stage runs, never what it computes
-RUNTIME_FIELDS = ("run_dir", "jobs", "threads", "torch_threads", "device", "progress", "save_every", "skip_done")
-
-
-def save_artifact(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file. Every
-    artifact gets a `uid`; a later artifact names the inputs it was made from by their uids (`made_from`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj.setdefault("uid", uuid.uuid4().hex)
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_atomic(path: str | Path, write) -> None:
-    """`write(tmp)` to `.<stem>.tmp<pid><suffix>` beside `path` (the suffix kept for writers that read it,
-    like savefig), then rename: a reader never sees half a file. A writer with nothing to write may leave
-    no temp file (then `path` is left as it was)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    write(tmp)
-    if tmp.exists():
-        os.replace(tmp, path)
-
-
-def remove_dead_temps(folder: Path) -> list[Path]:
-    """Delete the temp files of `write_atomic` that killed writers left in `folder`; a temp file of a
-    process still running is kept."""
-    removed = []
-    for p in folder.glob(".*.tmp*"):
-        m = re.fullmatch(r"\..+\.tmp(\d+)(\.[^.]*)?", p.name)
-        if not m:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # its writer is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
-
-
-def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: dict | None = None,
-                  suite: str | None = None, scale: str | None = None) -> dict:
-    """Load a `.pt` artifact with weights_only=True (no pickled code runs) and check it. Any problem stops
-    the program with one line naming the file and the problem."""
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"error: {path}: file not found (run the stage that writes it first)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise SystemExit(f"error: {path}: not a readable artifact ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or "format" not in obj:
-        raise SystemExit(f"error: {path}: no 'format' key; expected a '{fmt}' artifact")
-    if obj["format"] != fmt:
-        raise SystemExit(f"error: {path}: format is '{obj['format']}', expected '{fmt}'")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise SystemExit(f"error: {path}: missing key(s) {', '.join(missing)}")
-    if suite is not None and obj.get("suite") != suite:
-        raise SystemExit(f"error: {path}: suite is '{obj.get('suite')}', expected '{suite}'")
-    if scale is not None and obj.get("settings", {}).get("scale") != scale:
-        raise SystemExit(f"error: {path}: made at scale '{obj.get('settings', {}).get('scale')}', this run is at "
-                         f"scale '{scale}' (each scale has its own run directory: use another --run-dir)")
-    if spec is not None:
-        if obj.get("policy") != spec:
-            raise SystemExit(f"error: {path}: policy is {obj.get('policy')}, expected {spec}")
-        if "params" in obj and obj["params"].shape[-1] != num_params(spec):
-            raise SystemExit(f"error: {path}: params have {obj['params'].shape[-1]} values per policy, "
-                             f"expected {num_params(spec)}")
-    return obj
-
-
-def settings(args, ignore: tuple[str, ...] = ()) -> dict:
-    """The options of `args` that change what a stage computes (scale included), as plain JSON values."""
-    skip = RUNTIME_FIELDS + tuple(ignore)
-    return json.loads(json.dumps({k: v for k, v in asdict(args).items() if k not in skip}))
-
-
-def check_settings(path, old: dict, new: dict) -> None:
-    """Stop with one line if an artifact at `path` made with settings `old` does not match `new`."""
-    for k in sorted(set(old) | set(new), key=lambda k: (k != "scale", k)):  # the scale first
-        if old.get(k) != new.get(k):
-            raise SystemExit(f"error: {path}: made with {k} = {old.get(k)!r}, this run has {k} = {new.get(k)!r} "
-                             "(delete it, or use another --run-dir)")
-
-
-def up_to_date(path: str | Path, fmt: str, current: dict, made_from: dict) -> bool:
-    """True when `path` holds a finished artifact of `fmt` made with the settings `current` from the inputs
-    `made_from` ({file: uid}): the test behind --skip-done. Anything else is made again."""
-    try:
-        art = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - missing or unreadable: not up to date
-        return False
-    return (isinstance(art, dict) and art.get("format") == fmt and art.get("settings") == current
-            and art.get("made_from") == made_from)
-
-
-def load_stage0(run_dir: str | Path, suite: str, scale: str) -> list[dict]:
-    """Every finished stage-0 shard of a run directory, sorted by task name (Cheetah-Vel: by velocity).
-    They must come from one parent with one set of stage-0 settings; anything else stops with one line."""
-    paths = sorted(p for p in Path(run_dir, "stage0").glob("*.pt") if not p.name.endswith(".partial.pt"))
-    if not paths:
-        raise SystemExit(f"error: {Path(run_dir, 'stage0')}: no stage-0 shards (run stage0_collect_sac.py first)")
-    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success",
-                                               "settings", "made_from"), spec=suite_spec(suite), suite=suite,
-                            scale=scale) for p in paths]
-    for p, s in zip(paths, shards):
-        if s["made_from"] != shards[0]["made_from"]:
-            raise SystemExit(f"error: {p}: fine-tuned from another parent than {paths[0].name} (mixed run directory)")
-        check_settings(p, s["settings"], shards[0]["settings"])
-        if len(s["params"]) != len(s["step"]):  # every shard, the first too
-            raise SystemExit(f"error: {p}: {len(s['params'])} params rows for {len(s['step'])} steps")
-    if suite == "cheetah-vel":
-        shards.sort(key=lambda s: s["target_velocity"])
-    return shards
-
-
-def shard_ids(shards: list[dict]) -> dict:
-    """{`stage0/<task>.pt`: uid}: how an artifact of stage 1 names the shards it was made from."""
-    return {f"stage0/{s['task']}.pt": s["uid"] for s in shards}
-
-
-def check_made_from(path, art: dict, inputs: dict) -> None:
-    """Stop with one line if the artifact at `path` was made from other inputs ({file: uid}) than `inputs`."""
-    old = art.get("made_from", {})
-    gone, new = sorted(set(old) - set(inputs)), sorted(set(inputs) - set(old))
-    changed = sorted(k for k in set(old) & set(inputs) if old[k] != inputs[k])
-    if gone or new or changed:
-        what = "; ".join(x for x in (f"missing now: {', '.join(gone)}" if gone else "",
-                                     f"not among its inputs: {', '.join(new)}" if new else "",
-                                     f"remade since: {', '.join(changed)}" if changed else "") if x)
-        raise SystemExit(f"error: {path}: made from other inputs than this run directory holds ({what}); "
-                         "re-run the stage that wrote it")
-
-
-# ----------------------------------------------------------------------------------------------------
 # Command lines, scales, seeding (DESIGN.md sections 9, 11)
 # ----------------------------------------------------------------------------------------------------
 
@@ -497,42 +343,10 @@ def check_options(args, positive: tuple[str, ...] = (), nonnegative: tuple[str, 
                 raise SystemExit(f"error: --{name.replace('_', '-')} must be {kind}; got {v}")
 
 
-def prepare_run_dir(path: str | Path) -> Path:
-    """Create the run directory and check that it can be written, before the work starts."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise SystemExit(f"error: {path}: cannot write to the run directory ({e.strerror})") from None
-    for p in remove_dead_temps(path):
-        print(f"removed {p} (temp file of an interrupted save)")
-    return path
 
 
-def lock_run_dir(path: str | Path, who: str):
-    """Hold `<path>/.lock` (flock) while this process lives; the kernel releases it when the process
-    dies, so a killed run never blocks the next. A second process stops with one line. Keep the
-    returned file object alive."""
-    import fcntl
-
-    path = Path(path)
-    f = open(path / ".lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        raise SystemExit(f"error: {path}: in use by another {who} ({f.read().strip() or 'pid unknown'}); "
-                         "wait for it to finish or stop it") from None
-    f.seek(0), f.truncate(), f.write(f"pid {os.getpid()}\n"), f.flush()
-    return f
 
 
-def cpu_state(module: nn.Module) -> dict:
-    """A state dict on the CPU, whatever device the module trained on (artifacts load anywhere)."""
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def pick_device(name: str) -> torch.device:

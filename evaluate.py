@@ -39,17 +39,16 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+import artifacts
 import common
+from methods import LABELS, METHODS, PAPER_ROWS
 from evaluate_metaworld import evaluate_metaworld, generate_metaworld, metaworld_rows, metaworld_tables, pca_figure
 from stage1_autoencoder import load_autoencoder
 from stage1_behavior_embed import load_behavior_embed
 from stage2_hyplatent import decode_generated, load_generator
 from stage3_hypformer import load_hypformer, sample_latents
 
-PAPER_ROWS = [("paper:MACAW (Iter. 0)", -121.6), ("paper:MACAW (Iter. 20K)", -60.5), ("paper:Prompt-DT", -34.43),
-              ("paper:AMT-Hyp w/o HypFormer (10 seeds)", -33.44), ("paper:AMT-Hyp w/o HypFormer (35 seeds)", -29.6)]
-METHODS = ["hyplatent", "hypformer", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
-GENERATED_FORMAT = common.GENERATED_FORMAT
+GENERATED_FORMAT = artifacts.GENERATED_FORMAT
 
 
 @dataclass
@@ -124,23 +123,23 @@ def load_chain(args: Args) -> dict:
     shards the run directory holds, HypLatent from that autoencoder (and embedding), HypFormer from that
     HypLatent, and the shards from that parent. `made_from` names them by uid for results.json."""
     run, suite, scale = Path(args.run_dir), args.suite, args.scale
-    c = {"shards": common.load_stage0(run, suite, scale)}
-    c["parent"] = common.load_artifact(run / "parent.pt", common.PARENT_FORMAT, ("params",), spec=common.suite_spec(suite),
+    c = {"shards": artifacts.load_stage0(run, suite, scale)}
+    c["parent"] = artifacts.load_artifact(run / "parent.pt", artifacts.PARENT_FORMAT, ("params",), spec=common.suite_spec(suite),
                                        suite=suite, scale=scale)
     if c["shards"][0]["made_from"] != {"parent.pt": c["parent"]["uid"]}:
         raise SystemExit(f"error: {run / 'stage0'}: its shards were fine-tuned from another parent than {run / 'parent.pt'}")
     c["ae"], c["ae_art"] = load_autoencoder(run / "autoencoder.pt", suite, scale)
-    common.check_made_from(run / "autoencoder.pt", c["ae_art"], common.shard_ids(c["shards"]))
+    artifacts.check_made_from(run / "autoencoder.pt", c["ae_art"], artifacts.shard_ids(c["shards"]))
     made_from = {"autoencoder.pt": c["ae_art"]["uid"]}
     if suite == "metaworld":
         c["phi"], c["be"] = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
-        common.check_made_from(run / "behavior_embed.pt", c["be"], {**common.shard_ids(c["shards"]), **made_from})
+        artifacts.check_made_from(run / "behavior_embed.pt", c["be"], {**artifacts.shard_ids(c["shards"]), **made_from})
         made_from["behavior_embed.pt"] = c["be"]["uid"]
     c["G"], c["hl_art"] = load_generator(run / args.hyplatent, suite, scale)
-    common.check_made_from(run / args.hyplatent, c["hl_art"], made_from)
+    artifacts.check_made_from(run / args.hyplatent, c["hl_art"], made_from)
     made_from = {args.hyplatent: c["hl_art"]["uid"], **made_from}
     c["hf"], c["hf_art"] = load_hypformer(run / args.hypformer, suite, scale)
-    common.check_made_from(run / args.hypformer, c["hf_art"], made_from)
+    artifacts.check_made_from(run / args.hypformer, c["hf_art"], made_from)
     c["made_from"] = {args.hypformer: c["hf_art"]["uid"], **made_from, "parent.pt": c["parent"]["uid"]}
     return c
 
@@ -157,9 +156,9 @@ def load_oracles(run: Path, args: Args, chain: dict, vels: list[float]) -> dict:
         if round(v, 6) in by_vel:
             out[v] = by_vel[round(v, 6)]
         elif path.exists():
-            s = common.load_artifact(path, common.STAGE0_FORMAT, ("params", "return", "settings", "made_from"),
+            s = artifacts.load_artifact(path, artifacts.STAGE0_FORMAT, ("params", "return", "settings", "made_from"),
                                      spec=common.suite_spec(args.suite), suite=args.suite, scale=args.scale)
-            common.check_settings(path, s["settings"], chain["shards"][0]["settings"])
+            artifacts.check_settings(path, s["settings"], chain["shards"][0]["settings"])
             if s["made_from"] != chain["shards"][0]["made_from"]:
                 raise SystemExit(f"error: {path}: fine-tuned from another parent than the training shards")
             out[v] = s
@@ -271,17 +270,13 @@ def score_rows(generated: dict, returns: np.ndarray) -> list[dict]:
 
 
 def table(rows: list[dict], vels: list[float]) -> str:
-    names = {"hyplatent": "AMT-Hyp w/o HypFormer (HypLatent)", "hypformer": "AMT-Hyp (HypLatent + HypFormer)",
-             "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
-             "interpolated-expert": "interpolated expert", "parent": "parent",
-             "oracle-expert": "oracle expert (trained at v*: upper bound)"}
     head = "| method | " + " | ".join(f"v* = {v:g}" for v in vels) + " | average |"
     lines = [head, "|---" * (len(vels) + 2) + "|"]
     by = {(r["method"], r["task"]): r["score"] for r in rows}
     cell = lambda m, t: f"{by[(m, t)]:.2f}" if (m, t) in by else "-"  # noqa: E731
     for m in [m for m in METHODS if any(k[0] == m for k in by)]:
         cells = [cell(m, common.task_name("cheetah-vel", v)) for v in vels]
-        lines.append(f"| {names[m]} (measured) | " + " | ".join(cells) + f" | {cell(m, 'average')} |")
+        lines.append(f"| {LABELS[m]} (measured) | " + " | ".join(cells) + f" | {cell(m, 'average')} |")
     for name, score in PAPER_ROWS:
         lines.append(f"| {name[6:]} (printed in the paper) | " + " | ".join("" for _ in vels) + f" | {score:.2f} |")
     return "\n".join(lines)
@@ -352,11 +347,11 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     t0, generated, chain = time.time(), None, None
     if args.from_generated:  # re-evaluate saved policies; nothing is written
-        generated = common.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
+        generated = artifacts.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
                                          spec=common.suite_spec(args.suite), suite=args.suite)
     else:
-        run = common.prepare_run_dir(args.run_dir)  # before the work: a read-only directory fails now
-        chain, settings = load_chain(args), common.settings(args)
+        run = artifacts.prepare_run_dir(args.run_dir)  # before the work: a read-only directory fails now
+        chain, settings = load_chain(args), artifacts.settings(args)
         if args.suite == "cheetah-vel":
             chain["oracle"] = load_oracles(run, args, chain, vels)
         if args.skip_done and results_up_to_date(run / out_name("results.json"), settings, chain["made_from"]):
@@ -403,9 +398,9 @@ def main(args: Args) -> None:
     print(header + "\n\n" + md)
     if args.from_generated:
         return
-    common.save_artifact(generated, run / out_name("generated.pt"))
-    common.write_atomic(run / out_name("results.md"), lambda p: p.write_text(f"{header}\n\n{md}\n"))
-    common.write_atomic(run / out_name(figure[0]), figure[1])
+    artifacts.save_artifact(generated, run / out_name("generated.pt"))
+    artifacts.write_atomic(run / out_name("results.md"), lambda p: p.write_text(f"{header}\n\n{md}\n"))
+    artifacts.write_atomic(run / out_name(figure[0]), figure[1])
     if args.videos:
         import videos
 
@@ -416,7 +411,7 @@ def main(args: Args) -> None:
         res.update(train_velocities=generated["train_velocities"], memorisation=mem)
     else:  # what aggregate.py groups MetaWorld runs by
         res.update(seen=generated["seen"], num_tokens=chain["hf_art"]["num_tokens"])
-    common.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
+    artifacts.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
     print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {', '.join(out_name(n) for n in ('generated.pt', 'results.md', figure[0], 'results.json'))} in {run}")
 
 

@@ -28,31 +28,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+import artifacts
 import common
+from methods import MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
 from stage1_behavior_embed import embed_trajectories
 from stage2_hyplatent import decode_generated
 from stage3_hypformer import sample_latents
 
 if TYPE_CHECKING:
     from evaluate import Args
-
-# the paper's printed success rates (%): MAA, AMT-Hyp w/o HypFormer, AMT-Hyp (Tables I and III)
-PAPER_SEEN = {"window-open-v3": (33, 51, 64), "door-open-v3": (27, 35, 62), "drawer-open-v3": (42, 40, 78),
-              "dial-turn-v3": (23, 36, 48), "plate-slide-v3": (45, 66, 88), "button-press-v3": (32, 38, 58),
-              "handle-press-v3": (50, 62, 82), "faucet-close-v3": (45, 77, 82), "average": (36, 51, 70.3)}
-PAPER_UNSEEN = {"drawer-close-v3": (55, 53, 80), "handle-press-side-v3": (4, 6, 0), "door-lock-v3": (13, 6, 6),
-                "window-close-v3": (10, 0, 12), "reach-wall-v3": (13, 6, 10), "coffee-button-v3": (8, 3, 9),
-                "button-press-wall-v3": (11, 2, 14), "faucet-open-v3": (16, 21, 27), "average": (16.25, 12.13, 19.8)}
-# Table II: seen, unseen
-PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
-                 ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
-                 ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
-                 ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
-SINGLE = ("expert", "decoded-expert", "parent")  # one policy per task: only more goals sharpen its rate
-MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
-# every MetaWorld row name: the methods, then top-k of the generated ones (picked on other goals; optimistic)
-MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}{o}" for m in ("hyplatent", "hypformer") for k in (5, 10) for o in ("", "-optimistic"))]
-
 
 def top_k(rates: np.ndarray, k: int, select: np.ndarray | None = None) -> float:
     """Mean success rate of the k best policies (all of them if there are fewer than k). Honest: `select`
@@ -161,7 +145,7 @@ def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
         else:  # the oracle bound of zero-shot: the unseen task's own SAC checkpoints (no stage trained on them)
             params.append(s["params"]), method.extend(["checkpoints"] * len(s["params"])), task.extend([name] * len(s["params"]))
         params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
-    return {"format": common.GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
+    return {"format": artifacts.GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
             "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": args.goals,
             "select_goals": args.select_goals, "single_policy_goals": args.single_policy_goals,
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},

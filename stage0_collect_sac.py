@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import artifacts
 import common
 
 
@@ -132,7 +133,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 def shard_settings(args: Args) -> dict:
     """What a parent, shard or partial state must share with this run (the task list may grow)."""
-    return common.settings(args, ignore=("velocities", "tasks", "shard_dir"))
+    return artifacts.settings(args, ignore=("velocities", "tasks", "shard_dir"))
 
 
 def goal_seeds(args: Args) -> dict:
@@ -374,8 +375,8 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
     records = {k: [] for k in ("params", "step", "return", "success", "first_success", "traj", "post_success")}
     start = 0
     if state_path.exists():  # resume
-        st = common.load_artifact(state_path, PARTIAL_FORMAT, ("agent", "step", "records", "settings"))
-        common.check_settings(state_path, st["settings"], shard_settings(args))
+        st = artifacts.load_artifact(state_path, PARTIAL_FORMAT, ("agent", "step", "records", "settings"))
+        artifacts.check_settings(state_path, st["settings"], shard_settings(args))
         load_agent_state(agent, st["agent"])
         rb.data[: len(st["replay"])] = st["replay"]
         rb.size = rb.pos = len(st["replay"])
@@ -385,7 +386,7 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
         print(f"{tag}: resuming at step {start} with {len(records['step'])} checkpoints saved")
 
     def save_state(step):
-        common.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
+        artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
                               "agent": agent_state(agent, optimizers=True), "replay": rb.data[: rb.size].clone(),
                               "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                               "records": records}, state_path)
@@ -495,9 +496,9 @@ def parent_velocity(velocities: list[float]) -> float:
 def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
     """Train the parent and save its whole SAC state, or load it if `path` holds one of these settings."""
     if path.exists():
-        parent = common.load_artifact(path, common.PARENT_FORMAT, ("agent", "params", "settings"), spec=spec,
+        parent = artifacts.load_artifact(path, artifacts.PARENT_FORMAT, ("agent", "params", "settings"), spec=spec,
                                       suite=args.suite, scale=args.scale)
-        common.check_settings(path, parent["settings"], shard_settings(args))
+        artifacts.check_settings(path, parent["settings"], shard_settings(args))
         print(f"parent: using {path} ({parent['task']})")
         return parent
     t0 = time.time()
@@ -526,11 +527,11 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
         print(f"parent: behaviour cloning of {len(obs)} scripted samples of {len(args.parent_tasks)} tasks, "
               f"final MSE {loss.item() if args.parent_bc_steps else float('nan'):.4f}")
         name = "bc:" + ",".join(args.parent_tasks)
-    parent = {"format": common.PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+    parent = {"format": artifacts.PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
               "params": common.flatten(agent["actor"]), "agent": agent_state(agent),
               "trained_with_sac": args.suite == "cheetah-vel" and args.parent_steps > 0,
               "settings": shard_settings(args), "config": asdict(args), "seconds": time.time() - t0}
-    common.save_artifact(parent, path)
+    artifacts.save_artifact(parent, path)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
     print(f"parent: saved {path} in {parent['seconds']:.0f}s")
     return parent
@@ -539,11 +540,11 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
 def check_shard(args: Args, path: Path, parent: dict) -> None:
     """A finished shard must be readable, of this scale and settings, and a child of this parent."""
     try:
-        shard = common.load_artifact(path, common.STAGE0_FORMAT, ("settings", "made_from"),
+        shard = artifacts.load_artifact(path, artifacts.STAGE0_FORMAT, ("settings", "made_from"),
                                      spec=common.suite_spec(args.suite), suite=args.suite, scale=args.scale)
     except SystemExit as e:
         raise SystemExit(f"{e} (delete it to retrain that task)") from None
-    common.check_settings(path, shard["settings"], shard_settings(args))
+    artifacts.check_settings(path, shard["settings"], shard_settings(args))
     if shard["made_from"] != {"parent.pt": parent["uid"]}:
         raise SystemExit(f"error: {path}: fine-tuned from another parent than {path.parent.parent / 'parent.pt'} "
                          "(delete it to retrain that task, or use another --run-dir)")
@@ -568,7 +569,7 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
                   from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tag=name,
                   state_path=stage_dir / f"{name}.partial.pt", demos=demos, report=report, writer=writer)
     writer.close()
-    shard = {"format": common.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+    shard = {"format": artifacts.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
              "params": torch.stack(rec["params"]), "step": torch.tensor(rec["step"], dtype=torch.int64),
              "return": torch.tensor(rec["return"], dtype=torch.float32),
              "success": torch.tensor(rec["success"], dtype=torch.float32),
@@ -578,7 +579,7 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
              "config": asdict(args), "seconds": time.time() - t0}
     if args.suite == "cheetah-vel":
         shard["target_velocity"] = float(task)
-    common.save_artifact(shard, stage_dir / f"{name}.pt")
+    artifacts.save_artifact(shard, stage_dir / f"{name}.pt")
     (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
     best = int(shard["return"].argmax())
     line = (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
@@ -593,7 +594,7 @@ def summarize(args: Args, tasks: list, spec: dict, stage_dir: Path, parent: dict
     of neighbouring velocities, the return at their midpoint of their best checkpoints' parameters mixed
     50/50, next to each of the two experts and the parent run at that midpoint (mean of `episodes`
     deterministic episodes). MetaWorld: success rate of all and of the last 20 checkpoints."""
-    shards = {t: common.load_artifact(stage_dir / f"{common.task_name(args.suite, t)}.pt", common.STAGE0_FORMAT)
+    shards = {t: artifacts.load_artifact(stage_dir / f"{common.task_name(args.suite, t)}.pt", artifacts.STAGE0_FORMAT)
               for t in tasks}
     if args.suite == "metaworld":
         rows = ["| task | checkpoints | steps | success, all checkpoints | success, last 20 | first success at step |",
@@ -649,12 +650,12 @@ def main(args: Args) -> None:
     spec = common.suite_spec(args.suite)
     args.jobs = args.jobs or os.cpu_count() or 1
     torch.set_num_threads(args.torch_threads)
-    lock = common.lock_run_dir(common.prepare_run_dir(args.run_dir), "stage-0 process")  # noqa: F841 - held till exit
-    stage_dir = common.prepare_run_dir(Path(args.run_dir) / args.shard_dir)
+    lock = artifacts.lock_run_dir(artifacts.prepare_run_dir(args.run_dir), "stage-0 process")  # noqa: F841 - held till exit
+    stage_dir = artifacts.prepare_run_dir(Path(args.run_dir) / args.shard_dir)
     t0 = time.time()
     parent = train_parent(args, tasks, spec, Path(args.run_dir) / "parent.pt")
     for p in stage_dir.glob("*.partial.pt"):  # check resumable states before the work starts
-        common.check_settings(p, common.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
+        artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
                               shard_settings(args))
     todo = []
     for t in tasks:

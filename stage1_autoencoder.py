@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import artifacts
 import common
 
 
@@ -108,7 +109,7 @@ class PolicyAutoencoder(nn.Module):
 def load_autoencoder(path: str | Path, suite: str, scale: str) -> tuple[PolicyAutoencoder, dict]:
     """The trained autoencoder (eval mode) and its artifact; used by the later stages."""
     spec = common.suite_spec(suite)
-    art = common.load_artifact(path, FORMAT, ("model", "token_dim", "latents", "made_from"), spec=spec,
+    art = artifacts.load_artifact(path, FORMAT, ("model", "token_dim", "latents", "made_from"), spec=spec,
                                suite=suite, scale=scale)
     model = PolicyAutoencoder(spec, art["token_dim"])
     model.load_state_dict(art["model"])
@@ -158,11 +159,11 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> None:
     validate(args)
-    run = common.prepare_run_dir(args.run_dir)
+    run = artifacts.prepare_run_dir(args.run_dir)
     path = run / "autoencoder.pt"
-    shards = common.load_stage0(run, args.suite, args.scale)
-    made_from = common.shard_ids(shards)
-    if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
+    shards = artifacts.load_stage0(run, args.suite, args.scale)
+    made_from = artifacts.shard_ids(shards)
+    if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
         print(f"stage 1 autoencoder: {path} is up to date (same settings, same shards); skipped")
         return
     common.seed_everything(args.seed)
@@ -238,12 +239,12 @@ def main(args: Args) -> None:
               f"decoded {d.mean():.2f} (mean |decoded - original| per policy {np.abs(d - o).mean():.2f})")
     writer.close()
 
-    art = {"format": FORMAT, "suite": args.suite, "policy": spec, "settings": common.settings(args),
+    art = {"format": FORMAT, "suite": args.suite, "policy": spec, "settings": artifacts.settings(args),
            "made_from": made_from, "config": asdict(args), "token_dim": args.token_dim, "model": model.state_dict(),
            "latents": Z, "task_index": task_of, "tasks": names, "train_tasks": train_tasks,
            "checkpoint_step": torch.cat([s["step"] for s in shards]), "heldout": heldout, "train": is_train,
            "metrics": metrics, "seconds": time.time() - t0}
-    common.save_artifact(art, path)
+    artifacts.save_artifact(art, path)
     print(f"stage 1 autoencoder: saved {path} in {art['seconds']:.0f}s")
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import artifacts
 import common
 from stage1_autoencoder import load_autoencoder
 
@@ -103,7 +104,7 @@ def scale_to_unit(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
 
 def load_behavior_embed(path: str | Path, suite: str, scale: str) -> tuple[Phi, dict]:
     """phi (eval mode) with its artifact: `embed_trajectories(phi, art, traj)` gives h."""
-    art = common.load_artifact(path, FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks", "made_from"),
+    art = artifacts.load_artifact(path, FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks", "made_from"),
                                suite=suite, scale=scale)
     phi = Phi(art["scaling"]["traj_lo"].numel(), art["h"].shape[1])
     phi.load_state_dict(art["phi"])
@@ -126,13 +127,13 @@ def main(args: Args) -> None:
         print("stage 1 behaviour embedding: not needed for Cheetah-Vel (HypLatent conditions on the target "
               "velocity); nothing to do.")
         return
-    run = common.prepare_run_dir(args.run_dir)
+    run = artifacts.prepare_run_dir(args.run_dir)
     path = run / "behavior_embed.pt"
-    shards = common.load_stage0(run, args.suite, args.scale)
+    shards = artifacts.load_stage0(run, args.suite, args.scale)
     _, ae = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)
-    common.check_made_from(run / "autoencoder.pt", ae, common.shard_ids(shards))
-    made_from = {**common.shard_ids(shards), "autoencoder.pt": ae["uid"]}
-    if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
+    artifacts.check_made_from(run / "autoencoder.pt", ae, artifacts.shard_ids(shards))
+    made_from = {**artifacts.shard_ids(shards), "autoencoder.pt": ae["uid"]}
+    if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
         print(f"stage 1 behaviour embedding: {path} is up to date (same settings, same inputs); skipped")
         return
     common.seed_everything(args.seed)
@@ -180,7 +181,7 @@ def main(args: Args) -> None:
         acc = {names[i]: float((pred[task_of == i] == i).float().mean()) for i in range(len(shards))}
     print(f"final loss {loss.item():.3f} (chance: {torch.log(torch.tensor(float(min(args.batch_size, len(train_idx))))):.3f}); "
           "task retrieval from h: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in acc.items()))
-    art = {"format": FORMAT, "suite": args.suite, "settings": common.settings(args), "made_from": made_from,
+    art = {"format": FORMAT, "suite": args.suite, "settings": artifacts.settings(args), "made_from": made_from,
            "config": asdict(args), "train_tasks": train_tasks,
            "phi": phi.state_dict(), "psi": psi.state_dict(), "W": W.detach(),
            "scaling": {"traj_lo": t_lo, "traj_hi": t_hi, "post_lo": p_lo, "post_hi": p_hi},
@@ -188,7 +189,7 @@ def main(args: Args) -> None:
            "checkpoint_step": torch.cat([s["step"] for s in shards]),
            "success": torch.cat([s["success"] for s in shards]),
            "metrics": {"final_loss": loss.item(), "task_retrieval": acc}, "seconds": time.time() - t0}
-    common.save_artifact(art, path)
+    artifacts.save_artifact(art, path)
     print(f"stage 1 behaviour embedding: saved {path} in {art['seconds']:.0f}s")
 
 

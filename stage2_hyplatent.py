@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import artifacts
 import common
 from stage1_autoencoder import PolicyAutoencoder, load_autoencoder
 from stage1_behavior_embed import load_behavior_embed
@@ -185,16 +186,16 @@ def training_pairs(run_dir: str | Path, suite: str, scale: str) -> dict:
     embedding h). The autoencoder (and the embedding) must have been made from the shards the run
     directory holds now; `made_from` names the artifacts the pairs come from."""
     run = Path(run_dir)
-    shards = common.load_stage0(run, suite, scale)
+    shards = artifacts.load_stage0(run, suite, scale)
     _, ae = load_autoencoder(run / "autoencoder.pt", suite, scale)
-    common.check_made_from(run / "autoencoder.pt", ae, common.shard_ids(shards))
+    artifacts.check_made_from(run / "autoencoder.pt", ae, artifacts.shard_ids(shards))
     made_from = {"autoencoder.pt": ae["uid"]}
     if suite == "cheetah-vel":
         velocity = {s["task"]: s["target_velocity"] for s in shards}  # by name, never by position
         cond = torch.tensor([[velocity[ae["tasks"][i]]] for i in ae["task_index"].tolist()])
     else:
         _, be = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
-        common.check_made_from(run / "behavior_embed.pt", be, {**common.shard_ids(shards), **made_from})
+        artifacts.check_made_from(run / "behavior_embed.pt", be, {**artifacts.shard_ids(shards), **made_from})
         cond, made_from["behavior_embed.pt"] = be["h"], be["uid"]
     train = ae["train"]
     return {"Z": ae["latents"].flatten(1)[train], "cond": cond[train], "task_index": ae["task_index"][train],
@@ -204,7 +205,7 @@ def training_pairs(run_dir: str | Path, suite: str, scale: str) -> dict:
 def load_generator(path: str | Path, suite: str, scale: str) -> tuple[Generator, dict]:
     """The trained generator, frozen in eval mode, and its artifact (normalisation statistics included).
     Refuses an artifact that records fewer steps than it was asked to train."""
-    art = common.load_artifact(path, FORMAT, ("generator", "arch", "latent_mean", "latent_std", "cond_mean",
+    art = artifacts.load_artifact(path, FORMAT, ("generator", "arch", "latent_mean", "latent_std", "cond_mean",
                                               "cond_std", "step", "settings", "made_from"), suite=suite, scale=scale)
     if art["step"] != art["settings"]["steps"]:
         raise SystemExit(f"error: {path}: trained {art['step']} of {art['settings']['steps']} steps (unfinished)")
@@ -255,11 +256,11 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> None:
     validate(args)
-    run = common.prepare_run_dir(args.run_dir)
+    run = artifacts.prepare_run_dir(args.run_dir)
     path, partial = run / args.out, (run / args.out).with_suffix(".partial.pt")
     data = training_pairs(run, args.suite, args.scale)
-    settings = common.settings(args)
-    if args.skip_done and common.up_to_date(path, FORMAT, settings, data["made_from"]):
+    settings = artifacts.settings(args)
+    if args.skip_done and artifacts.up_to_date(path, FORMAT, settings, data["made_from"]):
         print(f"stage 2 HypLatent: {path} is up to date (same settings, same inputs); skipped")
         return
     common.seed_everything(args.seed)
@@ -279,9 +280,9 @@ def main(args: Args) -> None:
     history = {k: [] for k in ("step", "g", "d", "reg", "paired", "d_acc", "q_mse")}
     start = 0
     if partial.exists():  # resume
-        st = common.load_artifact(partial, PARTIAL_FORMAT, ("generator", "discriminator", "step", "settings"))
-        common.check_settings(partial, st["settings"], settings)
-        common.check_made_from(partial, st, data["made_from"])
+        st = artifacts.load_artifact(partial, PARTIAL_FORMAT, ("generator", "discriminator", "step", "settings"))
+        artifacts.check_settings(partial, st["settings"], settings)
+        artifacts.check_made_from(partial, st, data["made_from"])
         G.load_state_dict(st["generator"]), D.load_state_dict(st["discriminator"])
         opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
         start, history = st["step"], st["history"]
@@ -318,8 +319,8 @@ def main(args: Args) -> None:
             bar.set_postfix(G=f"{losses[0]:.3f}", D=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}",
                             paired=f"{paired.item():.3f}", acc=f"{d_acc:.2f}")
         if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            common.save_artifact({"format": PARTIAL_FORMAT, "settings": settings, "made_from": data["made_from"],
-                                  "generator": common.cpu_state(G), "discriminator": common.cpu_state(D),
+            artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": settings, "made_from": data["made_from"],
+                                  "generator": artifacts.cpu_state(G), "discriminator": artifacts.cpu_state(D),
                                   "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step + 1,
                                   "history": history, "torch_rng": torch.get_rng_state()}, partial)
             last_good = step + 1
@@ -342,8 +343,8 @@ def main(args: Args) -> None:
         print(f"functional check, {len(idx)} training conditions: generated policies {score.mean():.2f}, "
               f"the decoded checkpoints they were paired with {truth.mean():.2f} "
               f"({'mean return' if args.suite == 'cheetah-vel' else 'success rate'})")
-    art |= {"generator": common.cpu_state(G), "discriminator": common.cpu_state(D), "seconds": time.time() - t0}
-    common.save_artifact(art, path)  # the finished artifact, written once
+    art |= {"generator": artifacts.cpu_state(G), "discriminator": artifacts.cpu_state(D), "seconds": time.time() - t0}
+    artifacts.save_artifact(art, path)  # the finished artifact, written once
     partial.unlink(missing_ok=True)
     print(f"stage 2 HypLatent: saved {path} in {art['seconds']:.0f}s")
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import artifacts
 import common
 from stage1_autoencoder import load_autoencoder
 from stage2_hyplatent import Generator, check_conditions, load_generator, run_generated, training_pairs
@@ -108,7 +109,7 @@ class HypFormer(nn.Module):
 
 
 def load_hypformer(path: str | Path, suite: str, scale: str) -> tuple[HypFormer, dict]:
-    art = common.load_artifact(path, FORMAT, ("model", "arch", "num_tokens", "made_from"), suite=suite, scale=scale)
+    art = artifacts.load_artifact(path, FORMAT, ("model", "arch", "num_tokens", "made_from"), suite=suite, scale=scale)
     model = HypFormer(**art["arch"])
     model.load_state_dict(art["model"])
     return model.eval(), art
@@ -153,13 +154,13 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> None:
     validate(args)
-    run = common.prepare_run_dir(args.run_dir)
+    run = artifacts.prepare_run_dir(args.run_dir)
     path = run / args.out
     G, hl_art = load_generator(run / args.hyplatent, args.suite, args.scale)  # frozen, eval mode
     data = training_pairs(run, args.suite, args.scale)
-    common.check_made_from(run / args.hyplatent, hl_art, data["made_from"])
+    artifacts.check_made_from(run / args.hyplatent, hl_art, data["made_from"])
     made_from = {args.hyplatent: hl_art["uid"], **data["made_from"]}
-    if args.skip_done and common.up_to_date(path, FORMAT, common.settings(args), made_from):
+    if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
         print(f"stage 3 HypFormer: {path} is up to date (same settings, same inputs); skipped")
         return
     common.seed_everything(args.seed)
@@ -219,10 +220,10 @@ def main(args: Args) -> None:
         history["check"] = {"hyplatent": float(alone.mean()), "hypformer": float(refined.mean()), "n": len(idx)}
         print(f"functional check, {len(idx)} training conditions ({'mean return' if args.suite == 'cheetah-vel' else 'success rate'}): "
               f"HypLatent alone {alone.mean():.2f}, HypFormer {refined.mean():.2f}")
-    art = {"format": FORMAT, "suite": args.suite, "settings": common.settings(args), "made_from": made_from,
-           "config": asdict(args), "arch": arch, "model": common.cpu_state(model), "num_tokens": args.num_tokens,
+    art = {"format": FORMAT, "suite": args.suite, "settings": artifacts.settings(args), "made_from": made_from,
+           "config": asdict(args), "arch": arch, "model": artifacts.cpu_state(model), "num_tokens": args.num_tokens,
            "hyplatent": args.hyplatent, "history": history, "seconds": time.time() - t0}
-    common.save_artifact(art, path)
+    artifacts.save_artifact(art, path)
     print(f"stage 3 HypFormer: saved {path} in {art['seconds']:.0f}s")
 
 

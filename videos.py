@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import tyro
 
+import artifacts
 import common
 
 METHODS = ("hyplatent", "hypformer", "oracle-expert")  # generated policies, and the bound beside them
@@ -81,7 +82,7 @@ def render(generated: dict, out: Path, per_task: int) -> list[dict]:
                     raise SystemExit(f"error: cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                                      "set MUJOCO_GL=egl (or osmesa) on a machine with Mesa") from None
                 path = out / f"{m}-{t}-{i}.gif"
-                common.write_atomic(path, lambda p: frames[0].save(p, format="GIF", save_all=True,
+                artifacts.write_atomic(path, lambda p: frames[0].save(p, format="GIF", save_all=True,
                                                                    append_images=frames[1:], duration=40, loop=0))
                 made.append({"file": path.name, "method": m, "task": t, **res})
     lines = [f"# Videos of {len(made)} policies (evaluation episode 0)", "",
@@ -90,7 +91,7 @@ def render(generated: dict, out: Path, per_task: int) -> list[dict]:
     lines += [f"| [{v['file']}]({v['file']}) | {v['method']} | {v['task']} | {v['return']:.1f} | "
               + (f"{v['achieved_velocity']:.2f} |" if suite == "cheetah-vel" else f"{'yes' if v['success'] else 'no'} |")
               for v in made]
-    common.write_atomic(out / "index.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+    artifacts.write_atomic(out / "index.md", lambda p: p.write_text("\n".join(lines) + "\n"))
     print(f"videos: {len(made)} GIFs and index.md in {out}")
     return made
 
@@ -98,7 +99,7 @@ def render(generated: dict, out: Path, per_task: int) -> list[dict]:
 def main(args: Args) -> None:
     if args.per_task < 1:
         raise SystemExit(f"error: --per-task must be at least 1 (got {args.per_task})")
-    g = common.load_artifact(args.generated, common.GENERATED_FORMAT, ("params", "method", "task", "policy"))
+    g = artifacts.load_artifact(args.generated, artifacts.GENERATED_FORMAT, ("params", "method", "task", "policy"))
     render(g, Path(args.out) if args.out else Path(args.generated).parent / "videos", args.per_task)
 
 

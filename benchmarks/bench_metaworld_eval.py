@@ -5,7 +5,7 @@ same machine:
 2. lockstep: `evaluate_metaworld.run_episodes` on the same episodes with random flat policies (one batched forward
    per step per process, early stopping on; random policies rarely succeed, so nearly every episode runs
    its 500 steps and the step counts of 1 and 2 match).
-Both include starting the processes and building the environments. The issue's aim: 2 at >= 70% of 1.
+Both include starting the processes and building the environments. The target: 2 at >= 70% of 1.
 
     python benchmarks/bench_metaworld_eval.py --episodes 256 --workers 2
 """

@@ -1,7 +1,7 @@
 """Diagnostic (not a test, not a timing): how often the checkpoints of one MetaWorld stage-0 shard succeed
 on the evaluation goal configurations (common.EVAL_GOAL_SEED, never seen by stage 0), next to their own
-recorded rollouts on stage 0's training goals. Used to choose mw-quick's demonstration settings
-(README, "Measured: MetaWorld experts"): a generated policy can only be as good as the data it learns from.
+recorded rollouts on stage 0's training goals. It measures what mw-quick's demonstration settings rest on
+(docs/metaworld-experts.md): a generated policy can only be as good as the data it learns from.
 
     python stage0_collect_sac.py --suite metaworld --run-dir /tmp/dial --tasks dial-turn-v3 --jobs 1
     python benchmarks/stage0_goals.py /tmp/dial/stage0/dial-turn-v3.pt --goals 10
@@ -17,6 +17,7 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import artifacts  # noqa: E402
 import common  # noqa: E402
 import evaluate_metaworld  # noqa: E402
 
@@ -31,7 +32,7 @@ class Args:
 
 
 def main(args: Args) -> None:
-    shard = common.load_artifact(args.shard, common.STAGE0_FORMAT, ("params", "success", "task", "step"),
+    shard = artifacts.load_artifact(args.shard, artifacts.STAGE0_FORMAT, ("params", "success", "task", "step"),
                                  suite="metaworld")
     params, task = shard["params"], shard["task"]
     n = len(params)

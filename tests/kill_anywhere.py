@@ -1,5 +1,5 @@
-"""Kill the smoke chain anywhere, re-run it, compare with an uninterrupted run (issue 10). Too slow for
-the suite (about 8 chains); run by hand:
+"""Kill the smoke chain anywhere, re-run it, compare with an uninterrupted run. Too slow for the suite
+(about 8 chains); run by hand:
 
     python tests/kill_anywhere.py [--runs /tmp/kill-sweep]
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import artifacts
 import common
 
 
@@ -116,14 +117,14 @@ def test_bad_task_and_velocity_errors():
 def test_artifact_errors(tmp_path):
     spec = common.policy_spec(17, 6)
     good = {"format": "x v1", "suite": "cheetah-vel", "policy": spec, "params": torch.zeros(2, 20_364)}
-    common.save_artifact(good, tmp_path / "a.pt")
+    artifacts.save_artifact(good, tmp_path / "a.pt")
     assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed away
-    obj = common.load_artifact(tmp_path / "a.pt", "x v1", ("params",), spec=spec, suite="cheetah-vel")
+    obj = artifacts.load_artifact(tmp_path / "a.pt", "x v1", ("params",), spec=spec, suite="cheetah-vel")
     assert torch.equal(obj["params"], good["params"])
 
     def err(path, **kw):
         with pytest.raises(SystemExit) as e:
-            common.load_artifact(path, **kw)
+            artifacts.load_artifact(path, **kw)
         msg = str(e.value)
         assert "\n" not in msg and str(path) in msg
         return msg
@@ -134,7 +135,7 @@ def test_artifact_errors(tmp_path):
     assert "suite is 'cheetah-vel', expected 'metaworld'" in err(tmp_path / "a.pt", fmt="x v1", suite="metaworld")
     assert "policy is" in err(tmp_path / "a.pt", fmt="x v1", spec=common.policy_spec(39, 4))
     bad = dict(good, params=torch.zeros(2, 100))
-    common.save_artifact(bad, tmp_path / "b.pt")
+    artifacts.save_artifact(bad, tmp_path / "b.pt")
     assert "100 values per policy, expected 20364" in err(tmp_path / "b.pt", fmt="x v1", spec=spec)
     (tmp_path / "c.pt").write_text("not a torch file")
     assert "not a readable artifact" in err(tmp_path / "c.pt", fmt="x v1")

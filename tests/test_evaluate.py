@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import artifacts
 import common
 import evaluate as ev
 import evaluate_metaworld as mw
@@ -78,7 +79,7 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
         assert avg == pytest.approx(np.mean(per_v))
     assert {x["method"] for x in rows if x["method"].startswith("paper:")} == {n for n, _ in ev.PAPER_ROWS}
 
-    gen = common.load_artifact(run / "generated.pt", common.GENERATED_FORMAT, ("params", "method", "task", "target_velocity"),
+    gen = artifacts.load_artifact(run / "generated.pt", artifacts.GENERATED_FORMAT, ("params", "method", "task", "target_velocity"),
                                spec=common.policy_spec(17, 6), suite="cheetah-vel")
     k = len(gen["method"])
     assert gen["params"].shape == (k, 20_364) and len(gen["task"]) == k and gen["target_velocity"].shape == (k,)
@@ -257,7 +258,7 @@ def test_early_stop_on_real_checkpoints_of_both_suites(metaworld_chain, cheetah_
     """Stage-0 checkpoints of the smoke runs: MetaWorld successes and features, Cheetah-Vel returns
     (it has no success, so nothing stops early) equal with and without early stopping."""
     for (run, _), suite in ((metaworld_chain, "metaworld"), (cheetah_chain, "cheetah-vel")):
-        shards = common.load_stage0(run, suite, "smoke")
+        shards = artifacts.load_stage0(run, suite, "smoke")
         params = torch.cat([s["params"] for s in shards]).float()
         tasks = [s["task"] if suite == "metaworld" else s["target_velocity"] for s in shards for _ in s["params"]]
         make = lambda: [common.make_eval_env(suite, t, episode=i % 2) for i, t in enumerate(tasks)]  # noqa: E731
@@ -317,6 +318,6 @@ def test_metaworld_tables(metaworld_chain):
     md = (run / "results.md").read_text()
     assert "Table I" in md and "Table II" in md and "Table III" in md and "(printed in the paper)" in md
     assert (run / "pca_latents.png").exists()
-    gen = common.load_artifact(run / "generated.pt", common.GENERATED_FORMAT, ("params", "method", "task"),
+    gen = artifacts.load_artifact(run / "generated.pt", artifacts.GENERATED_FORMAT, ("params", "method", "task"),
                                spec=common.policy_spec(39, 4), suite="metaworld")
     assert gen["params"].shape[0] == len(gen["method"]) == len(gen["task"])

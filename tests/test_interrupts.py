@@ -1,5 +1,5 @@
-"""Issue 10: killed saves leave no litter, one stage-0 process per run directory, workers die with their
-parent, an unwritable run directory fails before the work."""
+"""Killed saves leave no litter, one stage-0 process per run directory, workers die with their parent, an
+unwritable run directory fails before the work."""
 
 import os
 import signal
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import artifacts
 import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_temp_files_of_dead_writers_are_removed(tmp_path):
     keep = [tmp_path / f".hyplatent.tmp{mine}.pt", tmp_path / ".notes.tmpx", tmp_path / "hyplatent.pt"]
     for p in litter + keep:
         p.write_text("x")
-    common.prepare_run_dir(tmp_path)
+    artifacts.prepare_run_dir(tmp_path)
     assert [p for p in litter if p.exists()] == [] and all(p.exists() for p in keep)
 
 
@@ -40,15 +41,15 @@ def test_write_atomic_never_leaves_half_a_file(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        common.write_atomic(target, crash)
+        artifacts.write_atomic(target, crash)
     assert target.read_text() == "old"  # the temp file is left for the next run's clean-up
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".results.tmp{os.getpid()}.json", "results.json"]
-    common.write_atomic(target, lambda tmp: tmp.write_text("new"))
+    artifacts.write_atomic(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
-    code = f"import common, time; f = common.lock_run_dir({str(run_dir)!r}, 'test'); print('held', flush=True); time.sleep(60)"
+    code = f"import common, time; f = artifacts.lock_run_dir({str(run_dir)!r}, 'test'); print('held', flush=True); time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -58,7 +59,7 @@ def test_second_stage0_process_stops_and_a_dead_one_holds_nothing(tmp_path):
     holder = hold_lock(tmp_path)
     try:
         with pytest.raises(SystemExit, match=f"in use by another stage-0 process \\(pid {holder.pid}\\)"):
-            common.lock_run_dir(tmp_path, "stage-0 process")
+            artifacts.lock_run_dir(tmp_path, "stage-0 process")
         r = subprocess.run([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--scale", "smoke", "--run-dir",
                             str(tmp_path), "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "in use by another" in r.stderr
@@ -66,7 +67,7 @@ def test_second_stage0_process_stops_and_a_dead_one_holds_nothing(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    lock = common.lock_run_dir(tmp_path, "stage-0 process")  # the killed holder left nothing behind
+    lock = artifacts.lock_run_dir(tmp_path, "stage-0 process")  # the killed holder left nothing behind
     lock.close()
 
 
@@ -146,7 +147,7 @@ def test_shard_whose_params_do_not_match_its_steps_is_refused(cheetah_chain, tmp
     s["params"] = s["params"][:-1]
     torch.save(s, tmp_path / "stage0" / "vel-0.3.pt")
     with pytest.raises(SystemExit, match=r"vel-0.3.pt: 3 params rows for 4 steps"):
-        common.load_stage0(tmp_path, "cheetah-vel", "smoke")
+        artifacts.load_stage0(tmp_path, "cheetah-vel", "smoke")
 
 
 def test_evaluation_killed_before_results_json_is_made_again(cheetah_chain, tmp_path):

@@ -1,5 +1,5 @@
-"""Issue 11's tools: the oracle row, aggregation over seeds with intervals, nested training sets, memorisation
-distances, videos."""
+"""The oracle row, aggregation over seeds with intervals, nested training sets, memorisation distances,
+videos."""
 
 import json
 import os
@@ -14,7 +14,6 @@ import torch
 
 import aggregate as agg
 import common
-import evaluate as ev
 
 ROOT = Path(__file__).resolve().parents[1]
 

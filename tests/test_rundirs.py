@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import artifacts
 import common
 import evaluate as ev
 import stage0_collect_sac as s0
@@ -83,13 +84,13 @@ def test_shards_and_upstream_artifacts_that_do_not_belong_are_refused(smoke_copy
     extra = torch.load(stage0 / "vel-0.3.pt", weights_only=True)
     extra.update(task="vel-0.9", target_velocity=0.9, uid="1" * 32)
     # 1. a shard of the same settings appears after stage 1 ran: the autoencoder no longer matches
-    common.save_artifact(extra, stage0 / "vel-0.9.pt")
+    artifacts.save_artifact(extra, stage0 / "vel-0.9.pt")
     one_line_error(run("stage2_hyplatent.py", "--scale", "smoke", "--run-dir", d),
                    "autoencoder.pt: made from other inputs than this run directory holds (not among its inputs: "
                    "stage0/vel-0.9.pt)")
     # 2. a shard made with other stage-0 settings cannot join the others
     extra["settings"] = dict(extra["settings"], num_checkpoints=5)
-    common.save_artifact(extra, stage0 / "vel-0.9.pt")
+    artifacts.save_artifact(extra, stage0 / "vel-0.9.pt")
     one_line_error(run("stage1_autoencoder.py", "--scale", "smoke", "--run-dir", d),
                    "vel-0.9.pt: made with num_checkpoints = 5, this run has num_checkpoints = 4")
     # 3. a shard is gone
@@ -99,12 +100,12 @@ def test_shards_and_upstream_artifacts_that_do_not_belong_are_refused(smoke_copy
     (smoke_copy / "vel-1.5.pt").rename(stage0 / "vel-1.5.pt")
     # 4. HypLatent made from another autoencoder, HypFormer from another HypLatent
     hl = torch.load(smoke_copy / "hyplatent.pt", weights_only=True)
-    common.save_artifact(dict(hl, made_from={"autoencoder.pt": "2" * 32}), smoke_copy / "hyplatent.pt")
+    artifacts.save_artifact(dict(hl, made_from={"autoencoder.pt": "2" * 32}), smoke_copy / "hyplatent.pt")
     one_line_error(run("stage3_hypformer.py", "--scale", "smoke", "--run-dir", d),
                    "hyplatent.pt: made from other inputs than this run directory holds (remade since: autoencoder.pt)")
-    common.save_artifact(hl, smoke_copy / "hyplatent.pt")  # back, with the same uid
+    artifacts.save_artifact(hl, smoke_copy / "hyplatent.pt")  # back, with the same uid
     hf = torch.load(smoke_copy / "hypformer.pt", weights_only=True)
-    common.save_artifact(dict(hf, made_from=dict(hf["made_from"], **{"hyplatent.pt": "3" * 32})),
+    artifacts.save_artifact(dict(hf, made_from=dict(hf["made_from"], **{"hyplatent.pt": "3" * 32})),
                          smoke_copy / "hypformer.pt")
     one_line_error(run("evaluate.py", "--scale", "smoke", "--run-dir", d),
                    "hypformer.pt: made from other inputs than this run directory holds (remade since: hyplatent.pt)")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import artifacts
 import common
 import stage0_collect_sac as s0
 
@@ -90,7 +91,7 @@ def test_parent_velocity_is_middle_of_range():
 
 
 def check_shard(path, suite, spec, n, task):
-    shard = common.load_artifact(path, common.STAGE0_FORMAT, spec=spec, suite=suite)
+    shard = artifacts.load_artifact(path, artifacts.STAGE0_FORMAT, spec=spec, suite=suite)
     P, T, O = common.num_params(spec), common.traj_dim(spec["obs_dim"], spec["act_dim"]), 3 * spec["obs_dim"]
     assert shard["params"].shape == (n, P) and shard["params"].dtype == torch.float32
     for k, dt in (("step", torch.int64), ("return", torch.float32), ("success", torch.float32),
@@ -118,10 +119,10 @@ def test_cheetah_smoke_shards(tmp_path):
         again = s0.rollout(s0.make_env(args, v, seed=args.seed + 1), np_actor.deterministic)
         assert again["return"] == pytest.approx(float(shard["return"][0]), abs=1e-3)
         np.testing.assert_allclose(again["traj"], shard["traj"][0].numpy(), atol=1e-5)
-    parent = common.load_artifact(tmp_path / "parent.pt", common.PARENT_FORMAT, ("agent",), spec=spec)
+    parent = artifacts.load_artifact(tmp_path / "parent.pt", artifacts.PARENT_FORMAT, ("agent",), spec=spec)
     assert parent["task"] == "vel-0.3" and parent["trained_with_sac"]
     # children start from the parent: both differ from it, yet stay close to it in parameter space
-    p0 = common.load_artifact(tmp_path / "stage0" / "vel-0.3.pt", common.STAGE0_FORMAT)["params"][0]
+    p0 = artifacts.load_artifact(tmp_path / "stage0" / "vel-0.3.pt", artifacts.STAGE0_FORMAT)["params"][0]
     assert 0 < (p0 - parent["params"]).norm() < 0.5 * parent["params"].norm()
     # a re-run skips finished shards
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path))
@@ -136,7 +137,7 @@ def test_metaworld_smoke_all_16_tasks(tmp_path):
     for task in common.MW_TASKS:
         shard = check_shard(tmp_path / "stage0" / f"{task}.pt", "metaworld", spec, 2, task)
         assert shard["step"].tolist() == [200, 300] and "target_velocity" not in shard
-    parent = common.load_artifact(tmp_path / "parent.pt", common.PARENT_FORMAT, ("agent",), spec=spec)
+    parent = artifacts.load_artifact(tmp_path / "parent.pt", artifacts.PARENT_FORMAT, ("agent",), spec=spec)
     assert parent["task"] == "bc:window-open-v3,door-open-v3" and not parent["trained_with_sac"]
 
 
@@ -186,7 +187,7 @@ def test_bad_input_one_line_error(tmp_path, flags, message):
 
 def test_bad_parent_artifact_one_line_error(tmp_path):
     spec = common.policy_spec(39, 4)  # a MetaWorld-sized parent where Cheetah-Vel is expected
-    common.save_artifact({"format": common.PARENT_FORMAT, "suite": "cheetah-vel", "policy": spec, "settings": {"scale": "smoke"},
+    artifacts.save_artifact({"format": artifacts.PARENT_FORMAT, "suite": "cheetah-vel", "policy": spec, "settings": {"scale": "smoke"},
                           "params": torch.zeros(22_664), "agent": {}}, tmp_path / "parent.pt")
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
@@ -254,7 +255,7 @@ def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
     # a shard of another parent (here: a parent remade after the shard) is refused, with what to do
     shard = torch.load(tmp_path / "stage0" / "vel-0.3.pt", weights_only=True)
     shard["made_from"] = {"parent.pt": "0" * 32}
-    common.save_artifact(shard, tmp_path / "stage0" / "vel-0.3.pt")
+    artifacts.save_artifact(shard, tmp_path / "stage0" / "vel-0.3.pt")
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
     assert r.returncode == 1 and "vel-0.3.pt: fine-tuned from another parent" in r.stderr
     (tmp_path / "stage0" / "vel-0.3.pt").write_bytes(b"truncated")
@@ -264,7 +265,7 @@ def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
 
 
 def test_stage0_benchmark_runs():
-    """The speed benchmark still runs against the current stage 0 (no timing is asserted)."""
+    """The speed benchmark runs against stage 0's code (no timing is asserted)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_stage0_sac.py"), "--steps", "600",
                         "--learning-starts", "500", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)

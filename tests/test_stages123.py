@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import artifacts
 import common
 import stage1_autoencoder as s1a
 import stage1_behavior_embed as s1b
@@ -214,7 +215,7 @@ def test_smoke_chain_runs_and_a_rerun_skips_up_to_date_stages(chain, request):
 def test_chain_artifacts(cheetah_chain, metaworld_chain):
     run, _ = cheetah_chain
     ae, art = s1a.load_autoencoder(run / "autoencoder.pt", "cheetah-vel", "smoke")
-    n = sum(len(s["step"]) for s in common.load_stage0(run, "cheetah-vel", "smoke"))
+    n = sum(len(s["step"]) for s in artifacts.load_stage0(run, "cheetah-vel", "smoke"))
     assert art["latents"].shape == (n, 2, art["token_dim"]) and art["heldout"].sum() >= 2
     assert not (art["train"] & art["heldout"]).any()
     G, hl_art = s2.load_generator(run / "hyplatent.pt", "cheetah-vel", "smoke")
@@ -246,7 +247,7 @@ def test_chain_artifacts(cheetah_chain, metaworld_chain):
     # phi trains on the rollouts of the autoencoder's training checkpoints only: its held-out checkpoints
     # (the evaluation's conditioning rollouts come from them) and the unseen tasks stay out, scaling included
     assert torch.equal(be["train"], art["train"]) and art["heldout"].any() and not be["train"][art["heldout"]].any()
-    traj = torch.cat([s["traj"] for s in common.load_stage0(run, "metaworld", "smoke")])
+    traj = torch.cat([s["traj"] for s in artifacts.load_stage0(run, "metaworld", "smoke")])
     lo = traj[art["train"]].min(0).values
     assert torch.equal(be["scaling"]["traj_lo"], lo) and not torch.equal(lo, traj.min(0).values)
 
@@ -297,7 +298,7 @@ def test_wrong_suite_or_policy_size_one_line_error(cheetah_chain, tmp_path):
         s1a.load_autoencoder(run / "autoencoder.pt", "metaworld", "smoke")
     art = torch.load(run / "autoencoder.pt", weights_only=True)
     art["policy"] = common.policy_spec(17, 6, hidden=64)
-    common.save_artifact(art, tmp_path / "autoencoder.pt")
+    artifacts.save_artifact(art, tmp_path / "autoencoder.pt")
     (tmp_path / "stage0").symlink_to(run / "stage0")
     with pytest.raises(SystemExit, match=r"autoencoder.pt: policy is .*'hidden': 64.*expected"):
         s1a.load_autoencoder(tmp_path / "autoencoder.pt", "cheetah-vel", "smoke")
@@ -331,6 +332,6 @@ def test_hyplatent_stops_on_nan_keeping_a_partial_state_and_resumes(cheetah_chai
     _, hl_art = s2.load_generator(tmp_path / "hyplatent.pt", "cheetah-vel", "smoke")
     assert hl_art["step"] == 20 and hl_art["history"]["step"][0] == 0 and not (tmp_path / "hyplatent.partial.pt").exists()
     hl_art["step"] = 12  # an artifact that records fewer steps than it was asked for is refused
-    common.save_artifact(hl_art, tmp_path / "short.pt")
+    artifacts.save_artifact(hl_art, tmp_path / "short.pt")
     with pytest.raises(SystemExit, match=r"short.pt: trained 12 of 20 steps \(unfinished\)"):
         s2.load_generator(tmp_path / "short.pt", "cheetah-vel", "smoke")

@@ -1,0 +1,37 @@
+"""The names of the evaluation's rows, in one place: evaluate.py and evaluate_metaworld.py write them into
+results.json, aggregate.py reads them back (without importing torch or the stages), and the printed
+numbers of the paper that the tables show beside ours, marked as printed.
+"""
+
+# Cheetah-Vel (Table IV): the generated methods, the baselines, the oracle upper bound, in table order
+METHODS = ["hyplatent", "hypformer", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
+LABELS = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
+          "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
+          "interpolated-expert": "interpolated expert", "parent": "parent",
+          "oracle-expert": "oracle expert (trained at v*: upper bound)"}
+# Table IV as printed (average return over the test velocities)
+PAPER_ROWS = [("paper:MACAW (Iter. 0)", -121.6), ("paper:MACAW (Iter. 20K)", -60.5), ("paper:Prompt-DT", -34.43),
+              ("paper:AMT-Hyp w/o HypFormer (10 seeds)", -33.44), ("paper:AMT-Hyp w/o HypFormer (35 seeds)", -29.6)]
+
+# MetaWorld (Tables I-III): one policy per task: only more goals sharpen its rate
+SINGLE = ("expert", "decoded-expert", "parent")
+MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
+# every MetaWorld row name: the methods, then top-k of the generated ones (picked on other goals; optimistic)
+MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}{o}" for m in ("hyplatent", "hypformer") for k in (5, 10) for o in ("", "-optimistic"))]
+# the paper's printed success rates (%): MAA, AMT-Hyp w/o HypFormer, AMT-Hyp (Tables I and III)
+PAPER_SEEN = {"window-open-v3": (33, 51, 64), "door-open-v3": (27, 35, 62), "drawer-open-v3": (42, 40, 78),
+              "dial-turn-v3": (23, 36, 48), "plate-slide-v3": (45, 66, 88), "button-press-v3": (32, 38, 58),
+              "handle-press-v3": (50, 62, 82), "faucet-close-v3": (45, 77, 82), "average": (36, 51, 70.3)}
+PAPER_UNSEEN = {"drawer-close-v3": (55, 53, 80), "handle-press-side-v3": (4, 6, 0), "door-lock-v3": (13, 6, 6),
+                "window-close-v3": (10, 0, 12), "reach-wall-v3": (13, 6, 10), "coffee-button-v3": (8, 3, 9),
+                "button-press-wall-v3": (11, 2, 14), "faucet-open-v3": (16, 21, 27), "average": (16.25, 12.13, 19.8)}
+# Table II: seen, unseen
+PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
+                 ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
+                 ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
+                 ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
+
+
+def task_name(suite: str, task) -> str:
+    """Shard and row name of a task: `vel-0.225` for Cheetah-Vel, the metaworld name for MetaWorld."""
+    return f"vel-{float(task):g}" if suite == "cheetah-vel" else str(task)

@@ -1,0 +1,128 @@
+"""Result pages and the README: a page written by `aggregate.py --publish` (provenance, headline, figures),
+the README's headline blocks equal to the pages they cite, every number of a README results table found in
+the page it cites, relative links that resolve, and a project that speaks of itself."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aggregate as agg
+from test_multiseed import fake_results
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "DESIGN.md", *sorted((ROOT / "docs").glob("*.md")),
+         *sorted((ROOT / "results").glob("*.md"))]
+
+
+def write_provenance(run: Path, seed: int, seconds: dict) -> None:
+    """provenance.jsonl as pipeline.sh writes it: a chain line, then one line per stage invocation."""
+    recs = [{"event": "chain", "command": "bash pipeline.sh smoke", "env": {"SEED": str(seed)}, "commit": "abc123",
+             "date": "2026-01-01T00:00:00Z", "machine": {"cores": 2, "cpu": "test cpu", "device": "cpu", "torch": "x"}}]
+    for stage, secs in seconds.items():
+        for s in secs:  # several invocations: an interrupted stage and its resume
+            recs.append({"event": "stage", "stage": stage, "command": f"python {stage}.py --run-dir {run} --seed {seed}",
+                         "seconds": s, "commit": "abc123", "date": "2026-01-01T00:10:00Z"})
+    (run / "provenance.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
+    runs = []
+    for seed, hl, ip in ((1, (-10, -20), (-12, -22)), (2, (-14, -18), (-15, -21)), (3, (-12, -22), (-13, -23))):
+        run = tmp_path / f"s{seed}"
+        fake_results(run, seed, {"hyplatent": hl, "interpolated-expert": ip})
+        write_provenance(run, seed, {"stage0": [100 * seed, 200], "stage2": [50]})
+        runs.append(str(run))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- headline: results/cv.md -->\nstale numbers\n<!-- /headline -->\nend\n")
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), publish=str(tmp_path / "results" / "cv.md"),
+                      readme=str(readme)))
+    page = (tmp_path / "results" / "cv.md").read_text()
+    # provenance: one row per run, each stage's invocations summed (seed 2: 200 + 200 s = 6.7 min)
+    row2 = next(line for line in page.splitlines() if line.startswith(f"| {runs[1]} |"))
+    assert "| 2 | abc123 |" in row2 and "| 6.7 min | 50 s | 7.5 min |" in row2
+    assert "2 cores (test cpu), device cpu" in page and "`SEED=1 bash pipeline.sh smoke`" in page
+    assert "python stage0.py --run-dir <run> --seed <s>" in page
+    # headline: averages per seed -15, -16, -17: mean -16, s = 1, n = 3
+    # CI: 4.303 / sqrt(3) = 2.48; one new run: 4.303 * sqrt(1 + 1/3) = 4.97 -> -20.97 to -11.03
+    assert "| HypLatent (AMT-Hyp w/o HypFormer) | -16.00 ± 2.48 | -20.97 to -11.03 |" in page
+    assert "| HypLatent - interpolated expert | 1.67 ± 1.43 |" in page
+    assert (tmp_path / "results" / "cv-return_vs_velocity.png").stat().st_size > 5_000
+    assert "![return_vs_velocity.png](cv-return_vs_velocity.png)" in page
+    # the README's block now holds the page's headline, the rest of the README untouched
+    text = readme.read_text()
+    assert "stale numbers" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert agg.readme_blocks(text)[0][0] == "results/cv.md"
+    _, i, j = agg.readme_blocks(text)[0]
+    assert text[i:j].strip("\n") == agg.page_headline(page)
+
+
+def test_prediction_interval_by_hand():
+    assert agg.prediction_halfwidth([1.0, 2.0, 3.0]) == pytest.approx(4.303 * 1.0 * np.sqrt(4 / 3), abs=1e-4)
+    x = [-28.0, -31.0, -31.5, -30.0, -27.0]  # df 4: t = 2.776
+    assert agg.prediction_halfwidth(x) == pytest.approx(2.776 * np.std(x, ddof=1) * np.sqrt(1.2), abs=1e-4)
+    assert np.isnan(agg.prediction_halfwidth([3.0]))
+
+
+def test_readme_headlines_are_the_pages_they_cite():
+    readme = (ROOT / "README.md").read_text()
+    for path, i, j in agg.readme_blocks(readme):
+        page = ROOT / path
+        assert page.exists(), f"README cites {path}, which does not exist"
+        assert readme[i:j].strip("\n") == agg.page_headline(page.read_text()), \
+            f"README's headline block for {path} differs from the page: re-run the aggregate.py --publish command there"
+
+
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
+
+
+def tables_with_citations(text: str):
+    """(cited page, table lines) of every markdown table whose caption (the lines just above it, up to a
+    blank line or a heading, or the headline marker) links a page under results/ or docs/."""
+    lines, out, k = text.splitlines(), [], 0
+    while k < len(lines):
+        if not lines[k].startswith("|"):
+            k += 1
+            continue
+        start = k
+        while k < len(lines) and lines[k].startswith("|"):
+            k += 1
+        cap, c = [], start - 1
+        while c >= 0 and lines[c].strip() and not lines[c].startswith("#"):
+            cap.insert(0, lines[c])
+            c -= 1
+        links = re.findall(r"\]\(((?:results|docs)/[^)#]+\.md)", " ".join(cap))
+        out.append((links[-1] if links else None, lines[start:k]))
+    return out
+
+
+def test_every_number_of_a_readme_results_table_is_in_the_page_it_cites():
+    readme = (ROOT / "README.md").read_text()
+    checked = 0
+    for path, table in tables_with_citations(readme):
+        if path is None:
+            continue
+        page_numbers = set(NUMBER.findall((ROOT / path).read_text()))
+        for line in table:
+            missing = [x for x in NUMBER.findall(line) if x not in page_numbers]
+            assert not missing, f"README table row {line!r}: {missing} not in {path}"
+        checked += 1
+    assert checked >= 1, "no README results table cites a page"
+
+
+def test_relative_links_resolve():
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            assert (page.parent / target.split("#")[0]).exists(), f"{page.relative_to(ROOT)}: broken link {target}"
+
+
+def test_the_project_speaks_of_itself():
+    history = re.compile(r"\b(this|previous|earlier|next) session\b|\bissues? \d+|\buntil commit\b|\ba finding of\b", re.I)
+    files = [*PAGES, *ROOT.glob("*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py"), ROOT / "pipeline.sh"]
+    bad = [f"{f.relative_to(ROOT)}:{n + 1}" for f in files for n, line in enumerate(f.read_text().splitlines())
+           if history.search(line)]
+    assert not bad, f"process history in {bad[:10]}"
