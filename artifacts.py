@@ -43,26 +43,73 @@ PARENT_FORMAT = "amt-hyp/stage0-parent v2"
 RUNTIME_FIELDS = ("run_dir", "jobs", "threads", "torch_threads", "device", "progress", "save_every", "skip_done")
 
 
-def save_artifact(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file. Every
-    artifact gets a `uid`; a later artifact names the inputs it was made from by their uids (`made_from`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def content_hash(obj) -> str:
+    """sha256 of an artifact's content (tensors by dtype, shape and bytes; other values by their JSON), the
+    `sha256` key itself left out. Recorded at save and checked at load, so that a file edited in place
+    (its uid kept) is refused rather than taken for the artifact that its uid names."""
+    import hashlib
+
     import torch
 
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                if k != "sha256":
+                    h.update(repr(k).encode())
+                    walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def save_artifact(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file. Every
+    artifact gets a `uid` (a later artifact names the inputs it was made from by their uids, `made_from`)
+    and the `sha256` of its content. Serialised in memory first, so that a full disk fails in one plain
+    file write (one line, see `write_atomic`)."""
+    import io
+
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     obj.setdefault("uid", uuid.uuid4().hex)
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    obj["sha256"] = content_hash(obj)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 def write_atomic(path: str | Path, write) -> None:
     """`write(tmp)` to `.<stem>.tmp<pid><suffix>` beside `path` (the suffix kept for writers that read it,
     like savefig), then rename: a reader never sees half a file. A writer with nothing to write may leave
-    no temp file (then `path` is left as it was)."""
+    no temp file (then `path` is left as it was). A failed write (a full disk, a read-only folder) removes
+    the temp file at once, keeps the previous `path`, and stops with one line naming the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    write(tmp)
-    if tmp.exists():
-        os.replace(tmp, path)
+    try:
+        write(tmp)
+        if tmp.exists():
+            os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise SystemExit(f"error: {path}: cannot write it: {(e.strerror or str(e)).lower()}{kept}") from None
 
 
 def remove_dead_temps(folder: Path) -> list[Path]:
@@ -104,6 +151,9 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
         raise SystemExit(f"error: {path}: no 'format' key; expected a '{fmt}' artifact")
     if obj["format"] != fmt:
         raise SystemExit(f"error: {path}: format is '{obj['format']}', expected '{fmt}'")
+    if "sha256" in obj and content_hash(obj) != obj["sha256"]:
+        raise SystemExit(f"error: {path}: its content does not match the checksum recorded when it was saved "
+                         "(edited since?); re-run the stage that writes it")
     missing = [k for k in keys if k not in obj]
     if missing:
         raise SystemExit(f"error: {path}: missing key(s) {', '.join(missing)}")
@@ -137,7 +187,8 @@ def check_settings(path, old: dict, new: dict) -> None:
 
 def up_to_date(path: str | Path, fmt: str, current: dict, made_from: dict) -> bool:
     """True when `path` holds a finished artifact of `fmt` made with the settings `current` from the inputs
-    `made_from` ({file: uid}): the test behind --skip-done. Anything else is made again."""
+    `made_from` ({file: uid}), its content unchanged since it was saved: the test behind --skip-done.
+    Anything else is made again."""
     import torch
 
     try:
@@ -145,26 +196,39 @@ def up_to_date(path: str | Path, fmt: str, current: dict, made_from: dict) -> bo
     except Exception:  # noqa: BLE001 - missing or unreadable: not up to date
         return False
     return (isinstance(art, dict) and art.get("format") == fmt and art.get("settings") == current
-            and art.get("made_from") == made_from)
+            and art.get("made_from") == made_from and art.get("sha256") == content_hash(art))
+
+
+SHARD_KEYS = ("params", "step", "return", "success", "first_success", "traj", "post_success", "task", "settings",
+              "made_from")
+
+
+def load_shard(path: str | Path, suite: str, scale: str) -> dict:
+    """One stage-0 shard, with every check any reader needs: format, keys, suite, scale, policy size,
+    checksum, at least one checkpoint, and one row of every per-checkpoint field per checkpoint."""
+    from common import suite_spec
+
+    s = load_artifact(path, STAGE0_FORMAT, SHARD_KEYS, spec=suite_spec(suite), suite=suite, scale=scale)
+    n = len(s["step"])
+    if n == 0:
+        raise SystemExit(f"error: {path}: no checkpoints (delete it to retrain that task)")
+    bad = [k for k in ("params", "return", "success", "first_success", "traj", "post_success") if len(s[k]) != n]
+    if bad:
+        raise SystemExit(f"error: {path}: {', '.join(f'{len(s[k])} {k} rows' for k in bad)} for {n} checkpoint steps")
+    return s
 
 
 def load_stage0(run_dir: str | Path, suite: str, scale: str) -> list[dict]:
     """Every finished stage-0 shard of a run directory, sorted by task name (Cheetah-Vel: by velocity).
     They must come from one parent with one set of stage-0 settings; anything else stops with one line."""
-    from common import suite_spec
-
     paths = sorted(p for p in Path(run_dir, "stage0").glob("*.pt") if not p.name.endswith(".partial.pt"))
     if not paths:
         raise SystemExit(f"error: {Path(run_dir, 'stage0')}: no stage-0 shards (run stage0_collect_sac.py first)")
-    shards = [load_artifact(p, STAGE0_FORMAT, ("params", "step", "return", "success", "traj", "post_success",
-                                               "settings", "made_from"), spec=suite_spec(suite), suite=suite,
-                            scale=scale) for p in paths]
+    shards = [load_shard(p, suite, scale) for p in paths]
     for p, s in zip(paths, shards):
         if s["made_from"] != shards[0]["made_from"]:
             raise SystemExit(f"error: {p}: fine-tuned from another parent than {paths[0].name} (mixed run directory)")
         check_settings(p, s["settings"], shards[0]["settings"])
-        if len(s["params"]) != len(s["step"]):  # every shard, the first too
-            raise SystemExit(f"error: {p}: {len(s['params'])} params rows for {len(s['step'])} steps")
     if suite == "cheetah-vel":
         shards.sort(key=lambda s: s["target_velocity"])
     return shards
@@ -215,10 +279,18 @@ def lock_run_dir(path: str | Path, who: str):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        raise SystemExit(f"error: {path}: in use by another {who} ({f.read().strip() or 'pid unknown'}); "
+        raise SystemExit(f"error: {path}: in use by another process ({f.read().strip() or 'pid unknown'}); "
                          "wait for it to finish or stop it") from None
-    f.seek(0), f.truncate(), f.write(f"pid {os.getpid()}\n"), f.flush()
+    f.seek(0), f.truncate(), f.write(f"pid {os.getpid()}, {who}\n"), f.flush()
     return f
+
+
+def open_run_dir(path: str | Path, who: str):
+    """What every stage that writes into a run directory does first: create it, check it can be written,
+    remove dead writers' temp files, take its lock. Returns (run directory, lock); keep the lock alive."""
+    run = prepare_run_dir(path)
+    return run, lock_run_dir(run, who)
+
 
 def cpu_state(module) -> dict:
     """A state dict on the CPU, whatever device the module trained on (artifacts load anywhere)."""

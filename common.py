@@ -158,6 +158,15 @@ class CheetahVel:
     def render(self) -> np.ndarray:
         return self.env.render()
 
+    def rng_state(self) -> dict:
+        """The random state that decides the next reset (saved by stage 0's resumable state)."""
+        return {"np_random": self.env.np_random.bit_generator.state, "seed": self.seed}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.seed = state["seed"]
+        self.env.np_random = np.random.Generator(np.random.PCG64())
+        self.env.np_random.bit_generator.state = state["np_random"]
+
 
 MW_SEEN = ["window-open-v3", "door-open-v3", "drawer-open-v3", "dial-turn-v3",
            "plate-slide-v3", "button-press-v3", "handle-press-v3", "faucet-close-v3"]
@@ -241,7 +250,8 @@ def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = Fa
     """One episode of each of N flat policies (deterministic actions), policy i in envs[i], all in
     lockstep: every step is one batched forward of the policies still running. The envs must be
     reset-ready (for MetaWorld: goal already set). Returns per-policy `return` and `success` (MetaWorld:
-    info["success"] at any step) as float arrays [N]; with `record`, also each episode's MAA features
+    info["success"] at any step) as float arrays [N], `first_success` (the index of the first state
+    reached with success, -1 if none); with `record`, also each episode's MAA features
     `traj` [N, traj_dim] and `post_success` [N, 3 * obs_dim] (see `rollout_features`).
 
     `stop_when_decided`: an episode ends as soon as its outcome is decided: at its first success, or with
@@ -271,7 +281,7 @@ def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = Fa
                 done[j] = term or trunc or (stop_when_decided and decided)
             if done.any():  # shrink the batch (one copy of the remaining policies per change)
                 active, p_active = active[~done], p_active[torch.from_numpy(~done)]
-    out = {"return": ret, "success": success}
+    out = {"return": ret, "success": success, "first_success": np.array([-1 if f is None else f for f in first])}
     if record:
         feats = [rollout_features(np.stack(states[i]), np.stack(actions[i]), first[i]) for i in range(n)]
         out["traj"], out["post_success"] = (np.stack(f) for f in zip(*feats))
@@ -309,6 +319,10 @@ def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | Non
 # ----------------------------------------------------------------------------------------------------
 
 
+SUITES = ("cheetah-vel", "metaworld")
+SCALE_NAMES = ("smoke", "quick", "paper")
+
+
 def scale_defaults(Args, scales: dict, suite: str, scale: str):
     """Args with the defaults of `suite` at `scale`: the dataclass holds quick Cheetah-Vel; `scales` maps a
     scale ("smoke") or a suite and scale ("metaworld:quick") to the options it changes."""
@@ -325,6 +339,9 @@ def parse_args(Args, scales: dict, doc: str, argv: list[str] | None = None):
     pre.add_argument("--suite", default=Args.suite)
     pre.add_argument("--scale", default=Args.scale)
     known, _ = pre.parse_known_args(argv)
+    for flag, value, valid in (("--suite", known.suite, SUITES), ("--scale", known.scale, SCALE_NAMES)):
+        if value not in valid:
+            raise SystemExit(f"error: {flag} {value}: unknown; valid: {', '.join(valid)}")
     rows = [f"  {k}: " + ", ".join(f"{f}={v}" for f, v in t.items()) for k, t in scales.items()]
     doc = (f"{doc.strip()}\n\nDefaults below: --suite {known.suite} --scale {known.scale}. What the other scales "
            "change (the quick Cheetah-Vel defaults otherwise; 'metaworld:quick' = --suite metaworld --scale quick):\n"
@@ -349,9 +366,45 @@ def check_options(args, positive: tuple[str, ...] = (), nonnegative: tuple[str, 
 
 
 
+def _die_with_parent(initializer, initargs) -> None:
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except OSError:
+        pass
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def process_pool(workers: int, initializer=None, initargs=()):
+    """A ProcessPoolExecutor of `workers` spawned processes that die with this one (PR_SET_PDEATHSIG), so
+    a killed run leaves no orphans stepping environments; `initializer(*initargs)` runs in each."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent,
+                               initargs=(initializer, initargs))
+
+
 def pick_device(name: str) -> torch.device:
-    """`auto`: the first CUDA GPU if torch sees one, else the CPU."""
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """`auto`: the first CUDA GPU if torch sees one, else the CPU. A device torch cannot use stops the
+    program with one line (call it before any work)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name}: not a device name (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise SystemExit(f"error: --device {name} asked for, but torch {torch.__version__} sees "
+                             f"{n} CUDA device(s); use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise SystemExit(f"error: --device {name}: this code runs on cpu or cuda devices")
+    return dev
 
 
 def seed_everything(seed: int) -> None:

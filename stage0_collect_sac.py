@@ -13,15 +13,18 @@ experts of a suite descend from one parent:
    the MAA rollout features `traj` and `post_success` (common.rollout_features).
 3. MetaWorld at quick scale only: a buffer of scripted-expert episodes; each batch is half
    demonstrations, half online data, and a behaviour-cloning term on the demonstration half is added to
-   the actor loss, weighted by the batch's mean |Q| as in TD3+BC (`bc_weight` 2.5, kept constant:
-   `bc_anneal_steps` 0). 50 demonstration episodes, not 10: with 10, dial-turn's checkpoints succeeded on
-   the evaluation goals 20-60% of the time whatever the weight; coverage of the goals is what was missing
-   (README, "Measured: MetaWorld experts"). Annealing the term away made success collapse as it faded.
+   the actor loss, weighted by the batch's mean |Q| as in TD3+BC (`bc_weight` 2.5, constant). 50
+   demonstration episodes: with 10, dial-turn's checkpoints miss too many goal positions
+   (docs/metaworld-experts.md).
 
-One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; the training state goes to
-`<task>.partial.pt` every `save_every` seconds, so a re-run skips finished shards and resumes an
-interrupted one. Parent, shards and partial states record the scale and settings they were made with;
-a run directory holding any made otherwise stops the run with one line.
+The file reads: options, environments, SAC (networks, `sac_update`, the training loop, set beside CleanRL's
+`sac_continuous_action.py`), then resume, demonstrations, parent and children, the process pool.
+
+One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; every `save_every` seconds, between
+two episodes, the whole training state goes to `<task>.partial.pt`, so a re-run skips finished shards and
+resumes an interrupted one where it stopped, with the same result as an uninterrupted run. Parent, shards
+and partial states record the scale and settings they were made with; a run directory holding any made
+otherwise stops the run with one line.
 
     python stage0_collect_sac.py                                  # quick Cheetah-Vel, 10 velocities
     python stage0_collect_sac.py --suite metaworld --tasks door-open-v3
@@ -103,9 +106,7 @@ class Args:
     demo_noise: float = 0.1
     """std of the Gaussian noise added to scripted actions"""
     bc_weight: float = 0.0
-    """BC term weight relative to the batch's mean |Q| (0.4 = TD3+BC's alpha 2.5)"""
-    bc_anneal_steps: int = 0
-    """the BC weight falls linearly to 0 over this many steps (0 = constant weight)"""
+    """BC term weight relative to the batch's mean |Q| (TD3+BC's is 2.5)"""
 
     save_every: float = 60.0
     """seconds between saves of the resumable training state"""
@@ -122,12 +123,12 @@ SCALES = {
                   critic_hidden=256, first_checkpoint=150_000, checkpoint_every=500, num_checkpoints=800),
     "metaworld:smoke": dict(parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, demo_episodes=1,
                             learning_starts=100, first_checkpoint=200, checkpoint_every=100, num_checkpoints=2,
-                            bc_weight=1.0, bc_anneal_steps=600),
+                            bc_weight=1.0),
     "metaworld:quick": dict(demo_episodes=50, checkpoint_every=250, num_checkpoints=41, bc_weight=2.5),
     # MAA's size: about 1,500 checkpoints per task, SAC alone; all 16 tasks (the unseen give conditions)
     "metaworld:paper": dict(first_checkpoint=500_000, num_checkpoints=1500),
 }
-PARTIAL_FORMAT = "amt-hyp/stage0-partial v2"
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v3"  # v3: environment random states, resumed_at
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -149,7 +150,7 @@ def validate(args: Args) -> list:
                                          "policy_frequency", "critic_hidden", "policy_lr", "q_lr", "alpha", "tau",
                                          "demo_steps", "torch_threads"),
                          nonnegative=("jobs", "parent_steps", "parent_demo_episodes", "parent_bc_steps",
-                                      "learning_starts", "demo_episodes", "demo_noise", "bc_weight", "bc_anneal_steps",
+                                      "learning_starts", "demo_episodes", "demo_noise", "bc_weight",
                                       "save_every"),
                          fraction=("gamma",))
     if args.tau > 1 or (args.demo_episodes and args.batch_size < 2):
@@ -195,9 +196,21 @@ class MetaWorldTraining:
         obs, r, term, trunc, info = self.env.step(np.clip(action, -1.0, 1.0))
         return obs.astype(np.float32), float(r), bool(term), bool(trunc), info
 
+    def rng_state(self) -> dict:
+        """The random state that decides the next reset: the goal draw and metaworld's own generator."""
+        return {"goal_rng": self.rng.bit_generator.state, "np_random": self.env.np_random.bit_generator.state}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["goal_rng"]
+        self.env.np_random = np.random.Generator(np.random.PCG64())
+        self.env.np_random.bit_generator.state = state["np_random"]
+
 
 # ----------------------------------------------------------------------------------------------------
-# SAC networks
+# SAC, as CleanRL's sac_continuous_action.py: twin critics with targets, a tanh-Gaussian actor (the
+# generated policy, common.Actor), automatic entropy tuning, delayed actor updates. Four speed-ups that
+# keep the algorithm, each named where it is: stacked twin critics, numpy acting, a preallocated replay
+# tensor, fused Adam and one foreach target update.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -249,9 +262,6 @@ class NumpyActor:
         h = np.maximum(h @ w2.T + b2, 0)
         return h @ wm.T + bm, h @ ws.T + bs
 
-    def deterministic(self, obs: np.ndarray) -> np.ndarray:
-        return np.tanh(self(obs)[0])
-
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         mean, log_std = self(obs)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (np.tanh(log_std) + 1)
@@ -259,7 +269,7 @@ class NumpyActor:
 
 
 class Replay:
-    """Preallocated replay buffer, one float32 tensor [capacity, obs + act + 1 + 1 + obs] (speed-up: a
+    """Replay buffer, one preallocated float32 tensor [capacity, obs + act + 1 + 1 + obs] (speed-up: a
     transition is one row write through a numpy view, a batch one index_select)."""
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int):
@@ -284,7 +294,7 @@ class Replay:
 
 
 def new_agent(args: Args, obs_dim: int, act_dim: int) -> dict:
-    """Actor, twin critics, their targets, log alpha and the optimizers (fused Adam: a speed-up)."""
+    """Actor, twin critics, their targets, log alpha and the optimizers (speed-up: fused Adam)."""
     torch.manual_seed(args.seed)  # one shared init for every child when there is no parent
     actor, qf, qf_target = common.Actor(obs_dim, act_dim), TwinQ(obs_dim, act_dim, args.critic_hidden), \
         TwinQ(obs_dim, act_dim, args.critic_hidden)
@@ -296,31 +306,9 @@ def new_agent(args: Args, obs_dim: int, act_dim: int) -> dict:
             "alpha_opt": torch.optim.Adam([log_alpha], lr=args.q_lr), "target_entropy": -float(act_dim)}
 
 
-NETS = ("actor", "qf", "qf_target")
-
-
-def agent_state(agent: dict, optimizers: bool = False) -> dict:
-    st = {k: agent[k].state_dict() for k in NETS} | {"log_alpha": agent["log_alpha"].detach().clone()}
-    return st | ({k: agent[k].state_dict() for k in ("actor_opt", "q_opt", "alpha_opt")} if optimizers else {})
-
-
-def load_agent_state(agent: dict, state: dict) -> None:
-    """Networks and log alpha (a child starts from the parent's), and the optimizers where saved (resume)."""
-    for k in (*NETS, "actor_opt", "q_opt", "alpha_opt"):
-        if k in state:
-            agent[k].load_state_dict(state[k])
-    with torch.no_grad():
-        agent["log_alpha"].copy_(state["log_alpha"])
-
-
-# ----------------------------------------------------------------------------------------------------
-# SAC: one update, then the training loop with checkpoints
-# ----------------------------------------------------------------------------------------------------
-
-
 def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n_demo: int = 0) -> dict:
-    """One SAC update: the body of CleanRL's sac_continuous_action.py loop. `batch` = (obs, act, rew, term,
-    next_obs); its first `n_demo` rows are demonstrations for the annealed BC term (MetaWorld quick)."""
+    """One SAC update: the body of CleanRL's loop. `batch` = (obs, act, rew, term, next_obs); its first
+    `n_demo` rows are demonstrations for the behaviour-cloning term (MetaWorld quick)."""
     actor, qf, qf_target, log_alpha = agent["actor"], agent["qf"], agent["qf_target"], agent["log_alpha"]
     obs, act, rew, term, next_obs = batch
     with torch.no_grad():  # soft Bellman target with the smaller target critic
@@ -339,9 +327,8 @@ def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n
             a, logp, mean = sample_action(actor, obs)
             q = qf(obs, a).min(0).values
             actor_loss = (alpha * logp - q).mean()
-            anneal = 1 - step / args.bc_anneal_steps if args.bc_anneal_steps else 1.0
-            if n_demo and anneal > 0:  # BC on demonstrations, TD3+BC scale (annealed to 0, or constant)
-                w = args.bc_weight * anneal * q.abs().mean().detach()
+            if n_demo:  # BC on the demonstrations, TD3+BC's scale
+                w = args.bc_weight * q.abs().mean().detach()
                 actor_loss = actor_loss + w * (torch.tanh(mean[:n_demo]) - act[:n_demo]).pow(2).mean()
             agent["actor_opt"].zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -358,48 +345,31 @@ def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n
     return out
 
 
+RECORD_KEYS = ("params", "step", "return", "success", "first_success", "traj", "post_success")
+
+
 def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[int], from_parent: bool,
             tag: str, state_path: Path, demos: list | None = None, report=None, writer=None) -> dict:
-    """SAC on `task` for `total_steps`; at each step in `checkpoints` save the actor and roll it out.
-    Saves the resumable state to `state_path` every `args.save_every` seconds. Returns the records."""
+    """SAC on `task` for `total_steps`; at each step in `checkpoints` the actor is saved and one
+    deterministic episode recorded. Every `args.save_every` seconds, between two episodes, the whole state
+    goes to `state_path` (`save_partial`); a re-run resumes from it to the same result. Returns the records
+    (and `resumed_at`, the steps it was resumed at)."""
     actor = agent["actor"]
-    obs_dim, act_dim = actor.fc1.in_features, actor.fc_mean.out_features
-    rb, demo_rb = Replay(total_steps, obs_dim, act_dim), None
-    if demos:
-        demo_rb = Replay(sum(len(A) for _, A, _ in demos), obs_dim, act_dim)
-        for O, A, R in demos:
-            for t in range(len(A)):
-                demo_rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
+    spec = common.policy_spec(actor.fc1.in_features, actor.fc_mean.out_features)
+    rb, demo_rb = Replay(total_steps, spec["obs_dim"], spec["act_dim"]), demo_replay(demos, spec)
+    env, eval_env = make_env(args, task, seed=args.seed), make_env(args, task, seed=args.seed + 1)
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
-    records = {k: [] for k in ("params", "step", "return", "success", "first_success", "traj", "post_success")}
-    start = 0
-    if state_path.exists():  # resume
-        st = artifacts.load_artifact(state_path, PARTIAL_FORMAT, ("agent", "step", "records", "settings"))
-        artifacts.check_settings(state_path, st["settings"], shard_settings(args))
-        load_agent_state(agent, st["agent"])
-        rb.data[: len(st["replay"])] = st["replay"]
-        rb.size = rb.pos = len(st["replay"])
-        start, records = st["step"], st["records"]
-        rng.bit_generator.state = st["np_rng"]
-        torch.set_rng_state(st["torch_rng"])
-        print(f"{tag}: resuming at step {start} with {len(records['step'])} checkpoints saved")
-
-    def save_state(step):
-        artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
-                              "agent": agent_state(agent, optimizers=True), "replay": rb.data[: rb.size].clone(),
-                              "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                              "records": records}, state_path)
-
-    env, eval_env = make_env(args, task, seed=args.seed), make_env(args, task, seed=args.seed + 1)
-    np_actor = NumpyActor(actor)
-    alpha = agent["log_alpha"].exp().item()
-    ckpt_set, next_save = set(checkpoints), time.time() + args.save_every
-    obs, _ = env.reset()
-    ep_ret, last_report, t_start = 0.0, start, time.time()
+    records = {k: [] for k in RECORD_KEYS} | {"resumed_at": []}
+    start = resume_partial(state_path, args, agent, rb, rng, env, eval_env, records, tag) if state_path.exists() else 0
+    np_actor, alpha = NumpyActor(actor), agent["log_alpha"].exp().item()
+    ckpt_set, next_save, last_report, t_start = set(checkpoints), time.time() + args.save_every, start, time.time()
+    obs = None  # no episode running: the next step starts one
     for step in range(start, total_steps):
+        if obs is None:
+            (obs, _), ep_ret = env.reset(), 0.0
         if step < args.learning_starts and not from_parent:
-            action = rng.uniform(-1, 1, act_dim).astype(np.float32)
+            action = rng.uniform(-1, 1, spec["act_dim"]).astype(np.float32)
         else:
             action = np_actor.sample(obs, rng)
         next_obs, reward, term, trunc, _ = env.step(action)
@@ -408,7 +378,7 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
         if term or trunc:
             if writer is not None:
                 writer.add_scalar("train/episode_return", ep_ret, step)
-            (obs, _), ep_ret = env.reset(), 0.0
+            obs = None
 
         if step >= args.learning_starts:
             batch = rb.sample(args.batch_size if demo_rb is None else args.batch_size // 2)
@@ -423,19 +393,20 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
                 writer.add_scalar("losses/alpha", alpha, step)
                 writer.add_scalar("charts/SPS", (step - start) / (time.time() - t_start + 1e-9), step)
 
-        if step + 1 in ckpt_set:  # checkpoint: save the actor, roll it out deterministically
-            r = rollout(eval_env, np_actor.deterministic)
-            records["params"].append(common.flatten(actor))
+        if step + 1 in ckpt_set:  # checkpoint: save the actor, record one deterministic episode
+            flat = common.flatten(actor)
+            r = common.run_lockstep(flat[None], [eval_env], spec, record=True)
+            records["params"].append(flat)
             records["step"].append(step + 1)
             for k in ("return", "success", "first_success"):
-                records[k].append(r[k])
+                records[k].append(r[k][0].item())
             for k in ("traj", "post_success"):  # tensors: the resumable state must load with weights_only
-                records[k].append(torch.from_numpy(r[k]))
+                records[k].append(torch.from_numpy(r[k][0]))
             if writer is not None:
-                writer.add_scalar("checkpoint/return", r["return"], step + 1)
-                writer.add_scalar("checkpoint/success", r["success"], step + 1)
-        if time.time() > next_save and step + 1 < total_steps and (not checkpoints or step + 1 in ckpt_set):
-            save_state(step + 1)
+                writer.add_scalar("checkpoint/return", records["return"][-1], step + 1)
+                writer.add_scalar("checkpoint/success", records["success"][-1], step + 1)
+        if obs is None and time.time() > next_save and step + 1 < total_steps:
+            save_partial(state_path, args, step + 1, agent, rb, rng, env, eval_env, records)
             next_save = time.time() + args.save_every
         if report is not None and step + 1 - last_report >= 500:
             report(step + 1 - last_report)
@@ -445,27 +416,57 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
     return records
 
 
-def rollout(env, act_fn) -> dict:
-    """One episode with `act_fn(obs) -> action`; return, success at any step, first-success step (index
-    of the first state reached with info["success"], -1 if none), and the MAA features."""
-    obs, _ = env.reset()
-    states, actions, ret, first = [obs], [], 0.0, None
-    while True:
-        a = act_fn(obs)
-        obs, r, term, trunc, info = env.step(a)
-        states.append(obs), actions.append(a)
-        ret += r
-        if first is None and info.get("success", 0.0) > 0:
-            first = len(states) - 1
-        if term or trunc:
-            break
-    traj, post = common.rollout_features(np.stack(states), np.stack(actions), first)
-    return {"return": float(ret), "success": float(first is not None), "first_success": -1 if first is None else first,
-            "traj": traj, "post_success": post, "states": states, "actions": actions}
+# ----------------------------------------------------------------------------------------------------
+# Resume: the whole training state between two episodes
+# ----------------------------------------------------------------------------------------------------
+
+NETS = ("actor", "qf", "qf_target")
+
+
+def agent_state(agent: dict, optimizers: bool = False) -> dict:
+    st = {k: agent[k].state_dict() for k in NETS} | {"log_alpha": agent["log_alpha"].detach().clone()}
+    return st | ({k: agent[k].state_dict() for k in ("actor_opt", "q_opt", "alpha_opt")} if optimizers else {})
+
+
+def load_agent_state(agent: dict, state: dict) -> None:
+    """Networks and log alpha (a child starts from the parent's), and the optimizers where saved (resume)."""
+    for k in (*NETS, "actor_opt", "q_opt", "alpha_opt"):
+        if k in state:
+            agent[k].load_state_dict(state[k])
+    with torch.no_grad():
+        agent["log_alpha"].copy_(state["log_alpha"])
+
+
+def save_partial(path: Path, args: Args, step: int, agent: dict, rb: Replay, rng, env, eval_env, records) -> None:
+    """Everything the rest of the run depends on, taken between two episodes (so no episode is cut): the
+    networks with their optimizers, the replay data, the random states of numpy, torch and both
+    environments, and the records so far."""
+    artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
+                             "agent": agent_state(agent, optimizers=True), "replay": rb.data[: rb.size].clone(),
+                             "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                             "env_rng": env.rng_state(), "eval_env_rng": eval_env.rng_state(),
+                             "records": records}, path)
+
+
+def resume_partial(path: Path, args: Args, agent: dict, rb: Replay, rng, env, eval_env, records, tag: str) -> int:
+    """Restore what `save_partial` wrote (in place) and return the step to go on from."""
+    st = artifacts.load_artifact(path, PARTIAL_FORMAT, ("agent", "step", "records", "settings", "env_rng"))
+    artifacts.check_settings(path, st["settings"], shard_settings(args))
+    load_agent_state(agent, st["agent"])
+    rb.data[: len(st["replay"])] = st["replay"]
+    rb.size = rb.pos = len(st["replay"])
+    rng.bit_generator.state = st["np_rng"]
+    torch.set_rng_state(st["torch_rng"])
+    env.set_rng_state(st["env_rng"])
+    eval_env.set_rng_state(st["eval_env_rng"])
+    records.update(st["records"])
+    records["resumed_at"].append(st["step"])
+    print(f"{tag}: resuming at step {st['step']} with {len(records['step'])} checkpoints saved")
+    return st["step"]
 
 
 # ----------------------------------------------------------------------------------------------------
-# The parent, and one child per task
+# Demonstrations (MetaWorld): metaworld's scripted experts
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -487,6 +488,22 @@ def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) ->
     return out
 
 
+def demo_replay(demos: list | None, spec: dict) -> Replay | None:
+    """The demonstration buffer, or None without demonstrations."""
+    if not demos:
+        return None
+    rb = Replay(sum(len(A) for _, A, _ in demos), spec["obs_dim"], spec["act_dim"])
+    for O, A, R in demos:
+        for t in range(len(A)):
+            rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
+    return rb
+
+
+# ----------------------------------------------------------------------------------------------------
+# The parent, and one child per task
+# ----------------------------------------------------------------------------------------------------
+
+
 def parent_velocity(velocities: list[float]) -> float:
     """The training velocity nearest the middle of their range (the lower one on a tie)."""
     mid = (min(velocities) + max(velocities)) / 2
@@ -497,22 +514,22 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
     """Train the parent and save its whole SAC state, or load it if `path` holds one of these settings."""
     if path.exists():
         parent = artifacts.load_artifact(path, artifacts.PARENT_FORMAT, ("agent", "params", "settings"), spec=spec,
-                                      suite=args.suite, scale=args.scale)
+                                         suite=args.suite, scale=args.scale)
         artifacts.check_settings(path, parent["settings"], shard_settings(args))
         print(f"parent: using {path} ({parent['task']})")
         return parent
-    t0 = time.time()
+    t0, resumed_at = time.time(), []
     agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
     if args.suite == "cheetah-vel":
         task = parent_velocity(tasks)
         if args.parent_steps > 0:
             print(f"parent: SAC for {args.parent_steps} steps at v* = {task}")
-            run_sac(args, agent, task, total_steps=args.parent_steps, checkpoints=[], from_parent=False,
-                    tag="parent", state_path=path.with_suffix(".partial.pt"))
+            resumed_at = run_sac(args, agent, task, total_steps=args.parent_steps, checkpoints=[], from_parent=False,
+                                 tag="parent", state_path=path.with_suffix(".partial.pt"))["resumed_at"]
         name = common.task_name(args.suite, task)
     else:  # behaviour cloning: MSE between tanh(mean) and noisy scripted actions, pooled over tasks
         obs, act = [], []
-        for i, t in enumerate(args.parent_tasks):
+        for t in args.parent_tasks:
             for O, A, _ in scripted_episodes(t, args.parent_demo_episodes, args.demo_steps, args.demo_noise,
                                              seed=goal_seeds(args)[f"parent demonstrations of {t}"]):
                 obs.append(O[:-1]), act.append(A)
@@ -529,7 +546,7 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
         name = "bc:" + ",".join(args.parent_tasks)
     parent = {"format": artifacts.PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
               "params": common.flatten(agent["actor"]), "agent": agent_state(agent),
-              "trained_with_sac": args.suite == "cheetah-vel" and args.parent_steps > 0,
+              "trained_with_sac": args.suite == "cheetah-vel" and args.parent_steps > 0, "resumed_at": resumed_at,
               "settings": shard_settings(args), "config": asdict(args), "seconds": time.time() - t0}
     artifacts.save_artifact(parent, path)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
@@ -537,17 +554,17 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
     return parent
 
 
-def check_shard(args: Args, path: Path, parent: dict) -> None:
-    """A finished shard must be readable, of this scale and settings, and a child of this parent."""
+def check_shard(args: Args, path: Path, parent: dict) -> dict:
+    """A finished shard must pass every shard check, be of these settings and a child of this parent."""
     try:
-        shard = artifacts.load_artifact(path, artifacts.STAGE0_FORMAT, ("settings", "made_from"),
-                                     spec=common.suite_spec(args.suite), suite=args.suite, scale=args.scale)
+        shard = artifacts.load_shard(path, args.suite, args.scale)
     except SystemExit as e:
         raise SystemExit(f"{e} (delete it to retrain that task)") from None
     artifacts.check_settings(path, shard["settings"], shard_settings(args))
     if shard["made_from"] != {"parent.pt": parent["uid"]}:
         raise SystemExit(f"error: {path}: fine-tuned from another parent than {path.parent.parent / 'parent.pt'} "
                          "(delete it to retrain that task, or use another --run-dir)")
+    return shard
 
 
 def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, report=None) -> str:
@@ -575,8 +592,8 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
              "success": torch.tensor(rec["success"], dtype=torch.float32),
              "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
              "traj": torch.stack(rec["traj"]), "post_success": torch.stack(rec["post_success"]),
-             "settings": shard_settings(args), "made_from": {"parent.pt": parent["uid"]},
-             "config": asdict(args), "seconds": time.time() - t0}
+             "resumed_at": rec["resumed_at"], "settings": shard_settings(args),
+             "made_from": {"parent.pt": parent["uid"]}, "config": asdict(args), "seconds": time.time() - t0}
     if args.suite == "cheetah-vel":
         shard["target_velocity"] = float(task)
     artifacts.save_artifact(shard, stage_dir / f"{name}.pt")
@@ -584,18 +601,17 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     best = int(shard["return"].argmax())
     line = (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
             f"{shard['return'][best]:.1f} at step {int(shard['step'][best])}")
+    if rec["resumed_at"]:
+        line += f"; resumed at step {', '.join(map(str, rec['resumed_at']))}"
     if args.suite == "metaworld":
         line += f"; success rate of the last 20 checkpoints {100 * shard['success'][-20:].mean():.0f}%"
     return line
 
 
-def summarize(args: Args, tasks: list, spec: dict, stage_dir: Path, parent: dict, episodes: int = 3) -> str:
-    """A markdown summary of the shards. Cheetah-Vel: per velocity the best checkpoint's return; per pair
-    of neighbouring velocities, the return at their midpoint of their best checkpoints' parameters mixed
-    50/50, next to each of the two experts and the parent run at that midpoint (mean of `episodes`
-    deterministic episodes). MetaWorld: success rate of all and of the last 20 checkpoints."""
-    shards = {t: artifacts.load_artifact(stage_dir / f"{common.task_name(args.suite, t)}.pt", artifacts.STAGE0_FORMAT)
-              for t in tasks}
+def summarize(args: Args, shards: dict) -> str:
+    """A markdown table of the shards ({task: shard}). Cheetah-Vel: the best checkpoint per velocity;
+    MetaWorld: success of all and of the last 20 checkpoints. (How well neighbouring experts mix:
+    benchmarks/stage0_midpoints.py.)"""
     if args.suite == "metaworld":
         rows = ["| task | checkpoints | steps | success, all checkpoints | success, last 20 | first success at step |",
                 "|---|---|---|---|---|---|"]
@@ -605,40 +621,23 @@ def summarize(args: Args, tasks: list, spec: dict, stage_dir: Path, parent: dict
                         f"{100 * s['success'].mean():.0f}% | {100 * s['success'][-20:].mean():.0f}% | "
                         f"{int(hit[0]) if len(hit) else '-'} |")
         return "\n".join(rows)
-    vs = sorted(tasks)
-    best = {v: shards[v]["params"][shards[v]["return"].argmax()] for v in vs}
     rows = ["| v* | best checkpoint return | at step |", "|---|---|---|"]
-    rows += [f"| {v:g} | {float(shards[v]['return'].max()):.1f} | {int(shards[v]['step'][shards[v]['return'].argmax()])} |"
-             for v in vs]
-    pairs = list(zip(vs[:-1], vs[1:]))
-    if pairs:
-        cands = [p for a, b in pairs for p in (0.5 * (best[a] + best[b]), best[a], best[b], parent["params"])]
-        envs = [common.make_eval_env("cheetah-vel", (a + b) / 2, episode=e)
-                for e in range(episodes) for a, b in pairs for _ in range(4)]
-        ret = common.run_lockstep(torch.stack(cands).repeat(episodes, 1), envs, spec)["return"]
-        ret = ret.reshape(episodes, len(pairs), 4).mean(0)
-        rows += ["", f"Midpoints of neighbouring training velocities (mean of {episodes} deterministic episodes):", "",
-                 "| v_a | v_b | midpoint | experts mixed 50/50 | expert v_a | expert v_b | parent |",
-                 "|---|---|---|---|---|---|---|"]
-        rows += [f"| {a:g} | {b:g} | {(a + b) / 2:g} | " + " | ".join(f"{x:.1f}" for x in r) + " |"
-                 for (a, b), r in zip(pairs, ret)]
+    for v in sorted(shards):
+        s = shards[v]
+        rows.append(f"| {v:g} | {float(s['return'].max()):.1f} | {int(s['step'][s['return'].argmax()])} |")
     return "\n".join(rows)
 
+
+# ----------------------------------------------------------------------------------------------------
+# Main: the parent, then the children in worker processes
+# ----------------------------------------------------------------------------------------------------
 
 _report_queue = None
 
 
-def _init_worker(q) -> None:
-    """Worker start: die with the main process (Linux), keep the progress queue."""
+def _set_report_queue(q) -> None:
     global _report_queue
     _report_queue = q
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _worker(args, task, parent, spec, stage_dir):
@@ -648,15 +647,15 @@ def _worker(args, task, parent, spec, stage_dir):
 def main(args: Args) -> None:
     tasks = validate(args)
     spec = common.suite_spec(args.suite)
-    args.jobs = args.jobs or os.cpu_count() or 1
+    jobs = args.jobs or os.cpu_count() or 1
     torch.set_num_threads(args.torch_threads)
-    lock = artifacts.lock_run_dir(artifacts.prepare_run_dir(args.run_dir), "stage-0 process")  # noqa: F841 - held till exit
-    stage_dir = artifacts.prepare_run_dir(Path(args.run_dir) / args.shard_dir)
+    run, lock = artifacts.open_run_dir(args.run_dir, "stage 0")  # noqa: F841 - the lock is held till exit
+    stage_dir = artifacts.prepare_run_dir(run / args.shard_dir)
     t0 = time.time()
-    parent = train_parent(args, tasks, spec, Path(args.run_dir) / "parent.pt")
+    parent = train_parent(args, tasks, spec, run / "parent.pt")
     for p in stage_dir.glob("*.partial.pt"):  # check resumable states before the work starts
         artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
-                              shard_settings(args))
+                                 shard_settings(args))
     todo = []
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
@@ -666,21 +665,18 @@ def main(args: Args) -> None:
             todo.append(t)
     steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
-          f"and {args.num_checkpoints} checkpoints each, {min(args.jobs, max(len(todo), 1))} worker(s)")
+          f"and {args.num_checkpoints} checkpoints each, {min(jobs, max(len(todo), 1))} worker(s)")
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo) * steps_per_task, unit="step", disable=not args.progress, smoothing=0.05)
-    if args.jobs == 1 or len(todo) <= 1:
+    if jobs == 1 or len(todo) <= 1:
         for t in todo:
             bar.write(train_task(args, t, parent, spec, stage_dir, report=bar.update))
     else:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
 
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q,)) as pool:
+        q = mp.get_context("spawn").Queue()
+        with common.process_pool(min(jobs, len(todo)), _set_report_queue, (q,)) as pool:
             pending = {pool.submit(_worker, args, t, parent, spec, stage_dir) for t in todo}
             while pending:
                 try:
@@ -694,8 +690,9 @@ def main(args: Args) -> None:
             bar.update(q.get())
     bar.close()
     print(f"stage 0 finished in {time.time() - t0:.0f}s; shards in {stage_dir}")
-    summary = summarize(args, tasks, spec, stage_dir, parent)
-    (Path(args.run_dir) / f"{args.shard_dir}_summary.md").write_text(summary + "\n")
+    shards = {t: check_shard(args, stage_dir / f"{common.task_name(args.suite, t)}.pt", parent) for t in tasks}
+    summary = summarize(args, shards)
+    artifacts.write_atomic(run / f"{args.shard_dir}_summary.md", lambda p: p.write_text(summary + "\n"))
     print(summary)
 
 

@@ -197,10 +197,25 @@ class SucceedsAt:
         return o.astype(np.float32), r, term, trunc, {**info, "success": float(self.t >= self.at)}
 
 
-def test_recorded_lockstep_features_equal_stage0_rollouts():
-    """The conditioning rollouts of evaluation (recorded in lockstep) give the features stage 0 records."""
-    import stage0_collect_sac as s0
+def one_episode(env, actor):
+    """A plain loop, the reference for the lockstep runner: states, actions and the first success index."""
+    obs, _ = env.reset()
+    states, actions, first = [obs], [], None
+    while True:
+        a = actor.act(torch.as_tensor(obs)).detach().numpy()
+        obs, _, term, trunc, info = env.step(a)
+        states.append(obs), actions.append(a)
+        if first is None and info.get("success", 0.0) > 0:
+            first = len(states) - 1
+        if term or trunc:
+            break
+    traj, post = common.rollout_features(np.stack(states), np.stack(actions), first)
+    return {"traj": traj, "post_success": post, "success": float(first is not None), "states": states}
 
+
+def test_recorded_lockstep_features_equal_a_plain_episode_loop():
+    """The recorded lockstep rollouts (stage 0's checkpoints, evaluation's conditions) give the features of
+    one episode stepped in a plain loop."""
     torch.manual_seed(3)
     spec = common.policy_spec(39, 4)
     params = torch.randn(2, common.num_params(spec)) * 0.3
@@ -209,7 +224,7 @@ def test_recorded_lockstep_features_equal_stage0_rollouts():
     out = common.run_lockstep(params, [make(0), make(1)], spec, record=True)
     for i in range(2):
         actor = common.unflatten(params[i], common.Actor(39, 4))
-        ref = s0.rollout(make(i), s0.NumpyActor(actor).deterministic)
+        ref = one_episode(make(i), actor)
         np.testing.assert_allclose(out["traj"][i], ref["traj"], atol=1e-5)
         np.testing.assert_allclose(out["post_success"][i], ref["post_success"], atol=1e-5)
         assert out["success"][i] == ref["success"] == (1.0 if i == 0 else 0.0)

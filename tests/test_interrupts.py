@@ -49,7 +49,7 @@ def test_write_atomic_never_leaves_half_a_file(tmp_path):
 
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
-    code = f"import common, time; f = artifacts.lock_run_dir({str(run_dir)!r}, 'test'); print('held', flush=True); time.sleep(60)"
+    code = f"import artifacts, time; f = artifacts.lock_run_dir({str(run_dir)!r}, 'test'); print('held', flush=True); time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -58,7 +58,7 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
 def test_second_stage0_process_stops_and_a_dead_one_holds_nothing(tmp_path):
     holder = hold_lock(tmp_path)
     try:
-        with pytest.raises(SystemExit, match=f"in use by another stage-0 process \\(pid {holder.pid}\\)"):
+        with pytest.raises(SystemExit, match=f"in use by another process \\(pid {holder.pid}, test\\)"):
             artifacts.lock_run_dir(tmp_path, "stage-0 process")
         r = subprocess.run([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--scale", "smoke", "--run-dir",
                             str(tmp_path), "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
