@@ -24,7 +24,7 @@ artifacts it was made from: pipeline.sh skips the evaluation only when that file
     python evaluate.py --from-generated runs/cheetah-vel-quick/generated.pt   # re-run saved policies
     python evaluate.py --suite metaworld                                       # Tables I-III
 
-MetaWorld (Tables I-III, Fig. 4): `evaluate_metaworld.py`, called from main() below.
+MetaWorld (Tables I-III, Fig. 4): `evaluate_metaworld.py`, which main() below calls with explicit arguments.
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ import artifacts
 import common
 from methods import LABELS, METHODS, PAPER_ROWS
 from evaluate_metaworld import evaluate_metaworld, generate_metaworld, metaworld_rows, metaworld_tables, pca_figure
-from stage1_autoencoder import load_autoencoder
-from stage1_behavior_embed import load_behavior_embed
-from stage2_hyplatent import decode_generated, load_generator
+from stage2_hyplatent import decode_generated, load_generator, load_inputs
 from stage3_hypformer import load_hypformer, sample_latents
 
 GENERATED_FORMAT = artifacts.GENERATED_FORMAT
@@ -119,25 +117,18 @@ def interpolate_experts(train_vels: list[float], best: torch.Tensor, v: float) -
 
 
 def load_chain(args: Args) -> dict:
-    """Every artifact the evaluation reads, checked to belong together: the autoencoder was made from the
-    shards the run directory holds, HypLatent from that autoencoder (and embedding), HypFormer from that
-    HypLatent, and the shards from that parent. `made_from` names them by uid for results.json."""
+    """Every artifact the evaluation reads, each loaded once and checked to belong together: stage 2's
+    `load_inputs` (shards, autoencoder, embedding), then HypLatent made from them, HypFormer made from that
+    HypLatent, and the parent the shards were fine-tuned from. `made_from` names them by uid."""
     run, suite, scale = Path(args.run_dir), args.suite, args.scale
-    c = {"shards": artifacts.load_stage0(run, suite, scale)}
-    c["parent"] = artifacts.load_artifact(run / "parent.pt", artifacts.PARENT_FORMAT, ("params",), spec=common.suite_spec(suite),
-                                       suite=suite, scale=scale)
+    c = load_inputs(run, suite, scale)
+    c["parent"] = artifacts.load_artifact(run / "parent.pt", artifacts.PARENT_FORMAT, ("params",),
+                                          spec=common.suite_spec(suite), suite=suite, scale=scale)
     if c["shards"][0]["made_from"] != {"parent.pt": c["parent"]["uid"]}:
         raise SystemExit(f"error: {run / 'stage0'}: its shards were fine-tuned from another parent than {run / 'parent.pt'}")
-    c["ae"], c["ae_art"] = load_autoencoder(run / "autoencoder.pt", suite, scale)
-    artifacts.check_made_from(run / "autoencoder.pt", c["ae_art"], artifacts.shard_ids(c["shards"]))
-    made_from = {"autoencoder.pt": c["ae_art"]["uid"]}
-    if suite == "metaworld":
-        c["phi"], c["be"] = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
-        artifacts.check_made_from(run / "behavior_embed.pt", c["be"], {**artifacts.shard_ids(c["shards"]), **made_from})
-        made_from["behavior_embed.pt"] = c["be"]["uid"]
     c["G"], c["hl_art"] = load_generator(run / args.hyplatent, suite, scale)
-    artifacts.check_made_from(run / args.hyplatent, c["hl_art"], made_from)
-    made_from = {args.hyplatent: c["hl_art"]["uid"], **made_from}
+    artifacts.check_made_from(run / args.hyplatent, c["hl_art"], c["made_from"])
+    made_from = {args.hyplatent: c["hl_art"]["uid"], **c["made_from"]}
     c["hf"], c["hf_art"] = load_hypformer(run / args.hypformer, suite, scale)
     artifacts.check_made_from(run / args.hypformer, c["hf_art"], made_from)
     c["made_from"] = {args.hypformer: c["hf_art"]["uid"], **made_from, "parent.pt": c["parent"]["uid"]}
@@ -337,67 +328,81 @@ def validate(args: Args) -> list[float]:
     return common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
 
 
+def cheetah_report(generated: dict, chain: dict | None):
+    """Run and score the Cheetah-Vel policies of `generated` (its velocities and episode count):
+    (rows, header, table, figure, fields for results.json)."""
+    vels, episodes = sorted(set(generated["target_velocity"].tolist())), generated["episodes"]
+    rows = score_rows(generated, evaluate(generated, episodes))
+    n, k = len(generated["method"]), generated["method"].count("hyplatent") // len(vels)
+    header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {k} generated policies x {episodes} episodes per "
+              f"velocity and method; {n} policies, {n * episodes} episodes in lockstep; training velocities "
+              f"{', '.join(f'{v:g}' for v in generated['train_velocities'])}.")
+    mem = memorisation(generated, chain["shards"]) if chain else None
+    md = table(rows, vels)
+    if mem:
+        md += "\n\nMemorisation check (are generated policies new?):\n\n" + memorisation_table(mem)
+    figure = ("return_vs_velocity.png", lambda p: plot(rows, vels, generated["train_velocities"], p))
+    return rows, header, md, figure, {"train_velocities": generated["train_velocities"], "memorisation": mem}
+
+
+def metaworld_report(generated: dict, chain: dict | None, workers: int, progress: bool):
+    """Run and score the MetaWorld policies of `generated` on the goals it records:
+    (rows, header, tables, figure, fields for results.json)."""
+    goals, select_goals = generated["goals"], generated["select_goals"]
+    single = generated["single_policy_goals"]
+    t_eval = time.time()
+    success, select = evaluate_metaworld(generated, goals, select_goals, workers, progress, single)
+    rows = metaworld_rows(generated, success, select)
+    print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
+    header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
+              f"embedding (up to {max(generated['n_conditions'].values(), default=0)} per task), each on {goals} of "
+              f"the task's {max(goals, single)} fixed evaluation goal configurations (policy j on goals {goals}j, "
+              f"{goals}j+1, ... cyclically, so every method covers the same goals; top-k picks its k on "
+              f"{select_goals} other goal configurations, never scored; the paper's way, picked on the scored "
+              f"episodes, is marked optimistic); the one-policy baselines (parent, expert, decoded expert) on all "
+              f"{single}; {len(generated['method'])} policies, {int(np.isfinite(success).sum() + np.isfinite(select).sum())} "
+              "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
+              "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "
+              "training data) come from SAC with scripted demonstrations; the paper's data was SAC alone.")
+    figure = ("pca_latents.png", lambda p: pca_figure(chain["ae"], chain["ae_art"], generated, p)) if chain else None
+    extra = {"seen": generated["seen"], "num_tokens": chain["hf_art"]["num_tokens"]} if chain else {}
+    return rows, header, metaworld_tables(rows, generated), figure, extra
+
+
 def main(args: Args) -> None:
     vels = validate(args)
+    common.seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    t0, workers = time.time(), args.jobs or os.cpu_count() or 1
+    if args.from_generated:  # re-evaluate saved policies; nothing is written
+        generated = artifacts.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
+                                            spec=common.suite_spec(args.suite), suite=args.suite)
+        out = cheetah_report(generated, None) if args.suite == "cheetah-vel" else \
+            metaworld_report(generated, None, workers, args.progress)
+        print(out[1] + "\n\n" + out[2])
+        return
+
     def out_name(name: str) -> str:  # results.json -> results-<tag>.json, videos -> videos-<tag>
         stem, dot, ext = name.partition(".")
         return f"{stem}-{args.tag}{dot}{ext}" if args.tag else name
 
-    common.seed_everything(args.seed)
-    torch.set_num_threads(args.threads)
-    t0, generated, chain = time.time(), None, None
-    if args.from_generated:  # re-evaluate saved policies; nothing is written
-        generated = artifacts.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
-                                         spec=common.suite_spec(args.suite), suite=args.suite)
-    else:
-        run = artifacts.prepare_run_dir(args.run_dir)  # before the work: a read-only directory fails now
-        chain, settings = load_chain(args), artifacts.settings(args)
-        if args.suite == "cheetah-vel":
-            chain["oracle"] = load_oracles(run, args, chain, vels)
-        if args.skip_done and results_up_to_date(run / out_name("results.json"), settings, chain["made_from"]):
-            print(f"evaluation: {run / out_name('results.json')} is up to date (same settings, same artifacts); skipped")
-            return
+    run, lock = artifacts.open_run_dir(args.run_dir, "evaluation")  # noqa: F841 - the lock is held till exit
+    chain, settings = load_chain(args), artifacts.settings(args)
     if args.suite == "cheetah-vel":
-        if generated is not None:
-            vels, args.episodes = sorted(set(generated["target_velocity"].tolist())), generated["episodes"]
-        generated = generated or generate(args, chain, vels)
-        rows = score_rows(generated, evaluate(generated, args.episodes))
-        n = len(generated["method"])
-        header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {args.policies_per_task} generated policies x "
-                  f"{args.episodes} episodes per velocity and method; {n} policies, {n * args.episodes} episodes in "
-                  f"lockstep; training velocities {', '.join(f'{v:g}' for v in generated['train_velocities'])}.")
-        mem = memorisation(generated, chain["shards"]) if chain else None
-        md, figure = table(rows, vels), ("return_vs_velocity.png",
-                                         lambda p: plot(rows, vels, generated["train_velocities"], p))
-        if mem:
-            md += "\n\nMemorisation check (are generated policies new?):\n\n" + memorisation_table(mem)
-    else:
-        workers = args.jobs or os.cpu_count() or 1
-        if generated is not None:
-            args.goals, args.select_goals = generated["goals"], generated.get("select_goals", args.select_goals)
-            args.single_policy_goals = generated.get("single_policy_goals", args.goals)
-        generated = generated or generate_metaworld(args, chain, workers)
-        t_eval = time.time()
-        success, select = evaluate_metaworld(generated, args.goals, args.select_goals, workers, args.progress,
-                                             args.single_policy_goals)
-        rows = metaworld_rows(generated, success, select)
-        print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
-        header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
-                  f"embedding (up to {args.conditions} per task), each on {args.goals} of the task's "
-                  f"{max(args.goals, args.single_policy_goals)} fixed evaluation goal configurations (policy j on "
-                  f"goals {args.goals}j, {args.goals}j+1, ... cyclically, so every method covers the same goals; "
-                  f"top-k picks its k on {args.select_goals} other goal configurations, never scored; "
-                  f"the paper's way, picked on the scored episodes, is marked optimistic); the one-policy baselines "
-                  f"(parent, expert, decoded expert) on all {args.single_policy_goals}; {len(generated['method'])} "
-                  f"policies, {int(np.isfinite(success).sum() + np.isfinite(select).sum())} "
-                  "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
-                  "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "
-                  "training data) come from SAC with scripted demonstrations; the paper's data was SAC alone.")
-        md = metaworld_tables(rows, generated)
-        figure = ("pca_latents.png", lambda p: pca_figure(chain["ae"], chain["ae_art"], generated, p))
-    print(header + "\n\n" + md)
-    if args.from_generated:
+        chain["oracle"] = load_oracles(run, args, chain, vels)
+    if args.skip_done and results_up_to_date(run / out_name("results.json"), settings, chain["made_from"]):
+        print(f"evaluation: {run / out_name('results.json')} is up to date (same settings, same artifacts); skipped")
         return
+    if args.suite == "cheetah-vel":
+        generated = generate(args, chain, vels)
+        rows, header, md, figure, extra = cheetah_report(generated, chain)
+    else:
+        generated = generate_metaworld(chain, workers, conditions=args.conditions, success_only=args.success_only,
+                                       seed=args.seed, baselines=args.baselines, goals=args.goals,
+                                       select_goals=args.select_goals, single_policy_goals=args.single_policy_goals,
+                                       progress=args.progress, config=asdict(args))
+        rows, header, md, figure, extra = metaworld_report(generated, chain, workers, args.progress)
+    print(header + "\n\n" + md)
     artifacts.save_artifact(generated, run / out_name("generated.pt"))
     artifacts.write_atomic(run / out_name("results.md"), lambda p: p.write_text(f"{header}\n\n{md}\n"))
     artifacts.write_atomic(run / out_name(figure[0]), figure[1])
@@ -406,11 +411,7 @@ def main(args: Args) -> None:
 
         videos.render(generated, run / out_name("videos"), args.videos)
     res = {"suite": args.suite, "rows": rows, "settings": settings, "made_from": chain["made_from"],
-           "config": asdict(args), "seed": args.seed}
-    if args.suite == "cheetah-vel":
-        res.update(train_velocities=generated["train_velocities"], memorisation=mem)
-    else:  # what aggregate.py groups MetaWorld runs by
-        res.update(seen=generated["seen"], num_tokens=chain["hf_art"]["num_tokens"])
+           "config": asdict(args), "seed": args.seed, **extra}  # seen, num_tokens: what aggregate.py groups by
     artifacts.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
     print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {', '.join(out_name(n) for n in ('generated.pt', 'results.md', figure[0], 'results.json'))} in {run}")
 

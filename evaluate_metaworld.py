@@ -21,10 +21,7 @@ recorded features) is decided.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
@@ -34,9 +31,6 @@ from methods import MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN
 from stage1_behavior_embed import embed_trajectories
 from stage2_hyplatent import decode_generated
 from stage3_hypformer import sample_latents
-
-if TYPE_CHECKING:
-    from evaluate import Args
 
 def top_k(rates: np.ndarray, k: int, select: np.ndarray | None = None) -> float:
     """Mean success rate of the k best policies (all of them if there are fewer than k). Honest: `select`
@@ -76,7 +70,8 @@ def _lockstep_chunk(params: torch.Tensor, jobs: list, record: bool) -> dict:
     return common.run_lockstep(params, envs, common.suite_spec("metaworld"), record=record, stop_when_decided=True)
 
 
-def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict, workers: int) -> dict:
+def conditioning_rollouts(shards: dict, unused: dict, phi, be: dict, workers: int, conditions: int,
+                          success_only: bool, progress: bool) -> dict:
     """Per task, up to `conditions` behaviour embeddings h of rollouts no stage trained on: the task's
     checkpoints that no stage trained on (`unused`: the autoencoder's hold-out on seen tasks, all of them on
     unseen tasks) run on stage 0's goal configurations, rollout k being checkpoint k mod n on goal k // n.
@@ -84,44 +79,47 @@ def conditioning_rollouts(args: Args, shards: dict, unused: dict, phi, be: dict,
     `conditions` rollouts gets a second round. Returns {task: {"h", "step", "goal", "attempts", "successes"}}."""
     out = {t: {"h": [], "step": [], "goal": [], "attempts": 0, "successes": 0} for t in unused}
     t0 = time.time()
-    for rnd in range(2 if args.success_only else 1):
+    for rnd in range(2 if success_only else 1):
         params, jobs, meta = [], [], []
         for t, rows in unused.items():
             s, got = shards[t], len(out[t]["h"])
-            if got >= args.conditions or len(rows) == 0:
+            if got >= conditions or len(rows) == 0:
                 continue
-            ok = rows[s["success"][rows] > 0] if args.success_only else rows
+            ok = rows[s["success"][rows] > 0] if success_only else rows
             rows = ok if len(ok) else rows  # prefer checkpoints whose own stage-0 rollout succeeded
             seed = s["settings"]["seed"] + 1  # stage 0's checkpoint-rollout goals (stage0_collect_sac.goal_seeds)
             n_goals = len(common.metaworld_goals(t, seed))
-            for k in range(rnd * args.conditions, (rnd + 1) * args.conditions):
+            for k in range(rnd * conditions, (rnd + 1) * conditions):
                 c, goal = int(rows[k % len(rows)]), (k // len(rows)) % n_goals
                 params.append(s["params"][c]), jobs.append((t, seed, goal)), meta.append((t, c, goal))
         if not jobs:
             break
         r = run_episodes(torch.stack(params).float(), jobs, workers, record=True,
-                         desc=f"conditioning rollouts, round {rnd + 1}" if args.progress else "")
+                         desc=f"conditioning rollouts, round {rnd + 1}" if progress else "")
         h = embed_trajectories(phi, be, torch.from_numpy(r["traj"]))
         for i, (t, c, goal) in enumerate(meta):
             o = out[t]
             o["attempts"] += 1
             o["successes"] += int(r["success"][i] > 0)
-            if (r["success"][i] > 0 or not args.success_only) and len(o["h"]) < args.conditions:
+            if (r["success"][i] > 0 or not success_only) and len(o["h"]) < conditions:
                 o["h"].append(h[i]), o["step"].append(int(shards[t]["step"][c])), o["goal"].append(goal)
     print(f"conditioning rollouts: {sum(o['attempts'] for o in out.values())} episodes in {time.time() - t0:.0f}s")
     return out
 
 
 @torch.no_grad()
-def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
-    spec = common.suite_spec(args.suite)
+def generate_metaworld(chain: dict, workers: int, conditions: int, success_only: bool, seed: int, baselines: bool,
+                       goals: int, select_goals: int, single_policy_goals: int, progress: bool, config: dict) -> dict:
+    """Every policy to evaluate on MetaWorld: one HypLatent and one HypFormer policy per conditioning
+    embedding of each task, and (with `baselines`) the expert, checkpoints, their round trips and the parent."""
+    spec = common.suite_spec("metaworld")
     ae, ae_art, G, hl_art, hf, be = (chain[k] for k in ("ae", "ae_art", "G", "hl_art", "hf", "be"))
     shards = {s["task"]: s for s in chain["shards"]}
     decode = lambda zn: decode_generated(zn, hl_art, ae)  # noqa: E731
     first = np.cumsum([0] + [len(s["step"]) for s in shards.values()])
     unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
-    cond = conditioning_rollouts(args, shards, unused, chain["phi"], be, workers)
-    g = torch.Generator().manual_seed(args.seed)
+    cond = conditioning_rollouts(shards, unused, chain["phi"], be, workers, conditions, success_only, progress)
+    g = torch.Generator().manual_seed(seed)
     params, method, task = [], [], []
     for name in shards:
         h = cond[name]["h"]
@@ -131,7 +129,7 @@ def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
             z_pred, grad_pred = hf(sample_latents(G, c, chain["hf_art"]["num_tokens"], generator=g), c)
             for m, p in (("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))):
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
-        if not args.baselines:
+        if not baselines:
             continue
         s = shards[name]
         if name in be["train_tasks"]:
@@ -142,13 +140,13 @@ def generate_metaworld(args: Args, chain: dict, workers: int) -> dict:
         else:  # the oracle bound of zero-shot: the unseen task's own SAC checkpoints (no stage trained on them)
             params.append(s["params"]), method.extend(["checkpoints"] * len(s["params"])), task.extend([name] * len(s["params"]))
         params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
-    return {"format": artifacts.GENERATED_FORMAT, "suite": args.suite, "policy": spec, "params": torch.cat(params).float(),
-            "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": args.goals,
-            "select_goals": args.select_goals, "single_policy_goals": args.single_policy_goals,
+    return {"format": artifacts.GENERATED_FORMAT, "suite": "metaworld", "policy": spec, "params": torch.cat(params).float(),
+            "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": goals,
+            "select_goals": select_goals, "single_policy_goals": single_policy_goals,
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
             "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
                                  "successes": c["successes"]} for t, c in cond.items()},
-            "made_from": chain["made_from"], "config": asdict(args)}
+            "made_from": chain["made_from"], "config": config}
 
 
 def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int,

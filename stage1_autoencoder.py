@@ -159,7 +159,8 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> None:
     validate(args)
-    run = artifacts.prepare_run_dir(args.run_dir)
+    dev = common.pick_device(args.device)
+    run, lock = artifacts.open_run_dir(args.run_dir, "stage 1 (autoencoder)")  # noqa: F841 - the lock is held till exit
     path = run / "autoencoder.pt"
     shards = artifacts.load_stage0(run, args.suite, args.scale)
     made_from = artifacts.shard_ids(shards)
@@ -193,7 +194,6 @@ def main(args: Args) -> None:
     if args.normalize:
         model.mean.copy_(train.mean(0))
         model.std.copy_(train.std(0).clamp_min(1e-3 * train.std(0).mean()))
-    dev = common.pick_device(args.device)
     model, train = model.to(dev), train.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)

@@ -127,7 +127,7 @@ def main(args: Args) -> None:
         print("stage 1 behaviour embedding: not needed for Cheetah-Vel (HypLatent conditions on the target "
               "velocity); nothing to do.")
         return
-    run = artifacts.prepare_run_dir(args.run_dir)
+    run, lock = artifacts.open_run_dir(args.run_dir, "stage 1 (behaviour embedding)")  # noqa: F841 - the lock is held till exit
     path = run / "behavior_embed.pt"
     shards = artifacts.load_stage0(run, args.suite, args.scale)
     _, ae = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)

@@ -17,7 +17,7 @@ Latents and conditions are normalised per dimension with training statistics sav
 Writes `<run_dir>/hyplatent.pt` once, at the end; every `save_every` steps the training state goes to
 `hyplatent.partial.pt`, from which a re-run resumes. If a loss becomes NaN the run stops and the partial
 state of the last good step stays. Stage 3 and evaluation import `Generator`, `load_generator`,
-`training_pairs` and `decode_generated` from this file.
+`load_inputs` and `decode_generated` from this file.
 
     python stage2_hyplatent.py                                    # quick Cheetah-Vel
     python stage2_hyplatent.py --suite metaworld
@@ -180,26 +180,28 @@ def generator_step(D: Discriminator, opt_g, z_fake: torch.Tensor, z_paired: torc
 # ----------------------------------------------------------------------------------------------------
 
 
-def training_pairs(run_dir: str | Path, suite: str, scale: str) -> dict:
-    """Stages 2 and 3 learn from (Z, tau_e) pairs: the latents of the autoencoder's training checkpoints and
-    their raw conditions (Cheetah-Vel: the shard's target velocity; MetaWorld: the rollout's behaviour
-    embedding h). The autoencoder (and the embedding) must have been made from the shards the run
-    directory holds now; `made_from` names the artifacts the pairs come from."""
+def load_inputs(run_dir: str | Path, suite: str, scale: str) -> dict:
+    """What stages 2, 3 and the evaluation read from stages 0-1, each artifact loaded once and checked to
+    belong together: the shards, the autoencoder (`ae` model, `ae_art` artifact), on MetaWorld the behaviour
+    embedding (`phi`, `be`); and the (Z, tau_e) pairs stages 2 and 3 learn from: the latents of the
+    autoencoder's training checkpoints and their raw conditions (Cheetah-Vel: the shard's target velocity;
+    MetaWorld: the rollout's behaviour embedding h). `made_from` names the artifacts by uid."""
     run = Path(run_dir)
     shards = artifacts.load_stage0(run, suite, scale)
-    _, ae = load_autoencoder(run / "autoencoder.pt", suite, scale)
+    model, ae = load_autoencoder(run / "autoencoder.pt", suite, scale)
     artifacts.check_made_from(run / "autoencoder.pt", ae, artifacts.shard_ids(shards))
-    made_from = {"autoencoder.pt": ae["uid"]}
+    made_from, phi, be = {"autoencoder.pt": ae["uid"]}, None, None
     if suite == "cheetah-vel":
         velocity = {s["task"]: s["target_velocity"] for s in shards}  # by name, never by position
         cond = torch.tensor([[velocity[ae["tasks"][i]]] for i in ae["task_index"].tolist()])
     else:
-        _, be = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
+        phi, be = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
         artifacts.check_made_from(run / "behavior_embed.pt", be, {**artifacts.shard_ids(shards), **made_from})
         cond, made_from["behavior_embed.pt"] = be["h"], be["uid"]
     train = ae["train"]
-    return {"Z": ae["latents"].flatten(1)[train], "cond": cond[train], "task_index": ae["task_index"][train],
-            "tasks": ae["tasks"], "token_dim": ae["token_dim"], "made_from": made_from}
+    return {"shards": shards, "ae": model, "ae_art": ae, "phi": phi, "be": be, "Z": ae["latents"].flatten(1)[train],
+            "cond": cond[train], "task_index": ae["task_index"][train], "tasks": ae["tasks"],
+            "token_dim": ae["token_dim"], "made_from": made_from}
 
 
 def load_generator(path: str | Path, suite: str, scale: str) -> tuple[Generator, dict]:
@@ -256,9 +258,10 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> None:
     validate(args)
-    run = artifacts.prepare_run_dir(args.run_dir)
+    dev = common.pick_device(args.device)
+    run, lock = artifacts.open_run_dir(args.run_dir, "stage 2")  # noqa: F841 - the lock is held till exit
     path, partial = run / args.out, (run / args.out).with_suffix(".partial.pt")
-    data = training_pairs(run, args.suite, args.scale)
+    data = load_inputs(run, args.suite, args.scale)
     settings = artifacts.settings(args)
     if args.skip_done and artifacts.up_to_date(path, FORMAT, settings, data["made_from"]):
         print(f"stage 2 HypLatent: {path} is up to date (same settings, same inputs); skipped")
@@ -272,7 +275,6 @@ def main(args: Args) -> None:
     Zn, Cn = (Z - z_mean) / z_std, (cond - c_mean) / c_std
     arch = {"cond_dim": cond.shape[1], "noise_dim": args.noise_dim, "latent_dim": Z.shape[1],
             "widths": list(args.widths)}
-    dev = common.pick_device(args.device)
     G, D = Generator(**arch).to(dev), Discriminator(Z.shape[1], cond.shape[1]).to(dev)
     Zd, Cd = Zn.to(dev), Cn.to(dev)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
@@ -333,7 +335,7 @@ def main(args: Args) -> None:
            "cond_mean": c_mean, "cond_std": c_std, "token_dim": data["token_dim"], "history": history}
     G, D = G.cpu().eval(), D.cpu()
     if args.check_per_task:  # decode generated latents for training conditions and run them
-        ae, _ = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)
+        ae = data["ae"]
         idx, env_tasks = check_conditions(data, args.check_per_task, args.seed)
         with torch.no_grad():
             z = G(Cn[idx], torch.randn(len(idx), args.noise_dim))

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 
 import artifacts
 import common
-from stage1_autoencoder import load_autoencoder
-from stage2_hyplatent import Generator, check_conditions, load_generator, run_generated, training_pairs
+from stage2_hyplatent import Generator, check_conditions, load_generator, load_inputs, run_generated
 
 
 @dataclass
@@ -154,10 +153,11 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> None:
     validate(args)
-    run = artifacts.prepare_run_dir(args.run_dir)
+    dev = common.pick_device(args.device)
+    run, lock = artifacts.open_run_dir(args.run_dir, "stage 3")  # noqa: F841 - the lock is held till exit
     path = run / args.out
     G, hl_art = load_generator(run / args.hyplatent, args.suite, args.scale)  # frozen, eval mode
-    data = training_pairs(run, args.suite, args.scale)
+    data = load_inputs(run, args.suite, args.scale)
     artifacts.check_made_from(run / args.hyplatent, hl_art, data["made_from"])
     made_from = {args.hyplatent: hl_art["uid"], **data["made_from"]}
     if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
@@ -169,7 +169,6 @@ def main(args: Args) -> None:
     Zn = (data["Z"] - hl_art["latent_mean"]) / hl_art["latent_std"]
     Cn = (data["cond"] - hl_art["cond_mean"]) / hl_art["cond_std"]
     arch = {"latent_dim": Zn.shape[1], "cond_dim": Cn.shape[1], "width": args.width, "heads": args.heads}
-    dev = common.pick_device(args.device)
     model, G, Zd, Cd = HypFormer(**arch).to(dev), G.to(dev), Zn.to(dev), Cn.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
@@ -210,7 +209,7 @@ def main(args: Args) -> None:
           f"HypFormer {last['mse_refined']:.4f}")
     model, G = model.cpu().eval(), G.cpu()
     if args.check_per_task:  # HypLatent alone vs HypFormer on training conditions, decoded and run
-        ae, _ = load_autoencoder(run / "autoencoder.pt", args.suite, args.scale)
+        ae = data["ae"]
         idx, env_tasks = check_conditions(data, args.check_per_task, args.seed)
         z_hat = sample_latents(G, Cn[idx], args.num_tokens)
         with torch.no_grad():
