@@ -387,7 +387,8 @@ def provenance_block(runs: list[dict], argv: list[str]) -> str:
                 env = " ".join(f"{k}={v}" for k, v in rec.get("env", {}).items() if k not in ("RUNS", "RUN_DIR"))
                 chains.append(f"{env} {rec['command']}".strip())
             elif rec.get("event") == "stage":
-                secs[rec["stage"]] = secs.get(rec["stage"], 0) + rec["seconds"]
+                # a stage made again (FROM_STAGE) starts its time afresh; a resumed one adds up its parts
+                secs[rec["stage"]] = rec["seconds"] + (0 if rec.get("remake") else secs.get(rec["stage"], 0))
                 if rec["stage"] not in stage_names:
                     stage_names.append(rec["stage"])
                 stage_cmds.append(rec["command"].replace(str(r["dir"]), "<run>").replace(f"--seed {r['seed']}", "--seed <s>"))
@@ -405,8 +406,12 @@ def provenance_block(runs: list[dict], argv: list[str]) -> str:
         lines.append(f"| {r['dir']} | {r['seed']} | {', '.join(commits)} | {span} | "
                      + " | ".join(fmt_seconds(secs[s]) if s in secs else "-" for s in stage_names)
                      + f" | {fmt_seconds(sum(secs.values()))} |")
-    lines += ["", "Wall time of each stage: the sum over its invocations (a resumed stage counts every part; a "
-              "stage skipped as up to date adds its few seconds of checks).", ""]
+    if len(table) > 1:
+        med = lambda s: float(np.median([secs[s] for _, secs, _, _ in table if s in secs]))  # noqa: E731
+        lines.append("| median over the runs | | | | " + " | ".join(fmt_seconds(med(s)) for s in stage_names)
+                     + f" | {fmt_seconds(float(np.median([sum(secs.values()) for _, secs, _, _ in table])))} |")
+    lines += ["", "Wall time of each stage: the sum over its invocations since it was last made again (a resumed "
+              "stage counts every part; a stage skipped as up to date adds its few seconds of checks).", ""]
     for m in machines.values():
         lines.append(f"- Machine: {m.get('cores')} cores ({m.get('cpu')}), device {m.get('device')}, {m.get('os')}; "
                      f"Python {m.get('python')}, " + ", ".join(f"{p} {m.get(p)}" for p in artifacts.PACKAGES) + ".")

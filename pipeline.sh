@@ -10,8 +10,11 @@
 #   bash pipeline.sh mw-smoke   # MetaWorld at tiny settings (2 seen tasks, 1 unseen)      -> runs/metaworld-smoke
 #   bash pipeline.sh mw-quick   # MetaWorld, 8 seen + 8 unseen tasks                       -> runs/metaworld-quick
 #   bash pipeline.sh mw-paper   # MetaWorld at MAA's size                                  -> runs/metaworld-paper
-#   bash pipeline.sh test       # the test suite (extra arguments go to pytest)
+#   bash pipeline.sh test       # the test suite (extra arguments go to pytest; -m "not slow": the fast tier)
+#   bash pipeline.sh publish    # every result page under results/ from the run directories in runs/
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
+#   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are, stages 2, 3
+#                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=0..4)
 #   bash pipeline.sh seeds      # the quick chain for SEEDS (default "1 2 3"), then aggregate.py over them
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
@@ -49,8 +52,9 @@ stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall ti
   s=$(( $(date +%s) - t ))
   echo "== $name: done in ${s}s"
   mkdir -p "$run"
-  printf '{"event": "stage", "stage": "%s", "command": "%s", "seconds": %d, "commit": "%s", "date": "%s"}\n' \
-    "$name" "$*" "$s" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$run/provenance.jsonl"
+  # remake 1: this run made the stage's artifact again (FROM_STAGE), so earlier times of the stage no longer count
+  printf '{"event": "stage", "stage": "%s", "command": "%s", "seconds": %d, "remake": %d, "commit": "%s", "date": "%s"}\n' \
+    "$name" "$*" "$s" "${REMAKE:-0}" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$run/provenance.jsonl"
 }
 
 if [ "$SCALE" = test ]; then
@@ -64,6 +68,31 @@ if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like t
     DIRS+=("$RUNS/cheetah-vel-quick-seed$s")
   done
   exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-quick-aggregate"
+fi
+if [ "$SCALE" = publish ]; then  # every result page under results/ from the run directories that have results
+  with() { local f=$1 d; shift; for d in "$@"; do [ -f "$d/$f" ] && echo "$d"; done; return 0; }  # dirs holding $f
+  publish() {  # publish PAGE DIRS... -- AGGREGATE FLAGS...: write PAGE if any run directory has results
+    local page=$1 dirs=() flags=()
+    shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do dirs+=("$1"); shift; done
+    shift || true
+    flags=("$@")
+    if [ ${#dirs[@]} -eq 0 ]; then echo "== $page: no run directory with results; skipped"; return 0; fi
+    echo "== $page: ${dirs[*]}"
+    python aggregate.py "${dirs[@]}" "${flags[@]}" --out "$RUNS/aggregate-$(basename "$page" .md)" --publish "$page"
+  }
+  publish results/cheetah-vel.md $(with results.json "$RUNS"/cheetah-vel-quick-seed*) --
+  if [ -n "$(with results.json "$RUNS"/cheetah-vel-quick-seed*/n*)" ]; then  # the nested training sets exist
+    publish results/velocity-ablation.md $(with results.json "$RUNS"/cheetah-vel-quick-seed* "$RUNS"/cheetah-vel-quick-seed*/n*) \
+      -- --title "Cheetah-Vel: 10, 20, 25 and 35 training velocities"
+  fi
+  publish results/dense-sweep.md $(with results-sweep.json "$RUNS"/cheetah-vel-quick-seed*) -- --tag sweep \
+    --title "Cheetah-Vel: every velocity of the grid"
+  publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick "$RUNS"/metaworld-quick-seed*) --
+  if ls "$RUNS"/metaworld-quick*/results-L*.json > /dev/null 2>&1; then  # the token ablation ran
+    publish results/metaworld-tokens.md $(with results.json "$RUNS"/metaworld-quick "$RUNS"/metaworld-quick-seed*) -- --tokens
+  fi
+  exit 0
 fi
 if [ "$SCALE" = ablation ]; then
   AB=${2:-quick}  # bash pipeline.sh ablation smoke: the same at smoke scale (a check of the plumbing)
@@ -112,7 +141,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
       mkdir -p "$DIR"
       ln -sfn "$(realpath "$BASE")/parent.pt" "$DIR/parent.pt"
       ln -sfn "$(realpath "$BASE")/stage0" "$DIR/stage0"
-      SEED=$s RUN_DIR="$DIR" FROM_STAGE=1 AMT_NO_VENV=1 bash "$0" "mw-$AB"
+      SEED=$s RUN_DIR="$DIR" STAGE0_LINKED=1 AMT_NO_VENV=1 bash "$0" "mw-$AB"
     fi
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
@@ -150,22 +179,31 @@ T0=$(date +%s)
 python artifacts.py chain "$RUN" bash pipeline.sh "$@"
 stage() { stage_in "$RUN" "$@"; }
 
-if [ -n "${FROM_STAGE:-}" ]; then  # FROM_STAGE=1: stage 0's shards are already in $RUN (another seed's, linked)
-  echo "== stage 0: skipped (FROM_STAGE=$FROM_STAGE); using $RUN/stage0"
+FROM=${FROM_STAGE:-0}  # FROM_STAGE=N: stages before N are taken as they are, stages N.. are made again
+DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
+if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
+run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past it
+  local n=$1
+  shift
+  if [ "$n" -lt "$FROM" ]; then echo "== $1: taken as it is (FROM_STAGE=$FROM)"; return; fi
+  REMAKE=$(( FROM > 0 )) stage "$@"
+}
+if [ -n "${STAGE0_LINKED:-}" ]; then  # mw-seeds: stage 0's shards are another seed's, linked into $RUN
+  echo "== stage 0: linked from another seed's run; using $RUN/stage0"
 else
-  stage "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
+  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
+  if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
+    run_from 0 "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
+      --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
+  fi
 fi
-if [ "$SUITE" = cheetah-vel ] && [ -z "${FROM_STAGE:-}" ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
-  stage "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
-    --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
-fi
-stage "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" --skip-done
+run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${DONE[@]}"
 if [ "$SUITE" = metaworld ]; then
-  stage "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" --skip-done
+  run_from 1 "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" "${DONE[@]}"
 fi
-stage "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" --skip-done
-stage "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" --skip-done
-stage "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" --skip-done
+run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${DONE[@]}"
+run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${DONE[@]}"
+run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${DONE[@]}"
 
 echo "== $SUITE $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
 cat "$RUN/results.md"
