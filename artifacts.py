@@ -267,21 +267,40 @@ def prepare_run_dir(path: str | Path) -> Path:
         print(f"removed {p} (temp file of an interrupted save)")
     return path
 
-def lock_run_dir(path: str | Path, who: str):
-    """Hold `<path>/.lock` (flock) while this process lives; the kernel releases it when the process
-    dies, so a killed run never blocks the next. A second process stops with one line. Keep the
-    returned file object alive."""
+def pid_alive(line: str) -> bool:
+    """Whether the process of a lock-file line `pid N, who` still runs (shared holders leave their lines)."""
+    m = re.match(r"pid (\d+)", line)
+    if not m:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def lock_run_dir(path: str | Path, who: str, shared: bool = False, name: str = ".lock"):
+    """Hold the advisory lock `<path>/<name>` (flock) while this process lives; the kernel releases it when
+    the process dies, so a killed run never blocks the next. Exclusive by default (stages 1-3, the
+    evaluation); `shared` lets several holders in together (stage-0 processes working on different tasks,
+    as the tasks of a job array) while keeping the exclusive holders out. A process that cannot have it
+    stops with one line. Keep the returned file object alive."""
     import fcntl
 
     path = Path(path)
-    f = open(path / ".lock", "a+")
+    f = open(path / name, "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        raise SystemExit(f"error: {path}: in use by another process ({f.read().strip() or 'pid unknown'}); "
+        holders = "; ".join(line.strip() for line in f if pid_alive(line)) or "pid unknown"
+        raise SystemExit(f"error: {path / name if name != '.lock' else path}: in use by another process ({holders}); "
                          "wait for it to finish or stop it") from None
-    f.seek(0), f.truncate(), f.write(f"pid {os.getpid()}, {who}\n"), f.flush()
+    if not shared:
+        f.seek(0), f.truncate()
+    f.write(f"pid {os.getpid()}, {who}\n"), f.flush()
     return f
 
 

@@ -141,7 +141,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
       mkdir -p "$DIR"
       ln -sfn "$(realpath "$BASE")/parent.pt" "$DIR/parent.pt"
       ln -sfn "$(realpath "$BASE")/stage0" "$DIR/stage0"
-      SEED=$s RUN_DIR="$DIR" STAGE0_LINKED=1 AMT_NO_VENV=1 bash "$0" "mw-$AB"
+      SEED=$s RUN_DIR="$DIR" STAGE0_DONE=1 AMT_NO_VENV=1 bash "$0" "mw-$AB"
     fi
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
@@ -188,8 +188,8 @@ run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past i
   if [ "$n" -lt "$FROM" ]; then echo "== $1: taken as it is (FROM_STAGE=$FROM)"; return; fi
   REMAKE=$(( FROM > 0 )) stage "$@"
 }
-if [ -n "${STAGE0_LINKED:-}" ]; then  # mw-seeds: stage 0's shards are another seed's, linked into $RUN
-  echo "== stage 0: linked from another seed's run; using $RUN/stage0"
+if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere: another seed's, linked (mw-seeds), or a job array (slurm/)
+  echo "== stage 0: already made (a linked seed run, or a job array); using $RUN/stage0"
 else
   run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
   if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)

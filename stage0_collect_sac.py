@@ -67,6 +67,9 @@ class Args:
     the same way from the same parent (evaluate.py's upper bound, `<run_dir>/oracle/`)"""
     jobs: int = 0
     """worker processes, one task at a time each (0 = all cores)"""
+    parent_only: bool = False
+    """train (or check) the parent and stop: the first job of a job array (slurm/), whose tasks then each
+    run one --velocities / --tasks entry in the same run directory at once"""
 
     # parent (DESIGN.md section 4)
     parent_steps: int = 30_000
@@ -571,6 +574,7 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     """Fine-tune one expert from the parent and write its shard. Returns a one-line summary."""
     torch.set_num_threads(args.torch_threads)
     name = common.task_name(args.suite, task)
+    lock = artifacts.lock_run_dir(stage_dir, f"stage 0 ({name})", name=f".{name}.lock")  # noqa: F841 - one process per task
     t0 = time.time()
     agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
     load_agent_state(agent, parent["agent"])
@@ -649,10 +653,19 @@ def main(args: Args) -> None:
     spec = common.suite_spec(args.suite)
     jobs = args.jobs or os.cpu_count() or 1
     torch.set_num_threads(args.torch_threads)
-    run, lock = artifacts.open_run_dir(args.run_dir, "stage 0")  # noqa: F841 - the lock is held till exit
+    # shared: other stage-0 processes (a job array's tasks) may work here too, each task under its own lock;
+    # stages 1-3 and the evaluation, which take the lock exclusively, are kept out
+    run = artifacts.prepare_run_dir(args.run_dir)
+    lock = artifacts.lock_run_dir(run, "stage 0", shared=True)  # noqa: F841 - held till exit
     stage_dir = artifacts.prepare_run_dir(run / args.shard_dir)
     t0 = time.time()
-    parent = train_parent(args, tasks, spec, run / "parent.pt")
+    if (run / "parent.pt").exists():
+        parent = train_parent(args, tasks, spec, run / "parent.pt")  # loads and checks it
+    else:  # one process trains it; another one started meanwhile stops with one line
+        with artifacts.lock_run_dir(run, "stage 0 (parent)", name=".parent.lock"):
+            parent = train_parent(args, tasks, spec, run / "parent.pt")
+    if args.parent_only:
+        return
     for p in stage_dir.glob("*.partial.pt"):  # check resumable states before the work starts
         artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
                                  shard_settings(args))

@@ -48,8 +48,9 @@ def test_write_atomic_never_leaves_half_a_file(tmp_path):
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    code = f"import artifacts, time; f = artifacts.lock_run_dir({str(run_dir)!r}, 'test'); print('held', flush=True); time.sleep(60)"
+def hold_lock(run_dir: Path, shared: bool = False) -> subprocess.Popen:
+    code = (f"import artifacts, time; f = artifacts.lock_run_dir({str(run_dir)!r}, 'test', shared={shared}); "
+            "print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -164,3 +165,29 @@ def test_evaluation_killed_before_results_json_is_made_again(cheetah_chain, tmp_
     assert r.returncode == 0 and "skipped" not in r.stdout and (tmp_path / "run" / "results.json").exists()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "is up to date" in r.stdout and "skipped" in r.stdout
+
+
+def test_every_stage_that_writes_a_run_directory_holds_its_lock(tmp_path):
+    """Stages 1-3 and the evaluation take the run directory's lock exclusively before any work: with a
+    stage-0 process in it (a shared holder), each stops with one line naming the holder; two stage-0
+    processes (shared) may work in one directory at once."""
+    import evaluate
+    import stage1_autoencoder
+    import stage1_behavior_embed
+    import stage2_hyplatent
+    import stage3_hypformer
+
+    holder = hold_lock(tmp_path, shared=True)
+    try:
+        for module, suite in ((stage1_autoencoder, "cheetah-vel"), (stage1_behavior_embed, "metaworld"),
+                              (stage2_hyplatent, "cheetah-vel"), (stage3_hypformer, "cheetah-vel"),
+                              (evaluate, "cheetah-vel")):
+            args = common.parse_args(module.Args, module.SCALES, "", ["--suite", suite, "--scale", "smoke",
+                                                                        "--run-dir", str(tmp_path)])
+            with pytest.raises(SystemExit, match=f"in use by another process \\(pid {holder.pid}, test\\)") as e:
+                module.main(args)
+            assert "\n" not in str(e.value), module.__name__
+        artifacts.lock_run_dir(tmp_path, "another stage 0", shared=True).close()  # shared holders coexist
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -1,0 +1,46 @@
+"""The job-array recipe (slurm/): the bodies of its jobs run here by hand at smoke scale, the array
+variable set as SLURM would, two experts at once in one run directory."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_job_array_bodies_make_the_chain(cheetah_chain, tmp_path):
+    chain_run, _ = cheetah_chain
+    run = tmp_path / "run"
+    env = dict(os.environ, AMT_NO_VENV="1", SUITE="cheetah-vel", SCALE="smoke", RUN_DIR=str(run),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    job = lambda *a, **kw: subprocess.run(["bash", str(ROOT / "slurm" / "job.sh"), *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                          text=True, timeout=600, env={**env, **kw})
+    r = job("count")
+    assert r.returncode == 0 and r.stdout.strip() == "7"  # 2 smoke velocities + 5 oracle velocities
+    run.mkdir()
+    shutil.copy(chain_run / "parent.pt", run / "parent.pt")  # the parent job finds it and checks it
+    r = job("parent")
+    assert r.returncode == 0 and "parent: using" in r.stdout, r.stderr
+    # array tasks 0 and 1 (the training velocities) at once, task 2 (the first oracle velocity) after
+    procs = [subprocess.Popen(["bash", str(ROOT / "slurm" / "job.sh"), "shard"], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**env, "SLURM_ARRAY_TASK_ID": str(i)})
+             for i in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert job("shard", SLURM_ARRAY_TASK_ID="2").returncode == 0
+    assert sorted(p.name for p in (run / "stage0").glob("*.pt")) == ["vel-0.3.pt", "vel-1.5.pt"]
+    assert [p.name for p in (run / "oracle").glob("*.pt")] == ["vel-0.225.pt"]
+    # the same experts as the chain that trained them in one process (same seed, same parent)
+    for name in ("vel-0.3.pt", "vel-1.5.pt"):
+        a, b = (torch.load(d / "stage0" / name, weights_only=True) for d in (run, chain_run))
+        assert torch.equal(a["params"], b["params"])
+    r = job("chain")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "stage 0: already made" in r.stdout and (run / "results.json").exists()
