@@ -141,11 +141,29 @@ def group_key(r: dict):
     return tuple(r["train_velocities"]) if r["suite"] == "cheetah-vel" else r["num_tokens"]
 
 
+SHARED_NOTE = (" **One stage 0 for every run** (the same parent and shards): the intervals cover stages 1-3 and the "
+               "evaluation, not stage 0's variation.")
+UPSTREAM_FREE = {"seed", "out", "hyplatent"}  # upstream settings that may differ between seeds: the seed, file names
+
+
+def upstream_difference(a: dict, b: dict) -> list[str]:
+    """`artifact: setting` for every upstream setting in which two evaluations differ (the seed aside)."""
+    ua, ub = a.get("upstream"), b.get("upstream")
+    return [f"{art}: {k}" for art in sorted(set(ua) | set(ub))
+            for k in sorted(set(ua.get(art, {})) | set(ub.get(art, {})))
+            if k not in UPSTREAM_FREE and ua.get(art, {}).get(k) != ub.get(art, {}).get(k)]
+
+
 def group_runs(runs: list[dict]) -> dict:
-    """{key: runs}; within a group the settings must agree in everything but the seed (and, for the token
-    ablation, the file names and baselines) and the seeds must differ (else one line)."""
+    """{key: runs}. Runs pool as seeds of one method only when they differ in nothing but the seed: the
+    evaluation's settings (but, for the token ablation, its file names and baselines), and the settings of
+    every artifact upstream (stage 0 to HypFormer). Two evaluations of one chain (one autoencoder.pt) are
+    not two seeds. Anything else stops with one line."""
     groups: dict = {}
     for r in runs:
+        if "upstream" not in r:
+            raise SystemExit(f"error: {r['dir']}: its results record no upstream settings (an older evaluate.py); "
+                             "evaluate it again (FROM_STAGE=4 bash pipeline.sh ..., or python evaluate.py)")
         groups.setdefault(group_key(r), []).append(r)
     free = {"seed", "tag", "hypformer", "baselines"}  # a results-L<L>.json and a results.json may share a group
     for key, rs in groups.items():
@@ -154,11 +172,20 @@ def group_runs(runs: list[dict]) -> dict:
             diff = sorted(k for k in set(ref) | set(r["settings"]) if k not in free and ref.get(k) != r["settings"].get(k))
             if diff:
                 raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: evaluated with other settings ({', '.join(diff)})")
+            diff = upstream_difference(rs[0], r)
+            if diff:
+                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made with other settings upstream "
+                                 f"({', '.join(diff[:6])}): not seeds of one method")
         seeds = [r["seed"] for r in rs]
+        what = f"{len(key)} training velocities" if isinstance(key, tuple) else f"L = {key}"
         if len(set(seeds)) < len(seeds):
-            what = f"{len(key)} training velocities" if isinstance(key, tuple) else f"L = {key}"
             raise SystemExit(f"error: two evaluations of seed {max(seeds, key=seeds.count)} for {what}: "
                              f"{', '.join(r['dir'] for r in rs)}")
+        aes = [r["made_from"].get("autoencoder.pt") for r in rs]
+        if len(set(aes)) < len(aes):
+            same = [r["dir"] for r in rs if aes.count(r["made_from"].get("autoencoder.pt")) > 1]
+            raise SystemExit(f"error: {', '.join(same)}: evaluations of one chain (the same autoencoder.pt), not "
+                             f"seeds, for {what}")
     return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 
@@ -191,7 +218,9 @@ def aggregate_group(rs: list[dict]) -> dict:
                     mem.setdefault(f"{k}: {kk}", []).append(vv)
             else:
                 mem.setdefault(k, []).append(v)
+    shared0 = n > 1 and len({r["made_from"].get("parent.pt") for r in rs}) == 1  # one stage 0 for every run
     return {"n_seeds": n, "seeds": [r["seed"] for r in rs], "dirs": [r["dir"] for r in rs], "cells": cells,
+            "shared_stage0": shared0,
             "pairs": pairs, "memorisation": {k: float(np.mean(v)) for k, v in mem.items()}}
 
 
@@ -482,14 +511,15 @@ def main(args: Args) -> None:
         for k, g in agg.items():
             md += [f"## {k} training velocities: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
-                   f"{', '.join(g['dirs'])}; training velocities {', '.join(f'{v:g}' for v in g['train_velocities'])}.",
-                   "", group_table(g, velocities_of(g)), ""]
+                   f"{', '.join(g['dirs'])}; training velocities {', '.join(f'{v:g}' for v in g['train_velocities'])}."
+                   + SHARED_NOTE * g["shared_stage0"], "", group_table(g, velocities_of(g)), ""]
     else:
         agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in groups.items()}
         for k, g in agg.items():
             md += [f"## HypFormer with L = {g['num_tokens']}: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})",
                    "", f"Success rate % (mean ± 95% Student-t interval over seeds); run directories: "
-                   f"{', '.join(g['dirs'])}. Top-k rows without `-optimistic` pick their k on goals never scored.",
+                   f"{', '.join(g['dirs'])}. Top-k rows without `-optimistic` pick their k on goals never scored."
+                   + SHARED_NOTE * g["shared_stage0"],
                    "", metaworld_table(g), ""]
     text = "\n".join(md)
     artifacts.write_atomic(out / f"results{sfx}.md", lambda p: p.write_text(text))

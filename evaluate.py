@@ -147,8 +147,7 @@ def load_oracles(run: Path, args: Args, chain: dict, vels: list[float]) -> dict:
         if round(v, 6) in by_vel:
             out[v] = by_vel[round(v, 6)]
         elif path.exists():
-            s = artifacts.load_artifact(path, artifacts.STAGE0_FORMAT, ("params", "return", "settings", "made_from"),
-                                     spec=common.suite_spec(args.suite), suite=args.suite, scale=args.scale)
+            s = artifacts.load_shard(path, args.suite, args.scale)
             artifacts.check_settings(path, s["settings"], chain["shards"][0]["settings"])
             if s["made_from"] != chain["shards"][0]["made_from"]:
                 raise SystemExit(f"error: {path}: fine-tuned from another parent than the training shards")
@@ -328,6 +327,16 @@ def validate(args: Args) -> list[float]:
     return common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
 
 
+def upstream_settings(chain: dict) -> dict:
+    """The settings of every artifact the evaluated policies come from: aggregate.py pools runs as seeds of
+    one method only where these agree in everything but the seed."""
+    out = {"stage0": chain["shards"][0]["settings"], "autoencoder.pt": chain["ae_art"]["settings"],
+           "hyplatent": chain["hl_art"]["settings"], "hypformer": chain["hf_art"]["settings"]}
+    if chain.get("be") is not None:
+        out["behavior_embed.pt"] = chain["be"]["settings"]
+    return out
+
+
 def cheetah_report(generated: dict, chain: dict | None):
     """Run and score the Cheetah-Vel policies of `generated` (its velocities and episode count):
     (rows, header, table, figure, fields for results.json)."""
@@ -411,7 +420,8 @@ def main(args: Args) -> None:
 
         videos.render(generated, run / out_name("videos"), args.videos)
     res = {"suite": args.suite, "rows": rows, "settings": settings, "made_from": chain["made_from"],
-           "config": asdict(args), "seed": args.seed, **extra}  # seen, num_tokens: what aggregate.py groups by
+           "upstream": upstream_settings(chain), "config": asdict(args), "seed": args.seed,
+           **extra}  # seen, num_tokens: what aggregate.py groups by
     artifacts.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
     print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {', '.join(out_name(n) for n in ('generated.pt', 'results.md', figure[0], 'results.json'))} in {run}")
 

@@ -13,7 +13,7 @@ with their return (and success). Where no OpenGL context can be made, stops with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,12 @@ class Args:
     """policies per task and method"""
     out: str = ""
     """output folder (default: videos/ beside the generated.pt)"""
+    tasks: list[str] = field(default_factory=list)
+    """only these tasks (e.g. vel-1.2 or door-open-v3; default: all)"""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """which methods' policies to render"""
+    small: bool = False
+    """half-size frames (160x120), for GIFs kept in the repository"""
 
 
 @torch.no_grad()
@@ -64,14 +70,15 @@ def episode_frames(params: torch.Tensor, env, spec: dict, suite: str, label: str
     return frames, {"return": ret, "success": success, "achieved_velocity": float(np.mean(vel))}
 
 
-def render(generated: dict, out: Path, per_task: int) -> list[dict]:
-    """GIFs of the first `per_task` policies per task of each method in METHODS; writes index.md."""
+def render(generated: dict, out: Path, per_task: int, tasks=(), methods=METHODS, small: bool = False) -> list[dict]:
+    """GIFs of the first `per_task` policies per task (of `tasks`, default all) of each of `methods`;
+    writes index.md. `small`: frames at half size."""
     suite, spec = generated["suite"], generated["policy"]
     method, task = np.array(generated["method"]), np.array(generated["task"])
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    for t in dict.fromkeys(generated["task"]):
-        for m in METHODS:
+    for t in [t for t in dict.fromkeys(generated["task"]) if not tasks or t in tasks]:
+        for m in methods:
             idx = np.flatnonzero((method == m) & (task == t))[:per_task]
             for i, j in enumerate(idx):
                 target = float(generated["target_velocity"][j]) if suite == "cheetah-vel" else t
@@ -81,6 +88,8 @@ def render(generated: dict, out: Path, per_task: int) -> list[dict]:
                 except Exception as e:  # noqa: BLE001 - no OpenGL: mujoco raises various errors
                     raise SystemExit(f"error: cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                                      "set MUJOCO_GL=egl (or osmesa) on a machine with Mesa") from None
+                if small:
+                    frames = [f.resize((f.width // 2, f.height // 2)) for f in frames]
                 path = out / f"{m}-{t}-{i}.gif"
                 artifacts.write_atomic(path, lambda p: frames[0].save(p, format="GIF", save_all=True,
                                                                    append_images=frames[1:], duration=40, loop=0))
@@ -100,7 +109,11 @@ def main(args: Args) -> None:
     if args.per_task < 1:
         raise SystemExit(f"error: --per-task must be at least 1 (got {args.per_task})")
     g = artifacts.load_artifact(args.generated, artifacts.GENERATED_FORMAT, ("params", "method", "task", "policy"))
-    render(g, Path(args.out) if args.out else Path(args.generated).parent / "videos", args.per_task)
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"error: --methods {' '.join(bad)}: unknown; valid: {', '.join(METHODS)}")
+    render(g, Path(args.out) if args.out else Path(args.generated).parent / "videos", args.per_task, args.tasks,
+           args.methods, args.small)
 
 
 if __name__ == "__main__":

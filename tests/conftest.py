@@ -1,4 +1,5 @@
-"""Shared fixtures: the smoke chains of both suites, run once per test session through pipeline.sh."""
+"""Shared fixtures: the smoke chains of both suites, run once per test run through pipeline.sh and reused by
+every test that reads them; tests that use them are marked slow."""
 
 import os
 import subprocess
@@ -32,3 +33,10 @@ def metaworld_chain(tmp_path_factory):
     return runs / "metaworld-smoke", run_chain("mw-smoke", runs)
 
 
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a smoke chain is in the slow tier, whatever its own marks say."""
+    for item in items:
+        if {"cheetah_chain", "metaworld_chain"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

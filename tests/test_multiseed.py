@@ -41,7 +41,9 @@ def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), **settin
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps({
         "suite": "cheetah-vel", "rows": rows, "settings": {"scale": "smoke", "seed": seed, "episodes": 1, **settings},
-        "seed": seed, "train_velocities": list(train), "made_from": {},
+        "seed": seed, "train_velocities": list(train),
+        "made_from": {"autoencoder.pt": f"ae{seed}", "parent.pt": f"parent{seed}"},
+        "upstream": {"stage0": {"scale": "smoke", "seed": seed}, "hyplatent": {"seed": seed, "paired_weight": 1000.0}},
         "memorisation": {"consecutive checkpoints of one expert": float(seed), "hyplatent": {"to nearest checkpoint": 2.0 * seed}}}))
 
 
@@ -78,6 +80,28 @@ def test_aggregate_refuses_mixed_settings_and_repeated_seeds(tmp_path):
         agg.main(agg.Args(runs=[str(tmp_path / "nothing")], out=str(tmp_path / "out")))
 
 
+def test_aggregate_pools_only_seeds_of_one_method(tmp_path):
+    """Runs that differ upstream (here HypLatent's paired weight) or share a chain (one autoencoder.pt
+    evaluated twice under two seeds) are not seeds of one method; runs made by an older evaluate.py (no
+    upstream settings) are refused too."""
+    runs = [str(tmp_path / s) for s in ("a", "b")]
+    fake_results(tmp_path / "a", 1, {"hyplatent": (-1, -2)})
+    fake_results(tmp_path / "b", 2, {"hyplatent": (-1, -2)})
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    res["upstream"]["hyplatent"]["paired_weight"] = 0.0
+    (tmp_path / "b" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="other settings upstream \\(hyplatent: paired_weight\\)"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
+    res["upstream"]["hyplatent"]["paired_weight"], res["made_from"]["autoencoder.pt"] = 1000.0, "ae1"
+    (tmp_path / "b" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="evaluations of one chain"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
+    del res["upstream"]
+    (tmp_path / "b" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="no upstream settings"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
+
+
 def fake_mw_results(path: Path, seed: int, scores: dict, L: int = 8, tag: str = ""):
     """A MetaWorld results[-tag].json: {method: (seen average, unseen average)} (per task rows: the same)."""
     rows = []
@@ -90,7 +114,9 @@ def fake_mw_results(path: Path, seed: int, scores: dict, L: int = 8, tag: str = 
     path.mkdir(parents=True, exist_ok=True)
     settings = {"scale": "smoke", "seed": seed, "goals": 2, "tag": tag, "hypformer": f"hypformer-L{L}.pt" if tag else "hypformer.pt"}
     (path / (f"results-{tag}.json" if tag else "results.json")).write_text(json.dumps({
-        "suite": "metaworld", "rows": rows, "settings": settings, "seed": seed, "made_from": {},
+        "suite": "metaworld", "rows": rows, "settings": settings, "seed": seed,
+        "made_from": {"autoencoder.pt": f"ae{seed}", "parent.pt": "one stage 0"},  # MetaWorld seeds share stage 0
+        "upstream": {"stage0": {"seed": 1}, "hyplatent": {"seed": seed}, "hypformer": {"num_tokens": L, "seed": seed}},
         "seen": ["door-open-v3"], "num_tokens": L}))
 
 
@@ -112,6 +138,7 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert d["verdict"].startswith("no difference")  # two seeds rarely decide anything
     assert "paper:MAA|average-seen" not in g["cells"]
     assert "door-open-v3 |" in (tmp_path / "seeds" / "results.md").read_text()
+    assert g["shared_stage0"] and "One stage 0 for every run" in (tmp_path / "seeds" / "results.md").read_text()
     agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
     res = json.loads((tmp_path / "tokens" / "results.json").read_text())
     assert list(res) == ["L2", "L8"] and res["L2"]["cells"]["hypformer|average-unseen"]["mean"] == 5.0

@@ -1,5 +1,6 @@
 """stage0_collect_sac.py: SAC pieces, rollouts, shard schema at smoke scale, resume, bad inputs."""
 
+import shutil
 import subprocess
 import sys
 import time
@@ -107,9 +108,12 @@ def check_shard(path, suite, spec, n, task):
     return shard
 
 
-def test_cheetah_smoke_shards(tmp_path):
-    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--jobs", "2")
-    assert r.returncode == 0, r.stderr
+def test_cheetah_smoke_shards(cheetah_chain, tmp_path):
+    """The shards stage 0 wrote for the smoke chain (two workers): schema, the stored return is the stored
+    policy's, children near the parent; a re-run skips finished shards."""
+    run, _ = cheetah_chain
+    shutil.copytree(run / "stage0", tmp_path / "stage0")
+    shutil.copy(run / "parent.pt", tmp_path / "parent.pt")
     spec = common.policy_spec(17, 6)
     for v in (0.3, 1.5):
         shard = check_shard(tmp_path / "stage0" / f"vel-{v:g}.pt", "cheetah-vel", spec, 4, f"vel-{v:g}")
@@ -131,6 +135,7 @@ def test_cheetah_smoke_shards(tmp_path):
     assert r.returncode == 0 and "2 tasks (2 done already)" in r.stdout
 
 
+@pytest.mark.slow
 def test_metaworld_smoke_all_16_tasks(tmp_path):
     r = run_stage0("--suite", "metaworld", "--scale", "smoke", "--run-dir", str(tmp_path), "--jobs", "2")
     assert r.returncode == 0, r.stderr
@@ -265,9 +270,13 @@ def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
         s0.validate(s0.Args(suite="metaworld", seed=1025))  # parent demonstrations of the 2nd task: 1025 + 1000
 
 
-def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
+def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(cheetah_chain, tmp_path):
+    run, _ = cheetah_chain  # its parent and one shard: stage 0 finds its work done
+    (tmp_path / "stage0").mkdir()
+    shutil.copy(run / "parent.pt", tmp_path / "parent.pt")
+    shutil.copy(run / "stage0" / "vel-0.3.pt", tmp_path / "stage0" / "vel-0.3.pt")
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "1 tasks (1 done already)" in r.stdout, r.stderr
     for flags, message in ((["--scale", "quick"], "parent.pt: made at scale 'smoke', this run is at scale 'quick'"),
                            (["--scale", "smoke", "--checkpoint-every", "50"],
                             "parent.pt: made with checkpoint_every = 100, this run has checkpoint_every = 50")):
@@ -285,6 +294,7 @@ def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(tmp_path):
     assert "not a readable artifact" in r.stderr and "delete it to retrain that task" in r.stderr
 
 
+@pytest.mark.slow
 def test_stage0_benchmark_runs():
     """The speed benchmark runs against stage 0's code (no timing is asserted)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_stage0_sac.py"), "--steps", "600",
