@@ -137,7 +137,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 def shard_settings(args: Args) -> dict:
     """What a parent, shard or partial state must share with this run (the task list may grow)."""
-    return artifacts.settings(args, ignore=("velocities", "tasks", "shard_dir"))
+    return artifacts.settings(args, ignore=("velocities", "tasks", "shard_dir", "parent_only"))
 
 
 def goal_seeds(args: Args) -> dict:

@@ -202,7 +202,7 @@ def one_episode(env, actor):
     obs, _ = env.reset()
     states, actions, first = [obs], [], None
     while True:
-        a = actor.act(torch.as_tensor(obs)).detach().numpy()
+        a = actor.act(torch.as_tensor(obs, dtype=torch.float32)).detach().numpy()
         obs, _, term, trunc, info = env.step(a)
         states.append(obs), actions.append(a)
         if first is None and info.get("success", 0.0) > 0:

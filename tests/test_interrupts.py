@@ -12,6 +12,7 @@ import pytest
 
 import artifacts
 import common
+import stage0_collect_sac as s0
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,18 +138,30 @@ def test_unwritable_run_directory_fails_before_the_work(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "cannot write to the run directory" in r.stderr
 
 
-def test_shard_whose_params_do_not_match_its_steps_is_refused(cheetah_chain, tmp_path):
+def test_shards_that_cannot_be_right_are_refused_by_every_reader(cheetah_chain, tmp_path):
+    """One shard loader for every reader: a shard whose rows do not match its steps, one with no checkpoint,
+    and one edited in place after its save (uid kept) each stop the reader with one line."""
     import shutil
 
     import torch
 
     run, _ = cheetah_chain
     shutil.copytree(run / "stage0", tmp_path / "stage0")
-    s = torch.load(tmp_path / "stage0" / "vel-0.3.pt", weights_only=True)
-    s["params"] = s["params"][:-1]
-    torch.save(s, tmp_path / "stage0" / "vel-0.3.pt")
-    with pytest.raises(SystemExit, match=r"vel-0.3.pt: 3 params rows for 4 steps"):
+    path = tmp_path / "stage0" / "vel-0.3.pt"
+    s = torch.load(path, weights_only=True)
+    cases = [({"params": s["params"][:-1]}, r"vel-0.3.pt: 3 params rows for 4 checkpoint steps"),
+             ({k: s[k][:0] for k in s0.RECORD_KEYS}, r"vel-0.3.pt: no checkpoints")]
+    for change, message in cases:
+        artifacts.save_artifact({**s, **change}, path)  # written as a stage would, checksum and all
+        with pytest.raises(SystemExit, match=message):
+            artifacts.load_stage0(tmp_path, "cheetah-vel", "smoke")
+    edited = dict(s, params=s["params"] + 1e-3)  # edited in place: uid and recorded checksum kept
+    torch.save(edited, path)
+    with pytest.raises(SystemExit, match="vel-0.3.pt: its content does not match the checksum"):
         artifacts.load_stage0(tmp_path, "cheetah-vel", "smoke")
+    assert not artifacts.up_to_date(path, artifacts.STAGE0_FORMAT, s["settings"], s["made_from"])
+    artifacts.save_artifact(dict(s), path)
+    assert artifacts.up_to_date(path, artifacts.STAGE0_FORMAT, s["settings"], s["made_from"])
 
 
 def test_evaluation_killed_before_results_json_is_made_again(cheetah_chain, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import aggregate as agg
+import artifacts
 import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +194,7 @@ def test_oracle_row_and_memorisation(cheetah_chain, tmp_path):
     shutil.copytree(run, copy, symlinks=True)
     s = torch.load(copy / "oracle" / "vel-0.6.pt", weights_only=True)
     s["made_from"] = {"parent.pt": "another"}
-    torch.save(s, copy / "oracle" / "vel-0.6.pt")
+    artifacts.save_artifact(s, copy / "oracle" / "vel-0.6.pt")
     r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--scale", "smoke", "--run-dir", str(copy)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "vel-0.6.pt: fine-tuned from another parent" in r.stderr

@@ -234,7 +234,7 @@ def test_chain_artifacts(cheetah_chain, metaworld_chain):
     o, d = torch.tensor(fc["original"]), torch.tensor(fc["decoded"])
     assert len(o) == 2 and (d - o).abs().max() < 0.1 * (o[0] - o[1]).abs()
     # no Cheetah-Vel test velocity among the training conditions
-    pairs = s2.training_pairs(run, "cheetah-vel", "smoke")
+    pairs = s2.load_inputs(run, "cheetah-vel", "smoke")
     assert not set(pairs["cond"].flatten().tolist()) & set(common.CHEETAH_TEST)
 
     run, _ = metaworld_chain
