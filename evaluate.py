@@ -198,42 +198,73 @@ def evaluate(generated: dict, episodes: int) -> np.ndarray:
     return out["return"].reshape(episodes, len(vels)).T
 
 
+def acting_params(params: torch.Tensor, spec: dict) -> torch.Tensor:
+    """The part of flat policies that acts: everything but the log-std head (the last act x hidden + act
+    values), which the deterministic policy tanh(mean) never uses."""
+    return params[..., : common.num_params(spec) - spec["act_dim"] * (spec["hidden"] + 1)]
+
+
+def trajectory_states(shards: list[dict], spec: dict, n: int = 512, seed: int = 0) -> torch.Tensor:
+    """A fixed batch of `n` states visited by the stage-0 checkpoints (from their recorded `traj` features:
+    20 chunks of a state and 3 actions)."""
+    o, chunk = spec["obs_dim"], spec["obs_dim"] + 3 * spec["act_dim"]
+    traj = torch.cat([s["traj"] for s in shards]).float()
+    states = traj.view(len(traj), -1, chunk)[:, :, :o].reshape(-1, o)
+    return states[torch.randperm(len(states), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 @torch.no_grad()
-def memorisation(generated: dict, shards: list[dict]) -> dict:
-    """Are the generated policies new, or copies of training checkpoints? L2 distances in parameter space:
-    each generated policy to its nearest stage-0 checkpoint (any training velocity) and to the interpolated
-    expert of its target velocity, next to the data's own spacing: best checkpoints of neighbouring
-    training velocities, and consecutive checkpoints of one expert. Medians (and the 10th percentile of
-    the distance to the nearest checkpoint); the nearest-expert row is a training checkpoint (distance 0)."""
+def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
+    """Are the generated policies new, or copies of training checkpoints? Each generated policy against
+    its nearest stage-0 checkpoint (any training velocity) and the interpolated expert of its target
+    velocity: the L2 distance in parameter space (the acting part: the log-std head left out) and the mean
+    absolute difference of their actions on a fixed batch of visited states. Beside them, the data's own
+    spacing (best checkpoints of neighbouring velocities, consecutive checkpoints of one expert) and the
+    floor every decoded policy sits on: the autoencoder's round trip of its own training checkpoints.
+    Medians (and the 10th percentile of the distance to the nearest checkpoint)."""
+    spec = generated["policy"]
+    act = lambda p: acting_params(p.float(), spec)  # noqa: E731
     ckpts = torch.cat([s["params"] for s in shards]).float()
     best = torch.stack([s["params"][s["return"].argmax()] for s in shards]).float()
     method, params = np.array(generated["method"]), generated["params"]
-    interp = params[method == "interpolated-expert"]
     vel_of = generated["target_velocity"]
-    interp_at = {round(float(v), 6): p for v, p in zip(vel_of[method == "interpolated-expert"], interp)}
-    out = {"neighbouring velocities (best checkpoints)": float(torch.linalg.norm(best[1:] - best[:-1], dim=1).median())
+    interp_at = {round(float(v), 6): p for v, p in zip(vel_of[method == "interpolated-expert"],
+                                                       params[method == "interpolated-expert"])}
+    train = ckpts[ae_art["train"]]
+    states = trajectory_states(shards, spec)
+    out = {"neighbouring velocities (best checkpoints)": float(torch.linalg.norm(act(best[1:] - best[:-1]), dim=1).median())
            if len(best) > 1 else float("nan"),
            "consecutive checkpoints of one expert": float(torch.cat(
-               [torch.linalg.norm(s["params"][1:] - s["params"][:-1], dim=1) for s in shards]).median())}
+               [torch.linalg.norm(act(s["params"][1:] - s["params"][:-1]), dim=1) for s in shards]).median()),
+           "autoencoder round trip of a training checkpoint": float(
+               torch.linalg.norm(act(ae.decode(ae.encode(train)) - train), dim=1).median())}
     for m in ("hyplatent", "hypformer", "nearest-expert", "interpolated-expert", "oracle-expert"):
         sel = torch.as_tensor(method == m)
         if not sel.any():
             continue
-        d_ckpt = torch.cdist(params[sel], ckpts).min(1).values
-        d_interp = torch.linalg.norm(params[sel] - torch.stack([interp_at[round(float(v), 6)] for v in vel_of[sel]]), dim=1)
+        p = params[sel].float()
+        d_all = torch.cdist(act(p), act(ckpts))
+        d_ckpt, nearest = d_all.min(1)
+        interp = torch.stack([interp_at[round(float(v), 6)] for v in vel_of[sel]]).float()
+        a_gen = common.batched_act(p, states.expand(len(p), -1, -1), spec)
+        a_near = common.batched_act(ckpts[nearest], states.expand(len(p), -1, -1), spec)
         out[m] = {"to nearest checkpoint": float(d_ckpt.median()), "to nearest checkpoint, 10th pct":
-                  float(d_ckpt.quantile(0.1)), "to interpolated expert": float(d_interp.median())}
+                  float(d_ckpt.quantile(0.1)), "to interpolated expert": float(torch.linalg.norm(act(p - interp), dim=1).median()),
+                  "action difference to nearest checkpoint": float((a_gen - a_near).abs().mean((1, 2)).median())}
     return out
 
 
 def memorisation_table(mem: dict) -> str:
-    lines = ["| policies | to nearest training checkpoint (median) | (10th percentile) | to interpolated expert (median) |",
-             "|---|---|---|---|"]
+    lines = ["| policies | to nearest training checkpoint (median) | (10th percentile) | to interpolated expert (median) | "
+             "mean action difference to the nearest checkpoint |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {d['to nearest checkpoint']:.2f} | {d['to nearest checkpoint, 10th pct']:.2f} | "
-              f"{d['to interpolated expert']:.2f} |" for m, d in mem.items() if isinstance(d, dict)]
-    lines += ["", "Spacing of the training data: best checkpoints of neighbouring training velocities "
-              f"{mem['neighbouring velocities (best checkpoints)']:.2f}; consecutive checkpoints of one expert "
-              f"{mem['consecutive checkpoints of one expert']:.2f} (medians of L2 distances in parameter space)."]
+              f"{d['to interpolated expert']:.2f} | {d['action difference to nearest checkpoint']:.3f} |"
+              for m, d in mem.items() if isinstance(d, dict)]
+    lines += ["", "L2 distances of the acting parameters (the unused log-std head left out). The floor of every decoded "
+              f"policy: the autoencoder's round trip of its own training checkpoints, "
+              f"{mem['autoencoder round trip of a training checkpoint']:.2f}. The spacing of the training data: best "
+              f"checkpoints of neighbouring training velocities {mem['neighbouring velocities (best checkpoints)']:.2f}; "
+              f"consecutive checkpoints of one expert {mem['consecutive checkpoints of one expert']:.2f} (medians)."]
     return "\n".join(lines)
 
 
@@ -346,7 +377,7 @@ def cheetah_report(generated: dict, chain: dict | None):
     header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {k} generated policies x {episodes} episodes per "
               f"velocity and method; {n} policies, {n * episodes} episodes in lockstep; training velocities "
               f"{', '.join(f'{v:g}' for v in generated['train_velocities'])}.")
-    mem = memorisation(generated, chain["shards"]) if chain else None
+    mem = memorisation(generated, chain["shards"], chain["ae"], chain["ae_art"]) if chain else None
     md = table(rows, vels)
     if mem:
         md += "\n\nMemorisation check (are generated policies new?):\n\n" + memorisation_table(mem)

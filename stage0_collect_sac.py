@@ -121,7 +121,7 @@ class Args:
 
 SCALES = {
     "smoke": dict(velocities=["0.3", "1.5"], parent_steps=600, learning_starts=200, first_checkpoint=300,
-                  checkpoint_every=100, num_checkpoints=4),
+                  checkpoint_every=100, num_checkpoints=4, save_every=0.0),  # save_every 0: after every episode
     "paper": dict(velocities=[f"{v:g}" for v in common.CHEETAH_TRAIN], parent_steps=200_000, learning_starts=5_000,
                   critic_hidden=256, first_checkpoint=150_000, checkpoint_every=500, num_checkpoints=800),
     "metaworld:smoke": dict(parent_tasks=common.MW_SEEN[:2], parent_demo_episodes=1, demo_episodes=1,

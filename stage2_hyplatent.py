@@ -79,7 +79,7 @@ class Args:
     progress: bool = True
 
 
-SCALES = {"smoke": dict(steps=40, widths=(64, 32)), "paper": dict(steps=50_000),
+SCALES = {"smoke": dict(steps=40, widths=(64, 32), save_every=10), "paper": dict(steps=50_000),
           **{f"metaworld:{s}": dict(noise_dim=128) for s in ("smoke", "quick", "paper")}}
 FORMAT = "amt-hyp/hyplatent v2"
 PARTIAL_FORMAT = "amt-hyp/hyplatent-partial v2"

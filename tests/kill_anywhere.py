@@ -21,36 +21,52 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POINTS = [  # (name, marker printed by the chain, seconds to wait after it)
+POINTS = [  # (name, marker printed by the chain, seconds to wait after it); a marker "file:GLOB" waits instead
+    # for a file of the run directory: the kill then lands right after a periodic save of a resumable state
     ("stage 0, parent SAC", "parent: SAC for", 2.0),
+    ("stage 0, after a child's periodic save", "file:stage0/*.partial.pt", 0.0),
     ("stage 0, children", "stage 0: 2 tasks", 4.0),
     ("stage 0, oracle experts", "== stage 0 (oracle experts", 6.0),
     ("stage 1 autoencoder", "== stage 1 (autoencoder", 8.0),
     ("stage 2 HypLatent", "== stage 2 (HypLatent", 4.0),
+    ("stage 2, after a periodic save", "file:hyplatent.partial.pt", 0.0),
     ("stage 3 HypFormer", "== stage 3 (HypFormer", 10.0),
     ("evaluation", "== evaluation", 3.5),
 ]
 
 
 def chain(runs: Path, kill_at: tuple[str, float] | None = None) -> tuple[int, str, bool]:
-    """Run the smoke chain; with kill_at=(marker, delay), SIGKILL its process group after the marker.
+    """Run the smoke chain; with kill_at=(marker, delay), SIGKILL its process group `delay` seconds after the
+    marker line (or, for "file:GLOB", as soon as the run directory holds such a file).
     Returns (exit code, output, whether the kill happened)."""
+    import threading
+
     env = dict(os.environ, AMT_NO_VENV="1", RUNS=str(runs),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     p = subprocess.Popen(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out, killed = [], False
+    out, killed = [], threading.Event()
+
+    def kill_on_file(pattern: str) -> None:
+        while p.poll() is None:
+            if list((runs / "cheetah-vel-smoke").glob(pattern)):
+                os.killpg(p.pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.01)
+
+    if kill_at and kill_at[0].startswith("file:"):
+        threading.Thread(target=kill_on_file, args=(kill_at[0][5:],), daemon=True).start()
     for line in p.stdout:
         out.append(line)
-        if kill_at and not killed and kill_at[0] in line:
+        if kill_at and not kill_at[0].startswith("file:") and not killed.is_set() and kill_at[0] in line:
             time.sleep(kill_at[1])
             os.killpg(p.pid, signal.SIGKILL)
-            killed = True
+            killed.set()
             break
-    if killed:
-        p.stdout.close()
+    p.stdout.close()
     p.wait()
-    return p.returncode, "".join(out), killed
+    return p.returncode, "".join(out), killed.is_set()
 
 
 def leftovers(run: Path) -> tuple[list[str], list[str]]:

@@ -145,3 +145,68 @@ def test_bad_options_refused_before_any_work(module, flags, message):
     args = common.parse_args(module.Args, module.SCALES, "", argv=["--scale", "smoke", *flags])
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         module.validate(args)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_unknown_suite_or_scale_is_refused_before_any_work(module, tmp_path):
+    for flags, message in ((["--suite", "foo"], "error: --suite foo: unknown; valid: cheetah-vel, metaworld"),
+                           (["--scale", "huge"], "error: --scale huge: unknown; valid: smoke, quick, paper")):
+        with pytest.raises(SystemExit) as e:
+            common.parse_args(module.Args, module.SCALES, "", [*flags, "--run-dir", str(tmp_path / "run")])
+        assert str(e.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of CUDA needs a machine without it")
+def test_a_device_torch_cannot_use_is_refused_before_any_work(tmp_path):
+    for name, message in (("cuda", "--device cuda asked for, but torch"), ("cuda:0", "--device cuda:0 asked for"),
+                          ("gpu", "--device gpu: not a device name"), ("meta", "this code runs on cpu or cuda")):
+        with pytest.raises(SystemExit, match=message) as e:
+            common.pick_device(name)
+        assert "\n" not in str(e.value)
+    assert common.pick_device("auto") == torch.device("cpu") and common.pick_device("cpu") == torch.device("cpu")
+    for module in (s1a, s2, s3):  # before the run directory is even made
+        args = common.parse_args(module.Args, module.SCALES, "", ["--scale", "smoke", "--run-dir", str(tmp_path / "r"),
+                                                                  "--device", "cuda"])
+        with pytest.raises(SystemExit, match="sees 0 CUDA device"):
+            module.main(args)
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_gives_one_line_and_keeps_the_last_complete_file(tmp_path):
+    """A save that runs out of space: one line naming the file and the cause, the temp file gone at once,
+    the previous complete file kept."""
+    import errno
+    import os
+
+    path = tmp_path / "hyplatent.partial.pt"
+    artifacts.save_artifact({"format": "x", "step": 1}, path)
+    before = path.read_bytes()
+
+    def fill(tmp):
+        tmp.write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(SystemExit) as e:
+        artifacts.write_atomic(path, fill)
+    assert str(e.value) == (f"error: {path}: cannot write it: no space left on device (the previous one is kept)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hyplatent.partial.pt"] and path.read_bytes() == before
+
+
+def test_a_full_tmpfs_gives_one_line(tmp_path):
+    """The same on a real 1 MB filesystem, where a mount is allowed (root on Linux)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        artifacts.save_artifact({"format": "x", "w": torch.zeros(1000)}, mnt / "a.pt")
+        r = subprocess.run([sys.executable, "-c", "import torch, artifacts; artifacts.save_artifact("
+                            f"{{'format': 'x', 'w': torch.zeros(2_000_000)}}, {str(mnt / 'a.pt')!r})"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.strip() == \
+            f"error: {mnt / 'a.pt'}: cannot write it: no space left on device (the previous one is kept)"
+        assert [p.name for p in mnt.iterdir()] == ["a.pt"]
+        assert torch.load(mnt / "a.pt", weights_only=True)["w"].shape == (1000,)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
