@@ -255,9 +255,20 @@ def pairs_table(g: dict) -> list[str]:
                     f"{d['verdict']} |" for k, d in g["pairs"].items()]
 
 
+def fmt_rate(c: dict) -> str:
+    """A success rate over seeds: with 2 seeds the two values (a 95% t interval from 2 is 12.7 standard
+    errors wide: no use), else mean ± interval, the interval clipped to [0, 100] where it leaves it."""
+    if len(c["seeds"]) == 2:
+        return f"{c['mean']:.2f} (seeds {c['seeds'][0]:.1f}, {c['seeds'][1]:.1f})"
+    if np.isnan(c["ci95"]) or (c["mean"] - c["ci95"] >= 0 and c["mean"] + c["ci95"] <= 100):
+        return fmt(c["mean"], c["ci95"])
+    return f"{c['mean']:.2f} [{max(0.0, c['mean'] - c['ci95']):.1f}, {min(100.0, c['mean'] + c['ci95']):.1f}] (clipped)"
+
+
 def metaworld_table(g: dict) -> str:
-    """Table II (methods x seen/unseen average success) and Tables I/III (tasks x methods), mean ± CI."""
-    cell = lambda m, t: fmt(g["cells"][f"{m}|{t}"]["mean"], g["cells"][f"{m}|{t}"]["ci95"]) if f"{m}|{t}" in g["cells"] else "-"  # noqa: E731
+    """Table II (methods x seen/unseen average success) and Tables I/III (tasks x methods): mean ± CI
+    (`fmt_rate`)."""
+    cell = lambda m, t: fmt_rate(g["cells"][f"{m}|{t}"]) if f"{m}|{t}" in g["cells"] else "-"  # noqa: E731
     lines = ["| method | seen | unseen |", "|---|---|---|"]
     lines += [f"| {m} | {cell(m, 'average-seen')} | {cell(m, 'average-unseen')} |" for m in MW_ROWS
               if f"{m}|average-seen" in g["cells"] or f"{m}|average-unseen" in g["cells"]]
@@ -387,7 +398,8 @@ def headline(agg: dict, suite: str) -> str:
             cells = []
             for t in tasks:
                 c = g["cells"].get(f"{m}|{t}")
-                cells += ["-", "-"] if c is None else [fmt(c["mean"], c["ci95"]), "-" if np.isnan(c["pi95"]) else
+                cells += ["-", "-"] if c is None else [fmt(c["mean"], c["ci95"]) if suite == "cheetah-vel" else fmt_rate(c),
+                                                       "-" if np.isnan(c["pi95"]) or len(c["seeds"]) < 3 else
                                                        f"{c['mean'] - c['pi95']:.2f} to {c['mean'] + c['pi95']:.2f}"]
             out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
         out += pairs_table(g) + [""]

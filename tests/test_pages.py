@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import aggregate as agg
-from test_multiseed import fake_results
+from test_aggregation import fake_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "DESIGN.md", *sorted((ROOT / "docs").glob("*.md")),

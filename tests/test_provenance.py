@@ -1,4 +1,4 @@
-"""Run directories that cannot mix: every scale's configuration builds and validates; a stage refuses
+"""Provenance and run directories: every scale's configuration builds and validates; a stage refuses
 (with one line) artifacts of another scale or settings, and upstream artifacts made from other inputs;
 --skip-done skips only artifacts made with the same settings from the same inputs."""
 
