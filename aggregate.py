@@ -29,6 +29,7 @@ A difference is called a win or a loss only where its interval excludes zero.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def load_runs(paths: list[str], tag: str, tokens: bool = False) -> list[dict]:
                 raise SystemExit(f"error: {f}: not JSON") from None
             if "train_velocities" not in res and "num_tokens" not in res:
                 raise SystemExit(f"error: {f}: not an evaluation of this version (no train_velocities or num_tokens)")
-            res["dir"] = str(p)
+            res["dir"], res["file"] = str(p), name
             runs.append(res)
     if not runs:
         raise SystemExit(f"error: no results.json or results-L<L>.json in {', '.join(paths)}")
@@ -432,7 +433,8 @@ def provenance_block(runs: list[dict], argv: list[str]) -> str:
                 secs[rec["stage"]] = rec["seconds"] + (0 if rec.get("remake") else secs.get(rec["stage"], 0))
                 if rec["stage"] not in stage_names:
                     stage_names.append(rec["stage"])
-                stage_cmds.append(rec["command"].replace(str(r["dir"]), "<run>").replace(f"--seed {r['seed']}", "--seed <s>"))
+                stage_cmds.append(re.sub(r"--run-dir \S+", "--run-dir <run>", rec["command"]).replace(
+                    f"--seed {r['seed']}", "--seed <s>"))
         commits = sorted({rec.get("commit", "?") for rec in recs})
         dates = sorted(rec["date"] for rec in recs if "date" in rec)
         table.append((r, secs, commits, dates))
@@ -459,6 +461,32 @@ def provenance_block(runs: list[dict], argv: list[str]) -> str:
     lines += ["- Chains: " + "; ".join(f"`{c}`" for c in dict.fromkeys(chains)) + ".", "- Stage commands (per run "
               "directory `<run>` and seed `<s>`):", "", "```", *dict.fromkeys(stage_cmds), "```"]
     return "\n".join(lines)
+
+
+def archive_name(run_dir: str) -> str:
+    """The folder name of a run's data beside its page: the run directory's name, with its parent's for a
+    nested training set (`cheetah-vel-quick-seed1/n20` -> `cheetah-vel-quick-seed1-n20`)."""
+    p = Path(run_dir).resolve()
+    return f"{p.parent.name}-{p.name}" if p.name[:1] == "n" and p.name[1:].isdigit() else p.name
+
+
+def archive_runs(runs: list[dict], data: Path) -> None:
+    """Copy what the page is made from (each run's results file(s) read and its provenance.jsonl) into
+    `data/<run>/`, and point the runs there: the page can be made again from the repository alone, and
+    seeds of later runs can join these. Inputs that already live in `data` stay where they are."""
+    import shutil
+
+    inside = all(Path(r["dir"]).resolve().parent == data.resolve() for r in runs)
+    if not inside and data.exists():
+        shutil.rmtree(data)  # the page's data are exactly the runs given now
+    for r in runs:
+        dest = data / archive_name(r["dir"])
+        if Path(r["dir"]).resolve() != dest.resolve():
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in (r["file"], artifacts.PROVENANCE):
+                if (Path(r["dir"]) / name).exists():
+                    shutil.copy(Path(r["dir"]) / name, dest / name)
+        r["dir"] = str(dest)
 
 
 def write_page(page: Path, title: str, runs: list[dict], argv: list[str], head: str, body: str,
@@ -558,6 +586,11 @@ def main(args: Args) -> None:
                 figures[f"ablation{sfx}.png"] = lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p)
         elif len(groups) > 1:
             figures["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
+        data = page.parent / "data" / page.stem
+        archive_runs(runs, data)
+        text += (f"\n\nThe results file and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
+                 f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens)) if v)} "
+                 f"--publish {page}` makes this page again from them, and more seeds can join them.")
         write_page(page, title, runs, sys.argv[1:], headline(agg, suite), text, figures)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))

@@ -41,7 +41,9 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
                       readme=str(readme)))
     page = (tmp_path / "results" / "cv.md").read_text()
     # provenance: one row per run, each stage's invocations summed (seed 2: 200 + 200 s = 6.7 min)
-    row2 = next(line for line in page.splitlines() if line.startswith(f"| {runs[1]} |"))
+    data = tmp_path / "results" / "data" / "cv"
+    assert sorted(p.name for p in (data / "s2").iterdir()) == ["provenance.jsonl", "results.json"]
+    row2 = next(line for line in page.splitlines() if line.startswith(f"| {data / 's2'} |"))
     assert "| 2 | abc123 |" in row2 and "| 6.7 min | 50 s | 7.5 min |" in row2
     assert "2 cores (test cpu), device cpu" in page and "`SEED=1 bash pipeline.sh smoke`" in page
     assert "python stage0.py --run-dir <run> --seed <s>" in page
@@ -57,6 +59,11 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
     assert agg.readme_blocks(text)[0][0] == "results/cv.md"
     _, i, j = agg.readme_blocks(text)[0]
     assert text[i:j].strip("\n") == agg.page_headline(page)
+    # the page made again from the data kept beside it: the same headline and the same runs
+    agg.main(agg.Args(runs=[str(p) for p in sorted(data.iterdir())], out=str(tmp_path / "out2"),
+                      publish=str(tmp_path / "results" / "cv.md"), readme=str(readme)))
+    again = (tmp_path / "results" / "cv.md").read_text()
+    assert agg.page_headline(again) == agg.page_headline(page) and sorted(p.name for p in data.iterdir()) == ["s1", "s2", "s3"]
 
 
 def test_prediction_interval_by_hand():
@@ -126,3 +133,20 @@ def test_the_project_speaks_of_itself():
     bad = [f"{f.relative_to(ROOT)}:{n + 1}" for f in files for n, line in enumerate(f.read_text().splitlines())
            if history.search(line)]
     assert not bad, f"process history in {bad[:10]}"
+
+
+def test_committed_pages_are_made_from_their_committed_data(tmp_path):
+    """Every page under results/ comes from the runs' data kept beside it: made again from them, its
+    headline is the committed one (so no number of a page was typed by hand)."""
+    pages = sorted((ROOT / "results").glob("*.md"))
+    for page in pages:
+        data = ROOT / "results" / "data" / page.stem
+        assert data.is_dir(), f"{page.name}: no data/{page.stem}/ beside it"
+        text = page.read_text()
+        remake = re.search(r"`python aggregate.py (.*?) --publish", text).group(1)
+        tag = re.search(r"--tag (\S+)", remake)
+        out = tmp_path / page.stem
+        agg.main(agg.Args(runs=[str(p) for p in sorted(data.iterdir())], out=str(out / "agg"),
+                          publish=str(out / page.name), tag=tag.group(1) if tag else "", tokens="--tokens" in remake,
+                          readme=str(tmp_path / "no-readme.md")))
+        assert agg.page_headline((out / page.name).read_text()) == agg.page_headline(text), page.name
