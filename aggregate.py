@@ -473,20 +473,24 @@ def archive_name(run_dir: str) -> str:
 def archive_runs(runs: list[dict], data: Path) -> None:
     """Copy what the page is made from (each run's results file(s) read and its provenance.jsonl) into
     `data/<run>/`, and point the runs there: the page can be made again from the repository alone, and
-    seeds of later runs can join these. Inputs that already live in `data` stay where they are."""
+    seeds of later runs can join these. The folder then holds exactly these runs (read first, so that
+    runs already kept there survive)."""
     import shutil
 
-    inside = all(Path(r["dir"]).resolve().parent == data.resolve() for r in runs)
-    if not inside and data.exists():
-        shutil.rmtree(data)  # the page's data are exactly the runs given now
+    kept = {}
     for r in runs:
-        dest = data / archive_name(r["dir"])
-        if Path(r["dir"]).resolve() != dest.resolve():
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in (r["file"], artifacts.PROVENANCE):
-                if (Path(r["dir"]) / name).exists():
-                    shutil.copy(Path(r["dir"]) / name, dest / name)
-        r["dir"] = str(dest)
+        files = kept.setdefault(archive_name(r["dir"]), {})
+        for name in (r["file"], artifacts.PROVENANCE):
+            if (Path(r["dir"]) / name).exists():
+                files[name] = (Path(r["dir"]) / name).read_bytes()
+    if data.exists():
+        shutil.rmtree(data)
+    for name, files in kept.items():
+        (data / name).mkdir(parents=True, exist_ok=True)
+        for f, content in files.items():
+            (data / name / f).write_bytes(content)
+    for r in runs:
+        r["dir"] = str(data / archive_name(r["dir"]))
 
 
 def write_page(page: Path, title: str, runs: list[dict], argv: list[str], head: str, body: str,
@@ -589,7 +593,8 @@ def main(args: Args) -> None:
         data = page.parent / "data" / page.stem
         archive_runs(runs, data)
         text += (f"\n\nThe results file and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
-                 f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens)) if v)} "
+                 f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens)) if v)}"
+                 + (f' --title "{args.title}"' if args.title else "") + " "
                  f"--publish {page}` makes this page again from them, and more seeds can join them.")
         write_page(page, title, runs, sys.argv[1:], headline(agg, suite), text, figures)
         synced = sync_readme(Path(args.readme), page)

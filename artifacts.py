@@ -95,13 +95,16 @@ def save_artifact(obj: dict, path: str | Path) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", platform.node().split(".")[0]) or "host"  # in temp names: whose pid it is
+
+
 def write_atomic(path: str | Path, write) -> None:
-    """`write(tmp)` to `.<stem>.tmp<pid><suffix>` beside `path` (the suffix kept for writers that read it,
+    """`write(tmp)` to `.<stem>.tmp<pid>-<host><suffix>` beside `path` (the suffix kept for writers that read it,
     like savefig), then rename: a reader never sees half a file. A writer with nothing to write may leave
     no temp file (then `path` is left as it was). A failed write (a full disk, a read-only folder) removes
     the temp file at once, keeps the previous `path`, and stops with one line naming the file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{HOST}{path.suffix}")
     try:
         write(tmp)
         if tmp.exists():
@@ -113,12 +116,12 @@ def write_atomic(path: str | Path, write) -> None:
 
 
 def remove_dead_temps(folder: Path) -> list[Path]:
-    """Delete the temp files of `write_atomic` that killed writers left in `folder`; a temp file of a
-    process still running is kept."""
+    """Delete the temp files of `write_atomic` that killed writers of this host left in `folder`; a temp
+    file of a process still running, or of another host (a job array's node sharing the folder), is kept."""
     removed = []
     for p in folder.glob(".*.tmp*"):
-        m = re.fullmatch(r"\..+\.tmp(\d+)(\.[^.]*)?", p.name)
-        if not m:
+        m = re.fullmatch(r"\..+\.tmp(\d+)-([A-Za-z0-9-]*)(\.[^.]*)?", p.name)
+        if not m or m.group(2) != HOST:
             continue
         try:
             os.kill(int(m.group(1)), 0)

@@ -388,8 +388,8 @@ def cheetah_report(generated: dict, chain: dict | None):
 def metaworld_report(generated: dict, chain: dict | None, workers: int, progress: bool):
     """Run and score the MetaWorld policies of `generated` on the goals it records:
     (rows, header, tables, figure, fields for results.json)."""
-    goals, select_goals = generated["goals"], generated["select_goals"]
-    single = generated["single_policy_goals"]
+    goals, select_goals = generated["goals"], generated.get("select_goals", 2)
+    single = generated.get("single_policy_goals", goals)
     t_eval = time.time()
     success, select = evaluate_metaworld(generated, goals, select_goals, workers, progress, single)
     rows = metaworld_rows(generated, success, select)

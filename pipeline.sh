@@ -44,18 +44,25 @@ fi
 
 COMMIT=$(python -c 'import artifacts; print(artifacts.git_commit())' 2>/dev/null || echo unknown)
 stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall time, log it in RUN_DIR/provenance.jsonl
-  local run=$1 name=$2 t s
+  local run=$1 name=$2 t s rc=0
   shift 2
   t=$(date +%s)
   echo "== $name: $*"
-  "$@"
+  "$@" || rc=$?
   s=$(( $(date +%s) - t ))
-  echo "== $name: done in ${s}s"
+  echo "== $name: $([ $rc -eq 0 ] && echo done || echo "failed (exit $rc)") in ${s}s"
   mkdir -p "$run"
   # remake 1: this run made the stage's artifact again (FROM_STAGE), so earlier times of the stage no longer count
-  printf '{"event": "stage", "stage": "%s", "command": "%s", "seconds": %d, "remake": %d, "commit": "%s", "date": "%s"}\n' \
-    "$name" "$*" "$s" "${REMAKE:-0}" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$run/provenance.jsonl"
+  python -c 'import json, sys; print(json.dumps({"event": "stage", "stage": sys.argv[1], "command": sys.argv[2],
+    "seconds": int(sys.argv[3]), "exit": int(sys.argv[4]), "remake": int(sys.argv[5]), "commit": sys.argv[6],
+    "date": sys.argv[7]}))' "$name" "$*" "$s" "$rc" "${REMAKE:-0}" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    >> "$run/provenance.jsonl"
+  return $rc
 }
+
+FROM=${FROM_STAGE:-0}  # FROM_STAGE=N (1-4): stages before N are taken as they are, stages N.. are made again
+DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
+if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
 
 if [ "$SCALE" = test ]; then
   shift
@@ -110,7 +117,7 @@ if [ "$SCALE" = ablation ]; then
     stage_in "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
       --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --shard-dir oracle --velocities $(nested 10:)
     stage_in "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
-      --no-progress --skip-done --tag sweep \
+      --no-progress "${DONE[@]}" --tag sweep \
       --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
     for n in 20 25 35; do
       mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
@@ -149,7 +156,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
       # (L = 2: stage 3 141 s and evaluation 672 s on 2 cores beside the tests; L = 32's stage 3 takes longer;
       # TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
-        C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress --skip-done)
+        C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress "${DONE[@]}")
         stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
           --out "hypformer-L$L.pt"
         stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" \
@@ -179,9 +186,6 @@ T0=$(date +%s)
 python artifacts.py chain "$RUN" bash pipeline.sh "$@"
 stage() { stage_in "$RUN" "$@"; }
 
-FROM=${FROM_STAGE:-0}  # FROM_STAGE=N: stages before N are taken as they are, stages N.. are made again
-DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
-if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
 run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past it
   local n=$1
   shift

@@ -575,6 +575,9 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     torch.set_num_threads(args.torch_threads)
     name = common.task_name(args.suite, task)
     lock = artifacts.lock_run_dir(stage_dir, f"stage 0 ({name})", name=f".{name}.lock")  # noqa: F841 - one process per task
+    if (stage_dir / f"{name}.pt").exists():  # finished by another process meanwhile
+        check_shard(args, stage_dir / f"{name}.pt", parent)
+        return f"{name}: finished by another process"
     t0 = time.time()
     agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
     load_agent_state(agent, parent["agent"])
@@ -666,9 +669,11 @@ def main(args: Args) -> None:
             parent = train_parent(args, tasks, spec, run / "parent.pt")
     if args.parent_only:
         return
-    for p in stage_dir.glob("*.partial.pt"):  # check resumable states before the work starts
-        artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
-                                 shard_settings(args))
+    for t in tasks:  # check this run's resumable states before the work starts (others may come and go)
+        p = stage_dir / f"{common.task_name(args.suite, t)}.partial.pt"
+        if p.exists():
+            artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
+                                     shard_settings(args))
     todo = []
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
@@ -698,12 +703,20 @@ def main(args: Args) -> None:
                     pass
                 for f in [f for f in pending if f.done()]:
                     pending.discard(f)
-                    bar.write(f.result())
+                    try:
+                        bar.write(f.result())
+                    except BaseException:  # a task failed: stop the others now, not when they finish
+                        pool.shutdown(cancel_futures=True)
+                        raise
         while not q.empty():
             bar.update(q.get())
     bar.close()
     print(f"stage 0 finished in {time.time() - t0:.0f}s; shards in {stage_dir}")
-    shards = {t: check_shard(args, stage_dir / f"{common.task_name(args.suite, t)}.pt", parent) for t in tasks}
+    shards = {}  # every finished shard of the directory (a job array's tasks each add theirs)
+    for p in sorted(stage_dir.glob("*.pt")):
+        if not p.name.endswith(".partial.pt"):
+            s = check_shard(args, p, parent)
+            shards[s.get("target_velocity", s["task"])] = s
     summary = summarize(args, shards)
     artifacts.write_atomic(run / f"{args.shard_dir}_summary.md", lambda p: p.write_text(summary + "\n"))
     print(summary)

@@ -17,11 +17,16 @@ if [ -z "${AMT_NO_VENV:-}" ] && [ -f .venv/bin/activate ]; then . .venv/bin/acti
 SUITE=${SUITE:-cheetah-vel} SCALE=${SCALE:-paper} SEED=${SEED:-1}
 RUN=${RUN_DIR:-runs/$SUITE-$SCALE-seed$SEED}
 C=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "$SEED" --no-progress --jobs 1)
-read -ra TASKS <<< "$(python -c 'import sys, common, stage0_collect_sac as s0
+case "$SUITE:$SCALE" in
+  cheetah-vel:smoke | cheetah-vel:quick | cheetah-vel:paper | metaworld:smoke | metaworld:quick | metaworld:paper) ;;
+  *) echo "error: SUITE=$SUITE SCALE=$SCALE: SUITE is cheetah-vel or metaworld, SCALE smoke, quick or paper" >&2; exit 2 ;;
+esac
+tasks=$(python -c 'import sys, common, stage0_collect_sac as s0
 a = common.scale_defaults(s0.Args, s0.SCALES, sys.argv[1], sys.argv[2])
-print(*(a.velocities if sys.argv[1] == "cheetah-vel" else a.tasks))' "$SUITE" "$SCALE")"
+print(*(a.velocities if sys.argv[1] == "cheetah-vel" else a.tasks))' "$SUITE" "$SCALE")  # fails the job if python does
+read -ra TASKS <<< "$tasks"
 ORACLES=()
-if [ "$SUITE" = cheetah-vel ]; then read -ra ORACLES <<< "$(python -c 'import common; print(*common.CHEETAH_TEST)')"; fi
+if [ "$SUITE" = cheetah-vel ]; then oracles=$(python -c 'import common; print(*common.CHEETAH_TEST)'); read -ra ORACLES <<< "$oracles"; fi
 
 case "${1:-}" in
   count) echo $(( ${#TASKS[@]} + ${#ORACLES[@]} )) ;;

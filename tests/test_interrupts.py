@@ -25,8 +25,11 @@ def dead_pid() -> int:
 
 def test_temp_files_of_dead_writers_are_removed(tmp_path):
     dead, mine = dead_pid(), os.getpid()
-    litter = [tmp_path / f".hyplatent.tmp{dead}.pt", tmp_path / f".results.tmp{dead}.json", tmp_path / f".lock.tmp{dead}"]
-    keep = [tmp_path / f".hyplatent.tmp{mine}.pt", tmp_path / ".notes.tmpx", tmp_path / "hyplatent.pt"]
+    host = artifacts.HOST
+    litter = [tmp_path / f".hyplatent.tmp{dead}-{host}.pt", tmp_path / f".results.tmp{dead}-{host}.json",
+              tmp_path / f".lock.tmp{dead}-{host}"]
+    keep = [tmp_path / f".hyplatent.tmp{mine}-{host}.pt", tmp_path / ".notes.tmpx", tmp_path / "hyplatent.pt",
+            tmp_path / f".results.tmp{dead}-another-node.json"]  # another host's process: not ours to judge
     for p in litter + keep:
         p.write_text("x")
     artifacts.prepare_run_dir(tmp_path)
@@ -44,7 +47,7 @@ def test_write_atomic_never_leaves_half_a_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         artifacts.write_atomic(target, crash)
     assert target.read_text() == "old"  # the temp file is left for the next run's clean-up
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".results.tmp{os.getpid()}.json", "results.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".results.tmp{os.getpid()}-{artifacts.HOST}.json", "results.json"]
     artifacts.write_atomic(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
