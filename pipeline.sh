@@ -15,7 +15,7 @@
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
 #   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are, stages 2, 3
 #                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=0..4)
-#   bash pipeline.sh seeds      # the quick chain for SEEDS (default "1 2 3"), then aggregate.py over them
+#   bash pipeline.sh seeds [smoke]  # the quick (or smoke) chain for SEEDS (default "1 2 3"), then aggregate.py
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
 #   bash pipeline.sh mw-seeds [quick]   # MetaWorld: stages 1-3 + evaluation for MW_SEEDS (default "1 2") on one
@@ -69,12 +69,13 @@ if [ "$SCALE" = test ]; then
   exec python -m pytest "$@"
 fi
 if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like the chain
+  AB=${2:-quick}  # bash pipeline.sh seeds smoke: the same at smoke scale
   DIRS=()
   for s in ${SEEDS:-1 2 3}; do
-    SEED=$s AMT_NO_VENV=1 bash "$0" quick
-    DIRS+=("$RUNS/cheetah-vel-quick-seed$s")
+    SEED=$s AMT_NO_VENV=1 bash "$0" "$AB"
+    DIRS+=("$RUNS/cheetah-vel-$AB-seed$s")
   done
-  exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-quick-aggregate"
+  exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-$AB-aggregate"
 fi
 if [ "$SCALE" = publish ]; then  # every result page under results/ from the run directories that have results
   with() { local f=$1 d; shift; for d in "$@"; do [ -f "$d/$f" ] && echo "$d"; done; return 0; }  # dirs holding $f
