@@ -200,6 +200,7 @@ def test_hyplatent_maps_each_condition_to_its_own_latents():
 # ------------------------------------------------- chains -------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chain", ["cheetah_chain", "metaworld_chain"])
 def test_smoke_chain_runs_and_a_rerun_skips_up_to_date_stages(chain, request):
     run, r = request.getfixturevalue(chain)

@@ -100,6 +100,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc (Linux)")
 def test_stage0_workers_die_with_a_killed_main_process(tmp_path):
     main = subprocess.Popen([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--scale", "smoke", "--run-dir",
