@@ -24,6 +24,7 @@ A difference is called a win or a loss only where its interval excludes zero.
     python aggregate.py runs/cheetah-vel-quick-seed*/ --tag sweep --out runs/cv-sweep   # the dense sweep
     python aggregate.py runs/metaworld-quick runs/metaworld-quick-seed2 --out runs/metaworld-quick-aggregate
     python aggregate.py runs/metaworld-quick runs/metaworld-quick-seed2 --tokens --out runs/mw-tokens  # Fig. 5
+    python aggregate.py runs/cheetah-vel-quick-seed* --components --out runs/cv-components  # which loss does the work
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("dec
 MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("checkpoints", "parent", "seen"),
             ("decoded-checkpoints", "checkpoints", "seen"), ("hyplatent", "decoded-checkpoints", "seen"),
             ("hypformer", "hyplatent", "seen"), ("hyplatent", "parent", "unseen"), ("hypformer", "parent", "unseen"),
-            ("hypformer", "hyplatent", "unseen"), ("checkpoints", "hyplatent", "unseen")]
+            ("hypformer", "hyplatent", "unseen"), ("checkpoints", "hyplatent", "unseen"),
+            # top-k against all policies (both scored on the same goals): does picking on other goals pay?
+            *((f"{m}@top{k}", m, split) for split in ("seen", "unseen") for m in ("hyplatent", "hypformer")
+              for k in (5, 10))]
 
 @dataclass
 class Args:
@@ -66,6 +70,8 @@ class Args:
     """aggregate results-<tag>.json (e.g. `sweep`) instead of results.json"""
     tokens: bool = False
     """MetaWorld token ablation: every results.json and results-L<L>.json of the run directories, grouped by L"""
+    components: bool = False
+    """Cheetah-Vel component ablation: results.json and results-<variant>.json of `pipeline.sh components`"""
     publish: Optional[str] = None
     """also write a result page (e.g. results/cheetah-vel.md): provenance block, headline, full tables, and its
     figures beside it as <page>-*.png"""
@@ -407,6 +413,97 @@ def headline(agg: dict, suite: str) -> str:
     return "\n".join(out).rstrip()
 
 
+# The component ablation (pipeline.sh components): the tag of each stage-2 variant's results and its row name
+COMPONENTS = [("", "(a) Eqs. 3-5 + paired term (the chain's default)"),
+              ("paired-only", "(b) paired term alone, no discriminator"),
+              ("paper-losses", "(c) the paper's losses alone (paired weight 0)"),
+              ("regressor", "(d) deterministic regressor (no noise, no discriminator)")]
+
+
+def load_components(paths: list[str]) -> dict[str, list[dict]]:
+    """{variant tag: runs}, every variant's evaluations checked like seeds, and paired by seed: each seed's
+    variants share its stage 0-1 (one autoencoder.pt), so their differences are paired."""
+    by = {}
+    for tag, _ in COMPONENTS:
+        groups = group_runs(load_runs(paths, tag))
+        if len(groups) > 1:
+            raise SystemExit("error: --components: the run directories were trained on different velocities")
+        by[tag] = next(iter(groups.values()))
+    for tag, rs in by.items():
+        for r, ref in zip(rs, by[""]):
+            if r["made_from"].get("autoencoder.pt") != ref["made_from"].get("autoencoder.pt"):
+                raise SystemExit(f"error: {r['dir']}: {r['file']} and results.json come from different autoencoders")
+    return by
+
+
+def aggregate_components(by: dict[str, list[dict]]) -> dict:
+    """Average test return of HypLatent and HypFormer per variant (and the interpolated expert), per seed,
+    with intervals; the paired differences (a) - (b|c|d) and each row - the interpolated expert."""
+    def per_seed(rs, method):
+        return [next(row["score"] for row in r["rows"] if row["method"] == method and row["task"] == "average")
+                for r in rs]
+
+    rows = {f"{m}|{tag}": per_seed(rs, m) for tag, rs in by.items() for m in ("hyplatent", "hypformer")}
+    rows["interpolated-expert|"] = per_seed(by[""], "interpolated-expert")
+    cells = {k: {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v))), "pi95": prediction_halfwidth(v)}
+             for k, v in rows.items()}
+    pairs = {}
+    for m in ("hyplatent", "hypformer"):
+        todo = [(f"{m}|", f"{m}|{tag}") for tag, _ in COMPONENTS[1:]]
+        todo += [(f"{m}|{tag}", "interpolated-expert|") for tag, _ in COMPONENTS]
+        for a, b in todo:
+            d = np.array(rows[a]) - np.array(rows[b])
+            mm, h = mean_ci(d)
+            la, lb = component_label(a), component_label(b)
+            pairs[f"{la} - {lb}"] = {"per_seed": d.tolist(), "mean": mm, "ci95": h, "verdict": verdict(mm, h, la, lb)}
+    return {"n_seeds": len(by[""]), "seeds": [r["seed"] for r in by[""]], "dirs": [r["dir"] for r in by[""]],
+            "cells": cells, "pairs": pairs, "shared_stage0": False}
+
+
+def component_label(key: str) -> str:
+    """`hypformer|paired-only` -> `HypFormer (b)`; `interpolated-expert|` -> `interpolated expert`."""
+    m, tag = key.split("|")
+    if m == "interpolated-expert":
+        return "interpolated expert"
+    return f"{ {'hyplatent': 'HypLatent', 'hypformer': 'HypFormer'}[m]} ({'abcd'[[t for t, _ in COMPONENTS].index(tag)]})"
+
+
+def components_table(g: dict) -> str:
+    n = g["n_seeds"]
+    lines = [f"| stage 2 | HypLatent, mean ± 95% CI over {n} seeds | HypFormer | one new run of HypFormer "
+             "(95% prediction) |", "|---|---|---|---|"]
+    for tag, label in COMPONENTS:
+        hl, hf = g["cells"][f"hyplatent|{tag}"], g["cells"][f"hypformer|{tag}"]
+        lines.append(f"| {label} | {fmt(hl['mean'], hl['ci95'])} | {fmt(hf['mean'], hf['ci95'])} | "
+                     + ("-" if n < 3 else f"{hf['mean'] - hf['pi95']:.2f} to {hf['mean'] + hf['pi95']:.2f}") + " |")
+    ie = g["cells"]["interpolated-expert|"]
+    lines.append(f"| interpolated expert (no generator) | {fmt(ie['mean'], ie['ci95'])} | | |")
+    return "\n".join(lines + pairs_table(g))
+
+
+def plot_components(g: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = np.arange(len(COMPONENTS))
+    for i, m in enumerate(("hyplatent", "hypformer")):
+        cs = [g["cells"][f"{m}|{tag}"] for tag, _ in COMPONENTS]
+        ax.bar(x + (i - 0.5) * 0.38, [c["mean"] for c in cs], 0.36, label=LABELS[m],
+               yerr=[0 if np.isnan(c["ci95"]) else c["ci95"] for c in cs], capsize=3)
+    ie = g["cells"]["interpolated-expert|"]
+    ax.axhline(ie["mean"], color="k", ls="--", lw=1, label="interpolated expert")
+    ax.set_xticks(x, ["(a) default", "(b) paired only", "(c) paper losses", "(d) regressor"])
+    ax.set_ylabel("mean return at the test velocities")
+    ax.set_title(f"Cheetah-Vel: stage 2's loss, part by part ({g['n_seeds']} seeds; bars: 95% t interval)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def fmt_seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -543,8 +640,10 @@ def sync_readme(readme: Path, page: Path) -> bool:
 def main(args: Args) -> None:
     if not args.runs:
         raise SystemExit("error: name at least one run directory")
-    if args.tokens and args.tag:
-        raise SystemExit("error: --tokens reads results.json and results-L<L>.json itself; give no --tag")
+    if (args.tokens or args.components) and args.tag:
+        raise SystemExit("error: --tokens and --components read their results files themselves; give no --tag")
+    if args.components:
+        return main_components(args)
     groups = group_runs(load_runs(args.runs, args.tag, args.tokens))
     out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
@@ -562,7 +661,7 @@ def main(args: Args) -> None:
         for k, g in agg.items():
             md += [f"## HypFormer with L = {g['num_tokens']}: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})",
                    "", f"Success rate % (mean ± 95% Student-t interval over seeds); run directories: "
-                   f"{', '.join(g['dirs'])}. Top-k rows without `-optimistic` pick their k on goals never scored."
+                   f"{', '.join(g['dirs'])}. Top-k rows pick their k on goals never scored, then run them on the whole goal list."
                    + SHARED_NOTE * g["shared_stage0"],
                    "", metaworld_table(g), ""]
     text = "\n".join(md)
@@ -597,6 +696,35 @@ def main(args: Args) -> None:
                  + (f' --title "{args.title}"' if args.title else "") + " "
                  f"--publish {page}` makes this page again from them, and more seeds can join them.")
         write_page(page, title, runs, sys.argv[1:], headline(agg, suite), text, figures, commit)
+        synced = sync_readme(Path(args.readme), page)
+        print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
+
+
+def main_components(args: Args) -> None:
+    by = load_components(args.runs)
+    if by[""][0]["suite"] != "cheetah-vel":
+        raise SystemExit("error: --components is the Cheetah-Vel component ablation; these are MetaWorld runs")
+    g = aggregate_components(by)
+    out = artifacts.prepare_run_dir(args.out)
+    text = "\n".join([f"## Stage 2's loss, part by part: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
+                      "Mean return over 200 steps at the test velocities; each seed's variants share its stages 0-1, "
+                      "so differences are paired by seed. HypFormer is stage 3 trained on that variant's generator. "
+                      f"Run directories: {', '.join(g['dirs'])}.", "", components_table(g), ""])
+    artifacts.write_atomic(out / "results-components.md", lambda p: p.write_text(text))
+    artifacts.write_atomic(out / "results-components.json", lambda p: p.write_text(json.dumps(g, indent=1)))
+    artifacts.write_atomic(out / "components.png", lambda p: plot_components(g, p))
+    print(text)
+    print(f"aggregate: wrote results-components.md, results-components.json and components.png in {out}")
+    if args.publish:
+        page = Path(args.publish)
+        runs = [r for rs in by.values() for r in rs]
+        data, commit = page.parent / "data" / page.stem, artifacts.git_commit()
+        archive_runs(runs, data)
+        text += (f"\n\nThe results files and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
+                 f"`python aggregate.py {data}/* --components --publish {page}` makes this page again from them.")
+        title = args.title or "Cheetah-Vel: which part of stage 2's loss does the work"
+        write_page(page, title, by[""], sys.argv[1:], components_table(g), text,
+                   {"components.png": lambda p: plot_components(g, p)}, commit)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 

@@ -180,6 +180,8 @@ MW_GOALS = 50  # goal configurations metaworld.MT1 draws per task and seed
 EVAL_GOAL_SEED = 2024
 # ...and the goals on which evaluate.py's top-k picks its k best policies (never scored, never trained on)
 SELECT_GOAL_SEED = 2025
+# ...and the goals on which stage 0's settings are chosen (benchmarks/stage0_goals.py): never scored either
+VALIDATION_GOAL_SEED = 2026
 
 
 def check_metaworld_tasks(tasks: list[str]) -> list[str]:

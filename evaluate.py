@@ -41,8 +41,9 @@ import torch
 
 import artifacts
 import common
-from methods import LABELS, METHODS, PAPER_ROWS
-from evaluate_metaworld import evaluate_metaworld, generate_metaworld, metaworld_rows, metaworld_tables, pca_figure
+from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
+from evaluate_metaworld import (evaluate_metaworld, generate_metaworld, goal_weights_table, metaworld_rows,
+                                metaworld_tables, pca_figure)
 from stage2_hyplatent import decode_generated, load_generator, load_inputs
 from stage3_hypformer import load_hypformer, sample_latents
 
@@ -76,8 +77,9 @@ class Args:
     single_policy_goals: int = 20
     """MetaWorld: the task's fixed list of evaluation goal configurations; the baselines with one policy per
     task (parent, expert, decoded expert) run on all of it (with 2 goals their rate could only be 0/50/100)"""
-    select_goals: int = 2
-    """MetaWorld: goal configurations (another seed, never scored) on which top-k picks its k policies"""
+    select_goals: int = 5
+    """MetaWorld: goal configurations (another seed, never scored) on which top-k picks its k policies
+    (ties, left at random, are rarer with more)"""
     baselines: bool = True
     """MetaWorld: also run the baselines (expert, checkpoints, their round trips, parent); --no-baselines runs
     the generated policies only (the token ablation, pipeline.sh mw-tokens)"""
@@ -300,7 +302,7 @@ def table(rows: list[dict], vels: list[float]) -> str:
         lines.append(f"| {LABELS[m]} (measured) | " + " | ".join(cells) + f" | {cell(m, 'average')} |")
     for name, score in PAPER_ROWS:
         lines.append(f"| {name[6:]} (printed in the paper) | " + " | ".join("" for _ in vels) + f" | {score:.2f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", PAPER_ROWS_NOTE])
 
 
 def plot(rows: list[dict], vels: list[float], train_vels: list[float], path: Path) -> None:
@@ -391,15 +393,18 @@ def metaworld_report(generated: dict, chain: dict | None, workers: int, progress
     goals, select_goals = generated["goals"], generated.get("select_goals", 2)
     single = generated.get("single_policy_goals", goals)
     t_eval = time.time()
-    success, select = evaluate_metaworld(generated, goals, select_goals, workers, progress, single)
-    rows = metaworld_rows(generated, success, select)
+    success, select, picks = evaluate_metaworld(generated, goals, select_goals, workers, progress, single,
+                                                tie_seed=generated.get("tie_seed", 0))
+    rows = metaworld_rows(generated, success, picks)
     print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
+    print(goal_weights_table(rows, generated["task"][0]))
+    width = max(goals, single)
     header = (f"MetaWorld, success at any step of a 500-step episode; one generated policy per conditioning "
-              f"embedding (up to {max(generated['n_conditions'].values(), default=0)} per task), each on {goals} of "
-              f"the task's {max(goals, single)} fixed evaluation goal configurations (policy j on goals {goals}j, "
-              f"{goals}j+1, ... cyclically, so every method covers the same goals; top-k picks its k on "
-              f"{select_goals} other goal configurations, never scored; the paper's way, picked on the scored "
-              f"episodes, is marked optimistic); the one-policy baselines (parent, expert, decoded expert) on all "
+              f"embedding (up to {max(generated['n_conditions'].values(), default=0)} per task), each on at least "
+              f"{goals} of the task's {width} fixed evaluation goal configurations (the policies of a method "
+              f"cover the list; every row weighs each goal 1/{width}); top-k picks its k on {select_goals} other "
+              f"goal configurations, never scored (ties broken at random, seed {generated.get('tie_seed', 0)}), "
+              f"and runs them on all {width}; the one-policy baselines (parent, expert, decoded expert) on all "
               f"{single}; {len(generated['method'])} policies, {int(np.isfinite(success).sum() + np.isfinite(select).sum())} "
               "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
               "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "

@@ -4,16 +4,16 @@
 MetaWorld: per task (seen and unseen), up to `conditions` behaviour embeddings h of successful rollouts of
 that task's checkpoints that no stage trained on (seen tasks: the autoencoder's held-out checkpoints; unseen
 tasks: all), rolled out here on stage 0's goal configurations (stage 0 records one rollout per checkpoint, too
-few); one HypLatent and one HypFormer policy per embedding, each run on `goals` fixed evaluation goal
-configurations (`set_task`, never `reset(seed=)`), success at any step; policy j of a task runs on goals
-j*goals, j*goals + 1, ... (cyclically) of the task's list of `single_goals`, so that every method is scored
-over the same goals. Baselines in the same run: the shared parent on every task; on seen tasks the best
+few); one HypLatent and one HypFormer policy per embedding, each run on at least `goals` of the task's
+fixed list of evaluation goal configurations (`set_task`, never `reset(seed=)`; `first_pass_goals`), success
+at any step. Baselines in the same run: the shared parent on every task; on seen tasks the best
 stage-0 checkpoint (`expert`) and its autoencoder round trip (`decoded-expert`), and every stage-0 checkpoint
 (`checkpoints`, the data stages 1-3 learn from) with its round trip (`decoded-checkpoints`): they tell which
 stage loses success; on unseen tasks the task's own stage-0 checkpoints (`checkpoints`, SAC on the task
-itself, which no stage trained on): the oracle. Top-k: the mean success of the k best policies of a task, the
-k picked on `select_goals` other goal configurations that are never scored (the paper's way, picked on the
-scored episodes, is reported too, marked optimistic). The envs are spread over `--jobs` processes, each
+itself, which no stage trained on): the oracle. Every row weighs each of the task's evaluation goals equally
+(`goal_balanced`). Top-k: the k best policies of a task, picked on `select_goals` other goal configurations
+that are never scored (ties broken at random with the evaluation's seed), then run on the whole goal list.
+(The paper picks and scores on the same episodes, which rewards the luck of the scored episodes.) The envs are spread over `--jobs` processes, each
 stepping its share in lockstep; an episode stops once its success (and, for a conditioning rollout, its
 recorded features) is decided.
 """
@@ -32,13 +32,27 @@ from stage1_behavior_embed import embed_trajectories
 from stage2_hyplatent import decode_generated
 from stage3_hypformer import sample_latents
 
-def top_k(rates: np.ndarray, k: int, select: np.ndarray | None = None) -> float:
-    """Mean success rate of the k best policies (all of them if there are fewer than k). Honest: `select`
-    holds each policy's success on other goal configurations, which pick the k (ties: the earlier policy);
-    without it, the k are picked on the scored rates themselves, as the paper does (optimistic)."""
-    rates = np.asarray(rates, dtype=float)
-    order = np.argsort(-(rates if select is None else np.asarray(select, dtype=float)), kind="stable")
-    return float(rates[order[:k]].mean())
+TOP_K = (5, 10)  # the paper's top-k rows
+
+
+def pick_top(select_rate: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the k policies with the best rate on the selection goals, best first (all of them if
+    fewer than k). Ties are broken at random (`rng`, seeded by the evaluation), never by a policy's index:
+    on a seen task most policies tie at 100%."""
+    shuffled = rng.permutation(len(select_rate))
+    return shuffled[np.argsort(-np.asarray(select_rate, dtype=float)[shuffled], kind="stable")][:k]
+
+
+def goal_balanced(rows: np.ndarray) -> tuple[float, np.ndarray]:
+    """Score of a group of policies from their success [n, G] on a task's G evaluation goals (NaN where a
+    policy did not run): the mean over goals of the mean success of the policies that ran on each goal.
+    Every goal then weighs 1/G in every row of a table, whatever the number of policies. Returns the
+    score and the weight of each goal (the sum of its episodes' weights)."""
+    ran = np.isfinite(rows)
+    if not ran.any(0).all():
+        raise ValueError(f"goals {np.flatnonzero(~ran.any(0)).tolist()} were run by no policy of the group")
+    weight = ran / ran.sum(0, keepdims=True) / rows.shape[1]  # each episode's weight in the score
+    return float(np.nansum(weight * rows)), weight.sum(0)
 
 
 MAX_ENVS = 128  # metaworld envs alive at once per process (1,600 at once ran out of 24 GiB)
@@ -142,77 +156,120 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
         params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
     return {"format": artifacts.GENERATED_FORMAT, "suite": "metaworld", "policy": spec, "params": torch.cat(params).float(),
             "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": goals,
-            "select_goals": select_goals, "single_policy_goals": single_policy_goals,
+            "select_goals": select_goals, "single_policy_goals": single_policy_goals, "tie_seed": seed,
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
             "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
                                  "successes": c["successes"]} for t, c in cond.items()},
             "made_from": chain["made_from"], "config": config}
 
 
-def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int,
-                       progress: bool = True, single_goals: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Success of every policy on every evaluation goal configuration [N, G], and of every generated
-    policy on every top-k selection goal configuration [N, select_goals] (NaN for the baselines, which
-    top-k never ranks); one lockstep run for both. A one-policy-per-task baseline (`SINGLE`) runs on
-    `single_goals` evaluation goals, every other policy on `goals` of them; G is the larger, and the goals a
-    policy did not run on are NaN (all from the same fixed list of G; policy j of a method and task on goals
-    j*goals ... mod G, so each method's policies cover the list)."""
-    n = len(generated["method"])
-    n_goals = [(single_goals or goals) if m in SINGLE else goals for m in generated["method"]]
+def first_pass_goals(generated: dict, goals: int, width: int, single_goals: int) -> list[tuple[int, int]]:
+    """(policy, goal) pairs of the first evaluation pass. A one-policy baseline (`SINGLE`) runs on the
+    task's first `single_goals` of its `width` goals; policy j of any other (method, task) group of n
+    policies on goals j*g ... j*g + g - 1 (mod width), g = max(goals, ceil(width / n)): the group covers the
+    whole list (a fixed pair shared by all policies would never average its difficulty out), and the
+    HypLatent and HypFormer policies of one condition share goals."""
+    method, task = generated["method"], generated["task"]
+    size = {key: 0 for key in zip(method, task)}
+    for key in zip(method, task):
+        size[key] += 1
+    j, seen = [], {}
+    for key in zip(method, task):
+        j.append(seen.get(key, 0))
+        seen[key] = j[-1] + 1
+    pairs = []
+    for i, key in enumerate(zip(method, task)):
+        if key[0] in SINGLE:
+            pairs += [(i, e) for e in range(single_goals)]
+        else:
+            g = max(goals, -(-width // size[key]))
+            pairs += [(i, (j[i] * g + e) % width) for e in range(min(g, width))]
+    return pairs
+
+
+def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int, progress: bool = True,
+                       single_goals: int | None = None, tie_seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Success of every policy on the task's evaluation goals [N, G] (NaN where it did not run), of every
+    generated policy on the top-k selection goals [N, select_goals] (NaN for the baselines, which top-k
+    never ranks), and the top-k picks {(method, task): policy indices, best first}. Two lockstep passes:
+    every policy on its first-pass goals (`first_pass_goals`) and the generated ones on the selection
+    goals; then the max(TOP_K) picked policies of each group on the rest of the list, so top-k is scored
+    on the same goals as every other row."""
+    n, width = len(generated["method"]), max(goals, single_goals or goals)
     ranked = [i for i in range(n) if generated["method"][i] in ("hyplatent", "hypformer")]
-    width = max(goals, single_goals or goals)  # the task's list of evaluation goals (with or without baselines)
-    # Policy j of a (method, task) group runs on goals j*g ... j*g + g - 1 (mod width), so that the policies
-    # of one method cover the same list as a one-policy baseline, which runs on all of it; with one fixed
-    # pair of goals shared by all policies, the pair's difficulty would never average out, and the methods
-    # would be scored on different goals. The HypLatent and HypFormer policies of one condition share goals.
-    j, count = [], {}
-    for key in zip(generated["method"], generated["task"]):
-        j.append(count.get(key, 0))
-        count[key] = j[-1] + 1
-    runs = [(i, (j[i] * n_goals[i] + e) % width) for e in range(width) for i in range(n) if e < n_goals[i]]
-    jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in runs]
+    first = first_pass_goals(generated, goals, width, single_goals or goals)
+    jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in first]
     jobs += [(generated["task"][i], common.SELECT_GOAL_SEED, e) for e in range(select_goals) for i in ranked]
-    order = [i for i, _ in runs] + [i for _ in range(select_goals) for i in ranked]
+    order = [i for i, _ in first] + [i for _ in range(select_goals) for i in ranked]
     out = run_episodes(generated["params"][order], jobs, workers, desc="evaluation" if progress else "")
     success = np.full((n, width), np.nan)
-    success[tuple(np.array(runs).T)] = out["success"][:len(runs)]
+    success[tuple(np.array(first).T)] = out["success"][:len(first)]
     select = np.full((n, select_goals), np.nan)
-    select[ranked] = out["success"][len(runs):].reshape(select_goals, len(ranked)).T
-    return success, select
+    select[ranked] = out["success"][len(first):].reshape(select_goals, len(ranked)).T
+
+    rng, picks = np.random.default_rng(tie_seed), {}
+    for key in dict.fromkeys((generated["method"][i], generated["task"][i]) for i in ranked):
+        idx = np.array([i for i in ranked if (generated["method"][i], generated["task"][i]) == key])
+        picks[key] = idx[pick_top(select[idx].mean(1), max(TOP_K), rng)].tolist()
+    rest = [(i, e) for key in picks for i in picks[key] for e in range(width) if np.isnan(success[i, e])]
+    if rest:
+        out = run_episodes(generated["params"][[i for i, _ in rest]],
+                           [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in rest], workers,
+                           desc="top-k picks on the whole goal list" if progress else "")
+        success[tuple(np.array(rest).T)] = out["success"]
+    return success, select, picks
 
 
-def metaworld_rows(generated: dict, success: np.ndarray, select: np.ndarray) -> list[dict]:
-    """Rows per task and method (success % on the evaluation goals), top-k both ways, split averages."""
+def metaworld_rows(generated: dict, success: np.ndarray, picks: dict) -> list[dict]:
+    """Rows per task and method: success % on the evaluation goals, every goal weighed equally
+    (`goal_balanced`; each row records its `goal_weights`), top-k of the generated methods on the whole goal
+    list, and the split averages. A task on which the generated methods have no policy (no conditioning
+    rollout succeeded) scores 0 for them, flagged `no_condition`: every method is averaged over the same
+    tasks."""
     method, task = np.array(generated["method"]), np.array(generated["task"])
-    rate, select_rate = np.nanmean(success, 1), select.mean(1)  # per policy, over its goal configurations
     n_eps = np.isfinite(success).sum(1)  # evaluation episodes per policy
-    rows, per = [], {}
+    generating = [m for m in ("hyplatent", "hypformer") if m in generated["method"]]
+    rows = []
     for name in dict.fromkeys(generated["task"]):
         for m in MW_METHODS:
             sel = (method == m) & (task == name)
-            if sel.any():
-                per[(m, name)] = rate[sel]
-                rows.append({"method": m, "task": name, "score": 100 * float(rate[sel].mean()),
-                             "n_policies": int(sel.sum()), "n_episodes": int(n_eps[sel].max())})
-                if m in ("hyplatent", "hypformer"):
-                    for k in (5, 10):
-                        rows.append({"method": f"{m}@top{k}", "task": name, "n_policies": min(k, int(sel.sum())),
-                                     "score": 100 * top_k(rate[sel], k, select_rate[sel]), "n_episodes": int(n_eps[sel].max())})
-                        rows.append({"method": f"{m}@top{k}-optimistic", "task": name, "n_policies": min(k, int(sel.sum())),
-                                     "score": 100 * top_k(rate[sel], k), "n_episodes": int(n_eps[sel].max())})
+            if not sel.any():
+                if m in generating:  # no condition for this task: a failure, not a gap in the average
+                    rows += [{"method": r, "task": name, "score": 0.0, "n_policies": 0, "n_episodes": 0,
+                              "no_condition": True} for r in (m, *(f"{m}@top{k}" for k in TOP_K))]
+                continue
+            score, weights = goal_balanced(success[sel])
+            rows.append({"method": m, "task": name, "score": 100 * score, "n_policies": int(sel.sum()),
+                         "n_episodes": int(n_eps[sel].sum()), "goal_weights": weights.tolist()})
+            for k in TOP_K if m in generating else ():
+                top = picks[(m, name)][:k]
+                score, weights = goal_balanced(success[top])
+                rows.append({"method": f"{m}@top{k}", "task": name, "score": 100 * score, "n_policies": len(top),
+                             "n_episodes": int(n_eps[top].sum()), "goal_weights": weights.tolist(), "picked": top})
     for split, names in (("seen", [t for t in dict.fromkeys(generated["task"]) if t in generated["seen"]]),
                          ("unseen", [t for t in dict.fromkeys(generated["task"]) if t not in generated["seen"]])):
         for m in MW_ROWS:
-            scores = [r["score"] for r in rows if r["method"] == m and r["task"] in names]
-            if scores:
-                rows.append({"method": m, "task": f"average-{split}", "score": float(np.mean(scores)),
-                             "n_policies": sum(r["n_policies"] for r in rows if r["method"] == m and r["task"] in names),
-                             "n_episodes": max(r["n_episodes"] for r in rows if r["method"] == m and r["task"] in names)})
+            mine = [r for r in rows if r["method"] == m and r["task"] in names]
+            if mine:
+                rows.append({"method": m, "task": f"average-{split}", "score": float(np.mean([r["score"] for r in mine])),
+                             "n_tasks": len(mine), "n_policies": sum(r["n_policies"] for r in mine),
+                             "n_episodes": sum(r["n_episodes"] for r in mine)})
     for name, seen, unseen in PAPER_SUMMARY:
         rows.append({"method": f"paper:{name}", "task": "average-seen", "score": seen, "n_policies": 0, "n_episodes": 0})
         rows.append({"method": f"paper:{name}", "task": "average-unseen", "score": unseen, "n_policies": 0,
                      "n_episodes": 0})
     return rows
+
+
+def goal_weights_table(rows: list[dict], name: str) -> str:
+    """The weight of each evaluation goal in each row of task `name` (what the equal-weight rule checks)."""
+    lines = [f"Goal weights of {name} (each row's score = sum over goals of weight x success on that goal):", ""]
+    for r in rows:
+        if r["task"] == name and "goal_weights" in r:
+            w = np.asarray(r["goal_weights"])
+            lines.append(f"- {r['method']}: {len(w)} goals, weights {w.min():.4f} to {w.max():.4f} "
+                         f"({r['n_policies']} policies, {r['n_episodes']} episodes)")
+    return "\n".join(lines)
 
 
 def conditions_cell(generated: dict, t: str) -> str:
@@ -245,10 +302,8 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
             out.append(f"| {t} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["**Table II: summary, success rate %**", "", "| method | seen | unseen |", "|---|---|---|"]
-    top = [(f"{m}@top{k}{o}", f"{label} (top {k}, {how})") for k in (10, 5)
-           for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"))
-           for o, how in (("", "picked on other goals"), ("-optimistic", "picked on the scored episodes: optimistic, "
-                                                                         "the paper's way"))]
+    top = [(f"{m}@top{k}", f"{label} (top {k}, picked on other goals)") for k in (10, 5)
+           for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"))]
     for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"), *top,
                      ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
                      ("decoded-expert", "decoded expert (its autoencoder round trip)"),
@@ -258,6 +313,10 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
         out.append(f"| {label} (measured) | {f(m, 'average-seen')} | {f(m, 'average-unseen')} |")
     for name, seen, unseen in PAPER_SUMMARY:
         out.append(f"| {name} (printed in the paper) | {seen} | {unseen} |")
+    missing = sorted({r["task"] for r in rows if r.get("no_condition")})
+    if missing:
+        out += ["", f"No conditioning rollout succeeded on {', '.join(missing)}: the generated methods score 0 there "
+                "(every row averages over the same tasks)."]
     return "\n".join(out)
 
 

@@ -18,6 +18,8 @@
 #   bash pipeline.sh seeds [smoke]  # the quick (or smoke) chain for SEEDS (default "1 2 3"), then aggregate.py
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
+#   bash pipeline.sh components [quick]  # per seed of SEEDS (default "1 2 3 4 5"): the chain, then stage 2 with
+#                               # parts of its loss removed, stage 3 and the evaluation for each (DESIGN.md section 12)
 #   bash pipeline.sh mw-seeds [quick]   # MetaWorld: stages 1-3 + evaluation for MW_SEEDS (default "1 2") on one
 #                               # stage 0 (seed 1's), then aggregate.py       -> runs/metaworld-quick-aggregate
 #   bash pipeline.sh mw-tokens [quick]  # Fig. 5: stage 3 + evaluation (no baselines) for each L of TOKENS, per
@@ -137,6 +139,29 @@ if [ "$SCALE" = ablation ]; then
   exec python aggregate.py "${BASES[@]}" --tag sweep --out "$RUNS/cheetah-vel-$AB-sweep"
 fi
 
+if [ "$SCALE" = components ]; then
+  AB=${2:-quick}
+  # (a) the chain's own stage 2 (Eqs. 3-5 + the paired term); (b) the paired term alone, no discriminator;
+  # (c) the paper's losses alone (paired weight 0); (d) a deterministic regressor (no noise, no discriminator)
+  VARIANTS=("paired-only:--no-adversarial" "paper-losses:--paired-weight 0" "regressor:--no-adversarial --noise-dim 0")
+  DIRS=()
+  for s in ${SEEDS:-1 2 3 4 5}; do
+    RUN="$RUNS/cheetah-vel-$AB-seed$s"
+    SEED=$s AMT_NO_VENV=1 bash "$0" "$AB"
+    C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${DONE[@]}")
+    for v in "${VARIANTS[@]}"; do
+      tag=${v%%:*}
+      read -r -a flags <<< "${v#*:}"
+      stage_in "$RUN" "stage 2 ($tag)" python stage2_hyplatent.py "${C[@]}" --out "hyplatent-$tag.pt" "${flags[@]}"
+      stage_in "$RUN" "stage 3 ($tag)" python stage3_hypformer.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
+        --out "hypformer-$tag.pt"
+      stage_in "$RUN" "evaluation ($tag)" python evaluate.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
+        --hypformer "hypformer-$tag.pt" --tag "$tag"
+    done
+    DIRS+=("$RUN")
+  done
+  exec python aggregate.py "${DIRS[@]}" --components --out "$RUNS/cheetah-vel-$AB-components"
+fi
 if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
   AB=${2:-quick}
   BASE="$RUNS/metaworld-$AB"  # seed 1's chain; its stage 0 is every seed's (DESIGN.md section 13)

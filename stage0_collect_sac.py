@@ -163,12 +163,12 @@ def validate(args: Args) -> list:
     if args.parent_demo_episodes == 0 or not args.parent_tasks:
         raise SystemExit("error: the MetaWorld parent needs --parent-demo-episodes > 0 and --parent-tasks")
     common.check_metaworld_tasks(args.parent_tasks)
-    reserved = (common.EVAL_GOAL_SEED, common.SELECT_GOAL_SEED)
+    reserved = (common.EVAL_GOAL_SEED, common.SELECT_GOAL_SEED, common.VALIDATION_GOAL_SEED)
     clash = [k for k, s in goal_seeds(args).items() if s in reserved]
     if clash:
         raise SystemExit(f"error: --seed {args.seed} would draw the {', '.join(clash)} goals with seed "
-                         f"{' or '.join(map(str, reserved))}, the evaluation and top-k selection goals' seeds; "
-                         "choose another --seed")
+                         f"{', '.join(map(str, reserved))}: the evaluation, top-k selection and validation goals' "
+                         "seeds; choose another --seed")
     return common.check_metaworld_tasks(args.tasks)
 
 

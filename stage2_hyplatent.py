@@ -59,13 +59,16 @@ class Args:
     batch_size: int = 128
     lr: float = 2e-4
     noise_dim: int = 4
-    """size of n (paper: 128 MetaWorld, 4 Cheetah-Vel)"""
+    """size of n (paper: 128 MetaWorld, 4 Cheetah-Vel; 0 = a deterministic regressor of Z on tau_e)"""
     widths: tuple[int, ...] = (2048, 1024, 512, 256)
     """generator widths, down then back up (the authors' code)"""
     lambda_reg: float = 1.0
     """weight of Eq. 5 (the paper gives none)"""
     paired_weight: float = 1e3
     """weight of the authors' extra MSE(G(tau_e, n), Z) term in G's loss (0 = the paper's losses only)"""
+    adversarial: bool = True
+    """train the discriminator and use Eqs. 3-5 in G's loss; --no-adversarial: G learns from the paired term
+    alone, no discriminator (the component ablation, pipeline.sh components)"""
     check_per_task: int = 5
     """functional check at the end: this many training conditions per task, one generated policy each,
     decoded and run for 2 episodes (0 = skip)"""
@@ -175,6 +178,16 @@ def generator_step(D: Discriminator, opt_g, z_fake: torch.Tensor, z_paired: torc
     return g_loss, g_reg, paired
 
 
+def paired_only_step(opt_g, z_fake: torch.Tensor, z_paired: torch.Tensor, paired_weight: float) -> torch.Tensor:
+    """--no-adversarial: minimise the authors' paired term alone (no Eqs. 3-5); its minimiser is
+    E[Z | tau_e], so with noise_dim 0 this is a plain regressor of the latent on the condition."""
+    paired = F.mse_loss(z_fake, z_paired)
+    opt_g.zero_grad(set_to_none=True)
+    (paired_weight * paired).backward()
+    opt_g.step()
+    return paired
+
+
 # ----------------------------------------------------------------------------------------------------
 # The (Z, tau_e) pairs, loading and decoding (also used by stage 3 and evaluation)
 # ----------------------------------------------------------------------------------------------------
@@ -250,8 +263,10 @@ def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor
 
 
 def validate(args: Args) -> None:
-    common.check_options(args, positive=("steps", "batch_size", "lr", "noise_dim", "save_every", "threads"),
-                         nonnegative=("lambda_reg", "paired_weight", "check_per_task"))
+    common.check_options(args, positive=("steps", "batch_size", "lr", "save_every", "threads"),
+                         nonnegative=("noise_dim", "lambda_reg", "paired_weight", "check_per_task"))
+    if not args.adversarial and args.paired_weight == 0:
+        raise SystemExit("error: --no-adversarial --paired-weight 0 leaves the generator no loss")
     if len(args.widths) < 2 or min(args.widths) <= 0:
         raise SystemExit(f"error: --widths needs at least two positive widths; got {args.widths}")
 
@@ -262,7 +277,8 @@ def main(args: Args) -> None:
     run, lock = artifacts.open_run_dir(args.run_dir, "stage 2")  # noqa: F841 - the lock is held till exit
     path, partial = run / args.out, (run / args.out).with_suffix(".partial.pt")
     data = load_inputs(run, args.suite, args.scale)
-    settings = artifacts.settings(args)
+    # the default --adversarial is left out of the recorded settings: only a departure from Eqs. 3-5 is named
+    settings = artifacts.settings(args, ignore=("adversarial",) if args.adversarial else ())
     if args.skip_done and artifacts.up_to_date(path, FORMAT, settings, data["made_from"]):
         print(f"stage 2 HypLatent: {path} is up to date (same settings, same inputs); skipped")
         return
@@ -291,7 +307,8 @@ def main(args: Args) -> None:
         torch.set_rng_state(st["torch_rng"])
         print(f"stage 2 HypLatent: resuming from {partial} at step {start}")
     print(f"stage 2 HypLatent: {len(Z)} (latent, condition) pairs, latent {Z.shape[1]}, condition "
-          f"{cond.shape[1]}, noise {args.noise_dim}; paired-latent term weight {args.paired_weight:g}")
+          f"{cond.shape[1]}, noise {args.noise_dim}; paired-latent term weight {args.paired_weight:g}"
+          + ("" if args.adversarial else "; no discriminator (--no-adversarial): the paired term alone"))
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -303,16 +320,22 @@ def main(args: Args) -> None:
         idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
         z_real, c = Zd[idx], Cd[idx]
         z_fake = G(c, torch.randn(len(c), args.noise_dim, device=dev))
-        d_obj, real_logit, fake_logit = discriminator_step(D, opt_d, z_real, z_fake, c, args.lambda_reg)
-        g_loss, g_reg, paired = generator_step(D, opt_g, z_fake, z_real, c, args.lambda_reg, args.paired_weight)
+        if args.adversarial:
+            d_obj, real_logit, fake_logit = discriminator_step(D, opt_d, z_real, z_fake, c, args.lambda_reg)
+            g_loss, g_reg, paired = generator_step(D, opt_g, z_fake, z_real, c, args.lambda_reg, args.paired_weight)
+        else:
+            paired = paired_only_step(opt_g, z_fake, z_real, args.paired_weight)
+            g_loss = d_obj = g_reg = torch.zeros(())
 
         losses = [g_loss.item(), d_obj.item(), g_reg.item()]
-        if not all(math.isfinite(x) for x in losses):
-            msg = f"error: stage 2: a loss became NaN/inf at step {step} (G {losses[0]}, D {losses[1]}, reg {losses[2]}); "
+        if not all(math.isfinite(x) for x in losses + [paired.item()]):
+            msg = (f"error: stage 2: a loss became NaN/inf at step {step} (G {losses[0]}, D {losses[1]}, "
+                   f"reg {losses[2]}, paired {paired.item()}); ")
             raise SystemExit(msg + (f"kept the state of step {last_good} in {partial}" if last_good is not None
                                     else "no state was saved"))
         if step % 25 == 0 or step == args.steps - 1:
-            d_acc = 0.5 * ((real_logit > 0).float().mean() + (fake_logit < 0).float().mean()).item()
+            d_acc = 0.5 * ((real_logit > 0).float().mean() + (fake_logit < 0).float().mean()).item() \
+                if args.adversarial else float("nan")
             for k, val in zip(history, (step, losses[0], losses[1], losses[2], paired.item(), d_acc,
                                         g_reg.item() / args.lambda_reg / cond.shape[1] if args.lambda_reg else 0.0)):
                 history[k].append(val)

@@ -33,7 +33,8 @@ def test_t_interval_by_hand():
     assert agg.verdict(4.6, 0.0, "a", "b").endswith("no call")  # a zero-width interval is not a precise one
 
 
-def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), **settings):
+def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), name="results.json", hyplatent=None,
+                 **settings):
     """A results.json as evaluate.py writes it, with given averages {method: [per-velocity scores]}."""
     rows = []
     for m, per_v in scores.items():
@@ -41,11 +42,12 @@ def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), **settin
             rows.append({"method": m, "task": common.task_name("cheetah-vel", v), "score": s, "n_policies": 1, "n_episodes": 1})
         rows.append({"method": m, "task": "average", "score": float(np.mean(per_v)), "n_policies": 2, "n_episodes": 1})
     path.mkdir(parents=True, exist_ok=True)
-    (path / "results.json").write_text(json.dumps({
+    (path / name).write_text(json.dumps({
         "suite": "cheetah-vel", "rows": rows, "settings": {"scale": "smoke", "seed": seed, "episodes": 1, **settings},
         "seed": seed, "train_velocities": list(train),
         "made_from": {"autoencoder.pt": f"ae{seed}", "parent.pt": f"parent{seed}"},
-        "upstream": {"stage0": {"scale": "smoke", "seed": seed}, "hyplatent": {"seed": seed, "paired_weight": 1000.0}},
+        "upstream": {"stage0": {"scale": "smoke", "seed": seed},
+                     "hyplatent": hyplatent or {"seed": seed, "paired_weight": 1000.0}},
         "memorisation": {"consecutive checkpoints of one expert": float(seed), "hyplatent": {"to nearest checkpoint": 2.0 * seed}}}))
 
 
@@ -68,6 +70,38 @@ def test_aggregate_means_intervals_and_paired_differences(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "-12.00 ± 4.97" in md and "hyplatent better" in md
     assert (tmp_path / "out" / "return_vs_velocity.png").stat().st_size > 5_000
+
+
+def test_component_ablation_pairs_each_variant_with_the_default_by_seed(tmp_path):
+    # per seed: HypLatent averages of (a) the default and (b)-(d); HypFormer = HypLatent - 1; interpolated -10
+    variants = {"": 0.0, "paired-only": -1.0, "paper-losses": -50.0, "regressor": -2.0}
+    runs = []
+    for seed, base in ((1, -20.0), (2, -22.0), (3, -21.0)):
+        for tag, shift in variants.items():
+            hl = base + shift + (0.5 * seed if tag == "regressor" else 0.0)
+            fake_results(tmp_path / f"s{seed}", seed, {"hyplatent": (hl, hl), "hypformer": (hl - 1, hl - 1),
+                                                       "interpolated-expert": (-10.0, -10.0)},
+                         name=f"results-{tag}.json" if tag else "results.json", tag=tag,
+                         hyplatent={"seed": seed, "paired_weight": 0.0 if tag == "paper-losses" else 1000.0})
+        runs.append(str(tmp_path / f"s{seed}"))
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), components=True))
+    res = json.loads((tmp_path / "out" / "results-components.json").read_text())
+    assert res["seeds"] == [1, 2, 3] and res["cells"]["hyplatent|paper-losses"]["seeds"] == [-70.0, -72.0, -71.0]
+    d = res["pairs"]["HypLatent (a) - HypLatent (b)"]
+    assert d["per_seed"] == [1.0, 1.0, 1.0] and d["ci95"] == 0.0  # the seeds' spread cancels in the pairs
+    d = res["pairs"]["HypLatent (a) - HypLatent (d)"]  # 2 - 0.5 seed: 1.5, 1.0, 0.5
+    assert d["per_seed"] == pytest.approx([1.5, 1.0, 0.5])
+    assert d["ci95"] == pytest.approx(4.303 * 0.5 / np.sqrt(3), abs=1e-3) and d["verdict"].startswith("no difference")
+    d = res["pairs"]["HypFormer (c) - interpolated expert"]
+    assert d["per_seed"] == [-61.0, -63.0, -62.0] and d["verdict"] == "interpolated expert better"
+    md = (tmp_path / "out" / "results-components.md").read_text()
+    assert "| (c) the paper's losses alone (paired weight 0) | -71.00 ± 2.48 | -72.00 ± 2.48 |" in md
+    # a variant made from another seed's stage 1 is not paired with this seed's default
+    res_b = json.loads((tmp_path / "s2" / "results-regressor.json").read_text())
+    res_b["made_from"]["autoencoder.pt"] = "another"
+    (tmp_path / "s2" / "results-regressor.json").write_text(json.dumps(res_b))
+    with pytest.raises(SystemExit, match="s2: results-regressor.json and results.json come from different autoencoders"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), components=True))
 
 
 def test_aggregate_refuses_mixed_settings_and_repeated_seeds(tmp_path):
@@ -234,7 +268,10 @@ def test_memorisation_distances_by_hand():
     assert mem["hyplatent"]["to nearest checkpoint"] == pytest.approx(0.0, abs=1e-5)
     assert mem["hyplatent"]["action difference to nearest checkpoint"] == pytest.approx(0.0, abs=1e-6)
     assert mem["hypformer"]["to nearest checkpoint"] == pytest.approx(0.01 * np.sqrt(n_act), rel=1e-4)
-    assert mem["hypformer"]["action difference to nearest checkpoint"] > 0  # moved weights move actions
+    states = ev.trajectory_states(shards, spec)  # the mean |action difference| to its nearest checkpoint, ckpt
+    moved = (common.batched_act(shifted[None], states[None], spec) - common.batched_act(ckpt[None], states[None], spec))
+    assert moved.abs().mean().item() > 1e-4  # moved weights move actions ...
+    assert mem["hypformer"]["action difference to nearest checkpoint"] == pytest.approx(moved.abs().mean().item(), rel=1e-5)
     assert mem["autoencoder round trip of a training checkpoint"] == pytest.approx(0.02 * np.sqrt(n_act), rel=1e-4)
     d_interp = torch.linalg.norm(logstd_only[:n_act] - interp[:n_act]).item()
     assert mem["hyplatent"]["to interpolated expert"] == pytest.approx(d_interp, rel=1e-5)

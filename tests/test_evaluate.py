@@ -88,85 +88,111 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
     assert (run / "return_vs_velocity.png").stat().st_size > 10_000
 
     # re-evaluating generated.pt gives the reported scores
+    by = {(x["method"], x["task"]): x["score"] for x in measured}
     r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--scale", "smoke", "--run-dir", str(run),
                         "--from-generated", str(run / "generated.pt")], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    for row in measured:
-        if row["task"] == "average":
-            assert f"{row['score']:.2f} |" in r.stdout
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in r.stdout.splitlines() if "(measured) |" in ln}
+    for m in ev.METHODS:  # every cell of every measured row, velocity by velocity and the average
+        cells = lines[f"{ev.LABELS[m]} (measured)"].strip(" |").split(" | ")[1:]
+        want = [f"{by[(m, t)]:.2f}" for t in [*(common.task_name("cheetah-vel", v) for v in common.CHEETAH_TEST), "average"]]
+        assert cells == want, m
 
 
-def test_top_k_on_a_hand_made_list():
-    rates = [0.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.25]
-    assert mw.top_k(rates, 1) == 1.0
-    assert mw.top_k(rates, 3) == pytest.approx((1 + 1 + 0.5) / 3)
-    assert mw.top_k(rates, 5) == pytest.approx((1 + 1 + 0.5 + 0.5 + 0.25) / 5)
-    assert mw.top_k(rates, 10) == pytest.approx(np.mean(rates))  # fewer than k: all of them
-    # honest: the k are picked on other goals; here those rank the two perfect policies last
-    select = [1.0, 0.0, 1.0, 0.5, 0.0, 0.5, 0.5]
-    assert mw.top_k(rates, 1, select) == 0.0  # policy 0 (tie with policy 2: the earlier one)
-    assert mw.top_k(rates, 3, select) == pytest.approx((0.0 + 0.5 + 0.5) / 3)  # policies 0, 2, 3
-    assert mw.top_k(rates, 5, select) == pytest.approx((0 + 0.5 + 0.5 + 0 + 0.25) / 5)  # 0, 2, 3, 5, 6
+def test_top_k_picks_on_selection_rates_and_breaks_ties_at_random():
+    select = np.array([1.0, 0.0, 1.0, 0.5, 0.0, 0.5, 0.5])
+    rng = np.random.default_rng(0)
+    assert sorted(mw.pick_top(select, 2, rng).tolist()) == [0, 2]  # the two best, whatever the tie order
+    assert sorted(mw.pick_top(select, 5, rng)[:2].tolist()) == [0, 2]  # best first
+    assert sorted(mw.pick_top(select, 10, rng).tolist()) == list(range(7))  # fewer than k: all of them
+    # all tied (a seen task where every policy succeeds): every policy is picked about equally often; picking
+    # by index would take policies 0-4 every time
+    counts = np.zeros(25)
+    for seed in range(400):
+        counts[mw.pick_top(np.ones(25), 5, np.random.default_rng(seed))] += 1
+    assert counts.min() > 40 and counts.max() < 120  # expected 80 each
+    assert mw.pick_top(np.ones(25), 5, np.random.default_rng(3)).tolist() == \
+        mw.pick_top(np.ones(25), 5, np.random.default_rng(3)).tolist()  # the seed fixes the picks
+
+
+def test_every_row_weighs_every_goal_equally(monkeypatch):
+    # 25 conditions (x 2 methods), 41 checkpoints and one parent on a list of 20 goals, each generated policy
+    # on 2 goals: policy j on goals 2j, 2j + 1 (mod 20) covers goals 0-9 three times and 10-19 twice. On a
+    # task where only goal 0 can succeed, every row must read 1/20 = 5%, as the parent (all 20 goals) does.
+    n = {"hyplatent": 25, "hypformer": 25, "checkpoints": 41, "parent": 1}
+    generated = {"method": [m for m, k in n.items() for _ in range(k)], "task": ["a"] * 92, "seen": ["a"],
+                 "params": torch.zeros(92, 1)}
+
+    def goal0_succeeds(params, jobs, workers, desc=""):
+        return {"success": np.array([float(s == common.EVAL_GOAL_SEED and e == 0) for _, s, e in jobs])}
+
+    monkeypatch.setattr(mw, "run_episodes", goal0_succeeds)
+    success, select, picks = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False,
+                                                   single_goals=20, tie_seed=1)
+    rows = [r for r in mw.metaworld_rows(generated, success, picks) if r["task"] == "a"]
+    assert {r["method"] for r in rows} == {*n, "hyplatent@top5", "hyplatent@top10", "hypformer@top5", "hypformer@top10"}
+    for r in rows:
+        assert r["score"] == pytest.approx(5.0), r["method"]
+        np.testing.assert_allclose(r["goal_weights"], np.full(20, 1 / 20))
+    # the top-k picks ran on the whole list; the other generated policies on their 2 goals only
+    ran = np.isfinite(success).sum(1)
+    top10 = picks[("hyplatent", "a")]
+    assert len(top10) == 10 and (ran[top10] == 20).all()
+    assert (ran[[i for i in range(25) if i not in top10]] == 2).all()
+    assert "goals 20" not in mw.goal_weights_table(rows, "a") and "0.0500 to 0.0500" in mw.goal_weights_table(rows, "a")
+
+
+def test_a_group_too_small_for_the_goal_list_still_covers_it():
+    # 3 policies, 2 goals each, a list of 8: each runs on ceil(8 / 3) = 3 goals, together all 8
+    generated = {"method": ["hyplatent"] * 3 + ["parent"], "task": ["a"] * 4}
+    pairs = mw.first_pass_goals(generated, goals=2, width=8, single_goals=8)
+    assert [sorted(e for i, e in pairs if i == p) for p in range(4)] == [[0, 1, 2], [3, 4, 5], [0, 6, 7],
+                                                                         list(range(8))]
+    with pytest.raises(ValueError, match=r"goals \[1\]"):
+        mw.goal_balanced(np.array([[1.0, np.nan], [0.0, np.nan]]))
+
+
+def test_a_task_without_conditions_is_a_failure_in_the_averages():
+    # task b had no successful conditioning rollout: no generated policy; it counts 0 for them, not a gap
+    generated = {"method": ["hyplatent", "hypformer", "parent", "parent"], "task": ["a", "a", "a", "b"],
+                 "seen": ["a", "b"], "n_conditions": {"a": 1, "b": 0}}
+    success = np.array([[1.0], [1.0], [0.0], [1.0]])
+    picks = {("hyplatent", "a"): [0], ("hypformer", "a"): [1]}
+    rows = {(r["method"], r["task"]): r for r in mw.metaworld_rows(generated, success, picks)}
+    assert rows[("hyplatent", "b")]["score"] == 0.0 and rows[("hyplatent", "b")]["no_condition"]
+    assert rows[("hyplatent", "average-seen")]["score"] == 50.0 and rows[("hyplatent", "average-seen")]["n_tasks"] == 2
+    assert rows[("hypformer@top5", "average-seen")]["score"] == 50.0
+    assert rows[("parent", "average-seen")]["n_tasks"] == 2
+    assert "No conditioning rollout succeeded on b" in mw.metaworld_tables(list(rows.values()), generated)
 
 
 def test_top_k_selection_episodes_run_for_generated_policies_only(monkeypatch):
     # 3 policies: a HypLatent one, a parent, a HypFormer one; 2 evaluation goals, 3 selection goals
     generated = {"method": ["hyplatent", "parent", "hypformer"], "task": ["a", "a", "b"],
                  "params": torch.arange(3.0)[:, None].repeat(1, 2)}
-    seen = {}
+    seen = []
 
     def fake_run_episodes(params, jobs, workers, desc=""):
-        seen["params"], seen["jobs"] = params[:, 0].tolist(), jobs
+        seen.append((params[:, 0].tolist(), jobs))
         return {"success": np.arange(len(jobs), dtype=float)}  # episode j "succeeds" j times: traceable
 
     monkeypatch.setattr(mw, "run_episodes", fake_run_episodes)
-    success, select = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False)
+    success, select, picks = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False)
     E, S = common.EVAL_GOAL_SEED, common.SELECT_GOAL_SEED
-    assert seen["jobs"] == [("a", E, 0), ("a", E, 0), ("b", E, 0), ("a", E, 1), ("a", E, 1), ("b", E, 1),
-                            ("a", S, 0), ("b", S, 0), ("a", S, 1), ("b", S, 1), ("a", S, 2), ("b", S, 2)]
-    assert seen["params"] == [0, 1, 2, 0, 1, 2, 0, 2, 0, 2, 0, 2]  # each job runs its own policy
-    assert success.tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert seen[0][1] == [("a", E, 0), ("a", E, 1), ("a", E, 0), ("a", E, 1), ("b", E, 0), ("b", E, 1),
+                          ("a", S, 0), ("b", S, 0), ("a", S, 1), ("b", S, 1), ("a", S, 2), ("b", S, 2)]
+    assert seen[0][0] == [0, 0, 1, 1, 2, 2, 0, 2, 0, 2, 0, 2]  # each job runs its own policy
+    assert success.tolist() == [[0, 1], [2, 3], [4, 5]]
     assert select[0].tolist() == [6, 8, 10] and select[2].tolist() == [7, 9, 11]
     assert np.isnan(select[1]).all()  # the parent is never ranked, so never run on selection goals
-    # the one-policy baselines (here the parent) run on more evaluation goals: the first 4 of the same list
-    success, select = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False,
-                                            single_goals=4)
-    assert seen["jobs"][:8] == [("a", E, 0), ("a", E, 0), ("b", E, 0), ("a", E, 1), ("a", E, 1), ("b", E, 1),
-                                ("a", E, 2), ("a", E, 3)]
-    assert seen["params"] == [0, 1, 2, 0, 1, 2, 1, 1, 0, 2]
-    assert np.array_equal(success, [[0, 3, np.nan, np.nan], [1, 4, 6, 7], [2, 5, np.nan, np.nan]], equal_nan=True)
-    assert select[:, 0].tolist()[::2] == [8, 9]
-    nan = np.nan  # a rate per policy over the goals it ran on; episodes counted per method
-    rows = {(r["method"], r["task"]): r for r in mw.metaworld_rows(
-        {**generated, "seen": ["a"]}, np.array([[0, 1, nan, nan], [1, 0, 0, 1], [1, 1, nan, nan]]), np.ones((3, 1)))}
-    assert rows[("parent", "a")]["n_episodes"] == 4 and rows[("hyplatent", "a")]["n_episodes"] == 2
-    assert rows[("parent", "a")]["score"] == 50.0 and rows[("hypformer", "b")]["score"] == 100.0
-
-
-def test_policies_of_one_method_cover_the_goal_list(monkeypatch):
-    # 3 HypLatent and 3 HypFormer policies (one per condition) and the parent of one task; goals 2 of a
-    # list of 4: policy j on goals 2j, 2j+1 (mod 4), the two methods' policy j on the same goals
-    generated = {"method": ["hyplatent"] * 3 + ["hypformer"] * 3 + ["parent"], "task": ["a"] * 7,
-                 "params": torch.arange(7.0)[:, None]}
-    seen = {}
-
-    def fake_run_episodes(params, jobs, workers, desc=""):
-        seen["pairs"] = list(zip(params[:, 0].int().tolist(), [e for _, _, e in jobs]))
-        return {"success": np.arange(len(jobs), dtype=float)}
-
-    monkeypatch.setattr(mw, "run_episodes", fake_run_episodes)
-    success, _ = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False, single_goals=4)
-    ran = [sorted(e for i, e in seen["pairs"][:-6] if i == p) for p in range(7)]  # the last 6: selection goals
-    assert ran == [[0, 1], [2, 3], [0, 1], [0, 1], [2, 3], [0, 1], [0, 1, 2, 3]]
-    assert [np.flatnonzero(np.isfinite(row)).tolist() for row in success] == ran
-    for p, e in seen["pairs"][:-6]:  # every episode's success lands in its own policy's row and goal's column
-        assert success[p, e] == seen["pairs"].index((p, e))
-    # without the baselines (the Fig. 5 runs) the generated policies cover the same list of 4
-    monkeypatch.setitem(generated, "method", generated["method"][:6])
-    monkeypatch.setitem(generated, "task", generated["task"][:6])
-    success, _ = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False, single_goals=4)
-    assert [np.flatnonzero(np.isfinite(row)).tolist() for row in success] == ran[:6]
+    assert picks == {("hyplatent", "a"): [0], ("hypformer", "b"): [2]} and len(seen) == 1  # nothing left to run
+    # the one-policy baselines (here the parent) run on a longer list: the picks then run on the rest of it
+    success, select, picks = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False,
+                                                   single_goals=4)
+    assert seen[1][1][:8] == [("a", E, 0), ("a", E, 1), ("a", E, 2), ("a", E, 3), ("a", E, 0), ("a", E, 1),
+                              ("a", E, 2), ("a", E, 3)]  # one policy per group: it covers the list itself
+    assert np.isfinite(success).all() and len(seen) == 2
 
 
 def test_metaworld_goals_same_across_runs_and_processes():
@@ -269,19 +295,19 @@ def test_early_stop_changes_no_success_and_no_feature(record):
     assert steps == expected and all(e.steps == 500 for e in full_envs)
 
 
-def test_early_stop_on_real_checkpoints_of_both_suites(metaworld_chain, cheetah_chain):
-    """Stage-0 checkpoints of the smoke runs: MetaWorld successes and features, Cheetah-Vel returns
-    (it has no success, so nothing stops early) equal with and without early stopping."""
-    for (run, _), suite in ((metaworld_chain, "metaworld"), (cheetah_chain, "cheetah-vel")):
-        shards = artifacts.load_stage0(run, suite, "smoke")
-        params = torch.cat([s["params"] for s in shards]).float()
-        tasks = [s["task"] if suite == "metaworld" else s["target_velocity"] for s in shards for _ in s["params"]]
-        make = lambda: [common.make_eval_env(suite, t, episode=i % 2) for i, t in enumerate(tasks)]  # noqa: E731
-        spec = common.suite_spec(suite)
-        full = common.run_lockstep(params, make(), spec, record=True)
-        short = common.run_lockstep(params, make(), spec, record=True, stop_when_decided=True)
-        for k in ("success", "traj", "post_success") + (("return",) if suite == "cheetah-vel" else ()):
-            np.testing.assert_array_equal(short[k], full[k])
+def test_early_stop_on_real_checkpoints(metaworld_chain):
+    """MetaWorld stage-0 checkpoints of the smoke run: successes and recorded features equal with and
+    without early stopping (Cheetah-Vel has no success, so none of its episodes stops early)."""
+    run, _ = metaworld_chain
+    shards = artifacts.load_stage0(run, "metaworld", "smoke")
+    params = torch.cat([s["params"] for s in shards]).float()
+    tasks = [s["task"] for s in shards for _ in s["params"]]
+    make = lambda: [common.make_eval_env("metaworld", t, episode=i % 2) for i, t in enumerate(tasks)]  # noqa: E731
+    spec = common.suite_spec("metaworld")
+    full = common.run_lockstep(params, make(), spec, record=True)
+    short = common.run_lockstep(params, make(), spec, record=True, stop_when_decided=True)
+    for k in ("success", "traj", "post_success"):
+        np.testing.assert_array_equal(short[k], full[k])
 
 
 def test_run_episodes_chunks_keep_the_order(monkeypatch):
@@ -325,7 +351,12 @@ def test_metaworld_tables(metaworld_chain):
         assert c["goal"] == [k // len(held_out) for k in range(3)] and c["attempts"] == 3
     assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 3
     assert by[("parent", "drawer-close-v3")]["n_episodes"] == 3 == by[("expert", "door-open-v3")]["n_episodes"]
-    assert by[("hyplatent", "drawer-close-v3")]["n_episodes"] == 2  # smoke: one-policy baselines on 3 goals, others 2
+    # smoke: a list of 3 goals; the one-policy baselines run on all 3, each generated policy on 2 of them,
+    # and the top-10 picks (here all 3 policies) then on the rest: 3 x 3 episodes
+    assert by[("hyplatent", "drawer-close-v3")]["n_episodes"] == 9
+    for x in res["rows"]:  # every row of every task weighs each of its 3 goals 1/3
+        if "goal_weights" in x:
+            np.testing.assert_allclose(x["goal_weights"], [1 / 3] * 3, err_msg=f"{x['method']} {x['task']}")
     assert by[("checkpoints", "door-open-v3")]["n_policies"] == by[("decoded-checkpoints", "door-open-v3")]["n_policies"] == 2
     for split, tasks in (("seen", ["door-open-v3", "drawer-open-v3"]), ("unseen", ["drawer-close-v3"])):
         avg = by[("hypformer", f"average-{split}")]["score"]

@@ -260,14 +260,18 @@ def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
             out.append(env.reset()[0][-3:].round(6).tobytes())
         return set(out)
     evaluation, selection = goal_obs(common.EVAL_GOAL_SEED), goal_obs(common.SELECT_GOAL_SEED)
-    assert len(evaluation) > 40 and len(selection) > 40  # 50 mostly different goals
+    validation = goal_obs(common.VALIDATION_GOAL_SEED)
+    assert len(evaluation) > 40 and len(selection) > 40 and len(validation) > 40  # 50 mostly different goals
     assert not evaluation & selection  # top-k never picks on a scored goal
+    assert not validation & (evaluation | selection)  # stage 0's settings are never chosen on them either
     for name in ("training", "checkpoint rollouts (later: conditioning)", "demonstrations"):
         assert not evaluation & goal_obs(seeds[name]), name
         assert not selection & goal_obs(seeds[name]), name
-    # a seed whose goal seeds would be the selection goals' is refused like one hitting the evaluation goals'
-    with pytest.raises(SystemExit, match="2024 or 2025, the evaluation and top-k selection goals' seeds"):
-        s0.validate(s0.Args(suite="metaworld", seed=1025))  # parent demonstrations of the 2nd task: 1025 + 1000
+        assert not validation & goal_obs(seeds[name]), name
+    # a seed whose goal seeds would be the selection or validation goals' is refused like the evaluation's
+    for seed in (1025, 1026):  # parent demonstrations of the 2nd task: seed + 1000
+        with pytest.raises(SystemExit, match=f"goals with seed 2024, 2025, 2026.*{seed + 1000}|seed {seed} would"):
+            s0.validate(s0.Args(suite="metaworld", seed=seed))
 
 
 def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(cheetah_chain, tmp_path):
