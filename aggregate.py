@@ -47,7 +47,8 @@ from methods import LABELS, METHODS, MW_METHODS, MW_ROWS, task_name
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 # (a, b): the differences a - b reported with intervals
-PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("decoded-expert", "nearest-expert"),
+PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("hyplatent", "maa"), ("hypformer", "maa"),
+         ("maa", "interpolated-expert"), ("decoded-expert", "nearest-expert"),
          ("hyplatent", "nearest-expert"), ("hypformer", "interpolated-expert"), ("oracle-expert", "hyplatent"),
          ("oracle-expert", "hypformer"), ("oracle-expert", "interpolated-expert")]
 # MetaWorld: (a, b, split) differences of the split's average success
@@ -56,8 +57,11 @@ MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("
             ("decoded-checkpoints", "checkpoints", "seen"), ("hyplatent", "decoded-checkpoints", "seen"),
             ("hypformer", "hyplatent", "seen"), ("hyplatent", "parent", "unseen"), ("hypformer", "parent", "unseen"),
             ("hypformer", "hyplatent", "unseen"), ("checkpoints", "hyplatent", "unseen"),
+            # AMT-Hyp against MAA, and MAA against the parent
+            *((a, b, split) for split in ("seen", "unseen") for a, b in (("hyplatent", "maa"), ("hypformer", "maa"),
+                                                                          ("maa", "parent"))),
             # top-k against all policies (both scored on the same goals): does picking on other goals pay?
-            *((f"{m}@top{k}", m, split) for split in ("seen", "unseen") for m in ("hyplatent", "hypformer")
+            *((f"{m}@top{k}", m, split) for split in ("seen", "unseen") for m in ("hyplatent", "hypformer", "maa")
               for k in (5, 10))]
 
 @dataclass
@@ -251,7 +255,7 @@ def group_table(g: dict, vels: list[float]) -> str:
 
 def pair_label(key: str) -> str:
     """`hyplatent - interpolated-expert (seen)` -> `HypLatent - interpolated expert (seen)`."""
-    short = {"hyplatent": "HypLatent", "hypformer": "HypFormer"}
+    short = {"hyplatent": "HypLatent", "hypformer": "HypFormer", "maa": "MAA"}
     return " - ".join(" ".join(short.get(w, w.replace("-", " ")) for w in part.split(" ")) for part in key.split(" - "))
 
 

@@ -44,6 +44,7 @@ import common
 from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
 from evaluate_metaworld import (evaluate_metaworld, generate_metaworld, goal_weights_table, metaworld_rows,
                                 metaworld_tables, pca_figure)
+from stage2_diffusion import diffusion_sample, load_diffusion
 from stage2_hyplatent import decode_generated, load_generator, load_inputs
 from stage3_hypformer import load_hypformer, sample_latents
 
@@ -67,6 +68,8 @@ class Args:
     """E episodes per policy (different reset seeds)"""
     hyplatent: str = "hyplatent.pt"
     hypformer: str = "hypformer.pt"
+    diffusion: str = "diffusion.pt"
+    """stage2_diffusion.py's artifact: the MAA row ("" = leave the row out)"""
     from_generated: Optional[str] = None
     """re-evaluate the policies of a generated.pt instead of generating new ones (writes nothing)"""
     conditions: int = 100
@@ -124,6 +127,7 @@ def load_chain(args: Args) -> dict:
     HypLatent, and the parent the shards were fine-tuned from. `made_from` names them by uid."""
     run, suite, scale = Path(args.run_dir), args.suite, args.scale
     c = load_inputs(run, suite, scale)
+    stage1 = dict(c["made_from"])  # what stage 2 (either generator) is made from
     c["parent"] = artifacts.load_artifact(run / "parent.pt", artifacts.PARENT_FORMAT, ("params",),
                                           spec=common.suite_spec(suite), suite=suite, scale=scale)
     if c["shards"][0]["made_from"] != {"parent.pt": c["parent"]["uid"]}:
@@ -134,6 +138,11 @@ def load_chain(args: Args) -> dict:
     c["hf"], c["hf_art"] = load_hypformer(run / args.hypformer, suite, scale)
     artifacts.check_made_from(run / args.hypformer, c["hf_art"], made_from)
     c["made_from"] = {args.hypformer: c["hf_art"]["uid"], **made_from, "parent.pt": c["parent"]["uid"]}
+    c["maa"] = c["maa_art"] = None
+    if args.diffusion:  # MAA: made from the same stage 1 as HypLatent
+        c["maa"], c["maa_art"] = load_diffusion(run / args.diffusion, suite, scale)
+        artifacts.check_made_from(run / args.diffusion, c["maa_art"], stage1)
+        c["made_from"][args.diffusion] = c["maa_art"]["uid"]
     return c
 
 
@@ -186,6 +195,11 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         if v in chain.get("oracle", {}):
             o = chain["oracle"][v]
             add(o["params"][o["return"].argmax()], "oracle-expert", v)
+    if chain.get("maa") is not None:  # after the others, with its own noise: their policies stay as they were
+        g = torch.Generator().manual_seed(args.seed)
+        for v in vels:
+            z = diffusion_sample(chain["maa"], chain["maa_art"], torch.tensor([[v]]).repeat(K, 1), generator=g)
+            add(decode_generated(z, chain["maa_art"], ae), "maa", v)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": common.suite_spec(args.suite),
             "params": torch.cat(params).float(), "method": method, "task": [common.task_name(args.suite, v) for v in task],
             "target_velocity": torch.tensor(task, dtype=torch.float32), "train_velocities": train_vels,
@@ -240,7 +254,7 @@ def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
                [torch.linalg.norm(act(s["params"][1:] - s["params"][:-1]), dim=1) for s in shards]).median()),
            "autoencoder round trip of a training checkpoint": float(
                torch.linalg.norm(act(ae.decode(ae.encode(train)) - train), dim=1).median())}
-    for m in ("hyplatent", "hypformer", "nearest-expert", "interpolated-expert", "oracle-expert"):
+    for m in ("hyplatent", "hypformer", "maa", "nearest-expert", "interpolated-expert", "oracle-expert"):
         sel = torch.as_tensor(method == m)
         if not sel.any():
             continue
@@ -365,6 +379,8 @@ def upstream_settings(chain: dict) -> dict:
     one method only where these agree in everything but the seed."""
     out = {"stage0": chain["shards"][0]["settings"], "autoencoder.pt": chain["ae_art"]["settings"],
            "hyplatent": chain["hl_art"]["settings"], "hypformer": chain["hf_art"]["settings"]}
+    if chain.get("maa_art") is not None:
+        out["diffusion"] = chain["maa_art"]["settings"]
     if chain.get("be") is not None:
         out["behavior_embed.pt"] = chain["be"]["settings"]
     return out

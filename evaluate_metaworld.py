@@ -27,8 +27,9 @@ import torch
 
 import artifacts
 import common
-from methods import MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
+from methods import GENERATORS, MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
 from stage1_behavior_embed import embed_trajectories
+from stage2_diffusion import diffusion_sample
 from stage2_hyplatent import decode_generated
 from stage3_hypformer import sample_latents
 
@@ -133,7 +134,7 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
     first = np.cumsum([0] + [len(s["step"]) for s in shards.values()])
     unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
     cond = conditioning_rollouts(shards, unused, chain["phi"], be, workers, conditions, success_only, progress)
-    g = torch.Generator().manual_seed(seed)
+    g, g_maa = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)  # MAA: its own stream
     params, method, task = [], [], []
     for name in shards:
         h = cond[name]["h"]
@@ -141,7 +142,11 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
             c = (torch.stack(h) - hl_art["cond_mean"]) / hl_art["cond_std"]
             z_hl = G(c, torch.randn(len(c), G.noise_dim, generator=g))
             z_pred, grad_pred = hf(sample_latents(G, c, chain["hf_art"]["num_tokens"], generator=g), c)
-            for m, p in (("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))):
+            generated = [("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))]
+            if chain.get("maa") is not None:  # the same conditions, raw (its artifact standardises them)
+                z = diffusion_sample(chain["maa"], chain["maa_art"], torch.stack(h), generator=g_maa)
+                generated.append(("maa", decode_generated(z, chain["maa_art"], ae)))
+            for m, p in generated:
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         if not baselines:
             continue
@@ -196,7 +201,7 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
     goals; then the max(TOP_K) picked policies of each group on the rest of the list, so top-k is scored
     on the same goals as every other row."""
     n, width = len(generated["method"]), max(goals, single_goals or goals)
-    ranked = [i for i in range(n) if generated["method"][i] in ("hyplatent", "hypformer")]
+    ranked = [i for i in range(n) if generated["method"][i] in GENERATORS]
     first = first_pass_goals(generated, goals, width, single_goals or goals)
     jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in first]
     jobs += [(generated["task"][i], common.SELECT_GOAL_SEED, e) for e in range(select_goals) for i in ranked]
@@ -228,7 +233,7 @@ def metaworld_rows(generated: dict, success: np.ndarray, picks: dict) -> list[di
     tasks."""
     method, task = np.array(generated["method"]), np.array(generated["task"])
     n_eps = np.isfinite(success).sum(1)  # evaluation episodes per policy
-    generating = [m for m in ("hyplatent", "hypformer") if m in generated["method"]]
+    generating = [m for m in GENERATORS if m in generated["method"]]
     rows = []
     for name in dict.fromkeys(generated["task"]):
         for m in MW_METHODS:
@@ -289,13 +294,13 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
         names = [t for t in dict.fromkeys(generated["task"]) if (t in generated["seen"]) == (split == "seen")]
         if not names:
             continue
-        head = "| task | conditions | HypLatent | HypFormer | " + \
+        head = "| task | conditions | HypLatent | HypFormer | MAA | " + \
             ("expert | decoded expert | all checkpoints | decoded checkpoints | " if split == "seen" else
              "own checkpoints (oracle) | ") + "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
-            cells = [conditions_cell(generated, t), f("hyplatent", t), f("hypformer", t)]
+            cells = [conditions_cell(generated, t), f("hyplatent", t), f("hypformer", t), f("maa", t)]
             cells += [f(m, t) for m in (("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")
                                         if split == "seen" else ("checkpoints",))]
             cells += [f("parent", t), *map(str, p)]
@@ -303,8 +308,9 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
         out.append("")
     out += ["**Table II: summary, success rate %**", "", "| method | seen | unseen |", "|---|---|---|"]
     top = [(f"{m}@top{k}", f"{label} (top {k}, picked on other goals)") for k in (10, 5)
-           for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"))]
-    for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"), *top,
+           for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"), ("maa", "MAA"))]
+    for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"),
+                     ("maa", "MAA (diffusion on the same latents and conditions)"), *top,
                      ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
                      ("decoded-expert", "decoded expert (its autoencoder round trip)"),
                      ("checkpoints", "all stage-0 checkpoints of the task (seen: the training data; unseen: the "

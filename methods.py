@@ -4,8 +4,9 @@ numbers of the paper that the tables show beside ours, marked as printed.
 """
 
 # Cheetah-Vel (Table IV): the generated methods, the baselines, the oracle upper bound, in table order
-METHODS = ["hyplatent", "hypformer", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
+METHODS = ["hyplatent", "hypformer", "maa", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
 LABELS = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
+          "maa": "MAA (diffusion, Make-An-Agent)",
           "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
           "interpolated-expert": "interpolated expert", "parent": "parent",
           "oracle-expert": "oracle expert (trained at v*: upper bound)"}
@@ -18,9 +19,10 @@ PAPER_ROWS_NOTE = ("The printed MACAW and Prompt-DT rows come from another obser
 
 # MetaWorld (Tables I-III): one policy per task: only more goals sharpen its rate
 SINGLE = ("expert", "decoded-expert", "parent")
-MW_METHODS = ["hyplatent", "hypformer", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
+GENERATORS = ("hyplatent", "hypformer", "maa")  # the methods that generate one policy per condition
+MW_METHODS = ["hyplatent", "hypformer", "maa", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
 # every MetaWorld row name: the methods, then top-k of the generated ones (picked on goals never scored)
-MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}" for m in ("hyplatent", "hypformer") for k in (5, 10))]
+MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}" for m in GENERATORS for k in (5, 10))]
 # the paper's printed success rates (%): MAA, AMT-Hyp w/o HypFormer, AMT-Hyp (Tables I and III)
 PAPER_SEEN = {"window-open-v3": (33, 51, 64), "door-open-v3": (27, 35, 62), "drawer-open-v3": (42, 40, 78),
               "dial-turn-v3": (23, 36, 48), "plate-slide-v3": (45, 66, 88), "button-press-v3": (32, 38, 58),

@@ -232,6 +232,7 @@ if [ "$SUITE" = metaworld ]; then
   run_from 1 "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" "${DONE[@]}"
 fi
 run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${DONE[@]}"
+run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${DONE[@]}"
 run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${DONE[@]}"
 run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${DONE[@]}"
 
