@@ -96,6 +96,9 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
     publish results/velocity-ablation.md $(with results.json "$RUNS"/cheetah-vel-quick-seed* "$RUNS"/cheetah-vel-quick-seed*/n*) \
       -- --title "Cheetah-Vel: 10, 20, 25 and 35 training velocities"
   fi
+  if [ -n "$(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*)" ]; then  # the component ablation ran
+    publish results/components.md $(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*) -- --components
+  fi
   publish results/dense-sweep.md $(with results-sweep.json "$RUNS"/cheetah-vel-quick-seed*) -- --tag sweep \
     --title "Cheetah-Vel: every velocity of the grid"
   publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick "$RUNS"/metaworld-quick-seed*) --
