@@ -303,7 +303,7 @@ def test_chain_artifacts(cheetah_chain, metaworld_chain):
 
 def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path, monkeypatch):
     run, _ = cheetah_chain
-    for f in ("parent.pt", "autoencoder.pt", "hyplatent.pt", "hypformer.pt"):
+    for f in ("parent.pt", "autoencoder.pt", "hyplatent.pt", "hypformer.pt", "diffusion.pt"):
         (tmp_path / f).write_bytes((run / f).read_bytes())
     (tmp_path / "stage0").symlink_to(run / "stage0")
     seen = {}
