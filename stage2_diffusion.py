@@ -16,12 +16,13 @@ tau_e, predicts the clean latent x_0 from a noised one x_t:
 MAA's settings (its policy_generator.yaml; used at paper scale): down widths 512/1024/2048, kernel 5, 8
 groups, step embedding 128; 100 training steps, 10 DDIM sampling steps, samples clipped to [-1, 1]; AdamW lr
 1e-4, betas (0.95, 0.999), weight decay 3e-4, cosine schedule after 500 warm-up steps, batch 128; sampling
-uses an EMA of the weights. The quick scale keeps all of these but the widths, 64/128/256 (4.4M parameters,
-near HypLatent's 6.3M; MAA's widths would take a 2-core CPU hours for 3000 steps). A sequence of 2 tokens cannot be halved twice, so the levels
-keep its length: the "UNet" is the stack of levels with a skip from each level down to the same level up. Latents are scaled
-to [-1, 1] per dimension with the training set's range (so that clipping keeps every training latent), and
-conditions are standardised; the statistics are saved in the artifact, in the form stage 2's
-`decode_generated` reads (`latent_mean`, `latent_std`).
+uses an EMA of the weights. The quick scale keeps all of these but the widths, 64/128/256 (5.0M parameters,
+near the 6.6M of HypLatent's generator; MAA's widths would take a 2-core CPU hours for 3000 steps). A
+sequence of 2 tokens cannot be halved twice, so the levels keep its length: the "UNet" is the stack of
+levels with a skip from each level down to the same level up. Latents are scaled to [-1, 1] per dimension
+with the training set's range (so that clipping keeps every training latent), and conditions are
+standardised; the statistics are saved in the artifact, in the form stage 2's `decode_generated` reads
+(`latent_mean`, `latent_std`).
 
 Writes `<run_dir>/diffusion.pt` once, at the end; every `save_every` steps the training state goes to
 `diffusion.partial.pt`, from which a re-run resumes. The evaluation imports `load_diffusion` and
