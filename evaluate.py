@@ -369,6 +369,8 @@ def validate(args: Args) -> list[float]:
         if getattr(args, name) > common.MW_GOALS:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)}: MetaWorld has {common.MW_GOALS} "
                              "goal configurations per seed")
+    if args.goals > args.single_policy_goals:  # the one-policy baselines must cover the generated policies' list
+        raise SystemExit(f"error: --goals {args.goals} is more than --single-policy-goals {args.single_policy_goals}")
     if args.suite == "cheetah-vel" and not args.baselines:
         raise SystemExit("error: --no-baselines is a MetaWorld option (Cheetah-Vel's baselines are cheap)")
     return common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
@@ -409,9 +411,9 @@ def metaworld_report(generated: dict, chain: dict | None, workers: int, progress
     goals, select_goals = generated["goals"], generated.get("select_goals", 2)
     single = generated.get("single_policy_goals", goals)
     t_eval = time.time()
-    success, select, picks = evaluate_metaworld(generated, goals, select_goals, workers, progress, single,
-                                                tie_seed=generated.get("tie_seed", 0))
-    rows = metaworld_rows(generated, success, picks)
+    success, select, picks, first_pass = evaluate_metaworld(generated, goals, select_goals, workers, progress, single,
+                                                            tie_seed=generated.get("tie_seed", 0))
+    rows = metaworld_rows(generated, success, picks, first_pass)
     print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
     print(goal_weights_table(rows, generated["task"][0]))
     width = max(goals, single)

@@ -193,10 +193,11 @@ def first_pass_goals(generated: dict, goals: int, width: int, single_goals: int)
 
 
 def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int, progress: bool = True,
-                       single_goals: int | None = None, tie_seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+                       single_goals: int | None = None, tie_seed: int = 0) -> tuple[np.ndarray, ...]:
     """Success of every policy on the task's evaluation goals [N, G] (NaN where it did not run), of every
     generated policy on the top-k selection goals [N, select_goals] (NaN for the baselines, which top-k
-    never ranks), and the top-k picks {(method, task): policy indices, best first}. Two lockstep passes:
+    never ranks), the top-k picks {(method, task): policy indices, best first}, and which episodes are of
+    the first pass [N, G] (the rows of all policies are scored on those alone). Two lockstep passes:
     every policy on its first-pass goals (`first_pass_goals`) and the generated ones on the selection
     goals; then the max(TOP_K) picked policies of each group on the rest of the list, so top-k is scored
     on the same goals as every other row."""
@@ -212,9 +213,11 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
     select = np.full((n, select_goals), np.nan)
     select[ranked] = out["success"][len(first):].reshape(select_goals, len(ranked)).T
 
-    rng, picks = np.random.default_rng(tie_seed), {}
+    first_pass = np.isfinite(success)
+    picks, tasks = {}, list(dict.fromkeys(generated["task"]))
     for key in dict.fromkeys((generated["method"][i], generated["task"][i]) for i in ranked):
         idx = np.array([i for i in ranked if (generated["method"][i], generated["task"][i]) == key])
+        rng = np.random.default_rng([tie_seed, GENERATORS.index(key[0]), tasks.index(key[1])])  # one per group
         picks[key] = idx[pick_top(select[idx].mean(1), max(TOP_K), rng)].tolist()
     rest = [(i, e) for key in picks for i in picks[key] for e in range(width) if np.isnan(success[i, e])]
     if rest:
@@ -222,17 +225,19 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
                            [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in rest], workers,
                            desc="top-k picks on the whole goal list" if progress else "")
         success[tuple(np.array(rest).T)] = out["success"]
-    return success, select, picks
+    return success, select, picks, first_pass
 
 
-def metaworld_rows(generated: dict, success: np.ndarray, picks: dict) -> list[dict]:
+def metaworld_rows(generated: dict, success: np.ndarray, picks: dict, first_pass: np.ndarray | None = None) -> list[dict]:
     """Rows per task and method: success % on the evaluation goals, every goal weighed equally
     (`goal_balanced`; each row records its `goal_weights`), top-k of the generated methods on the whole goal
     list, and the split averages. A task on which the generated methods have no policy (no conditioning
     rollout succeeded) scores 0 for them, flagged `no_condition`: every method is averaged over the same
-    tasks."""
+    tasks. The rows of all policies count the first pass only (`first_pass`; default: every episode), so
+    the extra episodes of the top-k picks do not weigh them towards the picked policies."""
     method, task = np.array(generated["method"]), np.array(generated["task"])
-    n_eps = np.isfinite(success).sum(1)  # evaluation episodes per policy
+    n_eps = np.isfinite(success).sum(1)  # evaluation episodes per policy, the picks' extra ones included
+    first = success if first_pass is None else np.where(first_pass, success, np.nan)
     generating = [m for m in GENERATORS if m in generated["method"]]
     rows = []
     for name in dict.fromkeys(generated["task"]):
@@ -243,9 +248,9 @@ def metaworld_rows(generated: dict, success: np.ndarray, picks: dict) -> list[di
                     rows += [{"method": r, "task": name, "score": 0.0, "n_policies": 0, "n_episodes": 0,
                               "no_condition": True} for r in (m, *(f"{m}@top{k}" for k in TOP_K))]
                 continue
-            score, weights = goal_balanced(success[sel])
+            score, weights = goal_balanced(first[sel])
             rows.append({"method": m, "task": name, "score": 100 * score, "n_policies": int(sel.sum()),
-                         "n_episodes": int(n_eps[sel].sum()), "goal_weights": weights.tolist()})
+                         "n_episodes": int(np.isfinite(first[sel]).sum()), "goal_weights": weights.tolist()})
             for k in TOP_K if m in generating else ():
                 top = picks[(m, name)][:k]
                 score, weights = goal_balanced(success[top])

@@ -159,7 +159,7 @@ if [ "$SCALE" = components ]; then
       stage_in "$RUN" "stage 3 ($tag)" python stage3_hypformer.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
         --out "hypformer-$tag.pt"
       stage_in "$RUN" "evaluation ($tag)" python evaluate.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
-        --hypformer "hypformer-$tag.pt" --tag "$tag"
+        --hypformer "hypformer-$tag.pt" --tag "$tag" --diffusion ""  # MAA is the same in every variant
     done
     DIRS+=("$RUN")
   done
@@ -189,7 +189,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
         stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
           --out "hypformer-L$L.pt"
         stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" \
-          --tag "L$L" --no-baselines
+          --tag "L$L" --no-baselines --diffusion ""
       done
     fi
   done

@@ -249,6 +249,8 @@ def validate(args: Args) -> None:
         raise SystemExit(f"error: --widths must be positive multiples of --groups {args.groups}; got {args.widths}")
     if args.train_timesteps % args.sample_steps:
         raise SystemExit(f"error: --sample-steps {args.sample_steps} must divide --train-timesteps {args.train_timesteps}")
+    if args.step_embed % 2 or args.step_embed < 4:
+        raise SystemExit(f"error: --step-embed must be even and at least 4; got {args.step_embed}")
     if args.kernel % 2 == 0:
         raise SystemExit(f"error: --kernel must be odd; got {args.kernel}")
 

@@ -128,9 +128,9 @@ def test_every_row_weighs_every_goal_equally(monkeypatch):
         return {"success": np.array([float(s == common.EVAL_GOAL_SEED and e == 0) for _, s, e in jobs])}
 
     monkeypatch.setattr(mw, "run_episodes", goal0_succeeds)
-    success, select, picks = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False,
-                                                   single_goals=20, tie_seed=1)
-    rows = [r for r in mw.metaworld_rows(generated, success, picks) if r["task"] == "a"]
+    success, select, picks, first = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1,
+                                                          progress=False, single_goals=20, tie_seed=1)
+    rows = [r for r in mw.metaworld_rows(generated, success, picks, first) if r["task"] == "a"]
     assert {r["method"] for r in rows} == {*n, "hyplatent@top5", "hyplatent@top10", "hypformer@top5", "hypformer@top10"}
     for r in rows:
         assert r["score"] == pytest.approx(5.0), r["method"]
@@ -141,6 +141,19 @@ def test_every_row_weighs_every_goal_equally(monkeypatch):
     assert len(top10) == 10 and (ran[top10] == 20).all()
     assert (ran[[i for i in range(25) if i not in top10]] == 2).all()
     assert "goals 20" not in mw.goal_weights_table(rows, "a") and "0.0500 to 0.0500" in mw.goal_weights_table(rows, "a")
+    # the picks' extra episodes count for top-k only: if only they succeed, "all policies" stays at 0
+    calls = []
+
+    def second_pass_succeeds(params, jobs, workers, desc=""):
+        calls.append(len(jobs))
+        return {"success": np.full(len(jobs), float(len(calls) == 2))}
+
+    monkeypatch.setattr(mw, "run_episodes", second_pass_succeeds)
+    rows = {r["method"]: r for r in mw.metaworld_rows(generated, *[x for i, x in enumerate(mw.evaluate_metaworld(
+        generated, goals=2, select_goals=3, workers=1, progress=False, single_goals=20, tie_seed=1)) if i != 1])
+        if r["task"] == "a"}
+    assert len(calls) == 2 and rows["hyplatent"]["score"] == 0.0 and rows["hyplatent"]["n_episodes"] == 50
+    assert rows["hyplatent@top10"]["score"] == pytest.approx(90.0)  # 18 of each pick's 20 goals in the second pass
 
 
 def test_a_group_too_small_for_the_goal_list_still_covers_it():
@@ -178,7 +191,7 @@ def test_top_k_selection_episodes_run_for_generated_policies_only(monkeypatch):
         return {"success": np.arange(len(jobs), dtype=float)}  # episode j "succeeds" j times: traceable
 
     monkeypatch.setattr(mw, "run_episodes", fake_run_episodes)
-    success, select, picks = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False)
+    success, select, picks, _ = mw.evaluate_metaworld(generated, goals=2, select_goals=3, workers=1, progress=False)
     E, S = common.EVAL_GOAL_SEED, common.SELECT_GOAL_SEED
     assert seen[0][1] == [("a", E, 0), ("a", E, 1), ("a", E, 0), ("a", E, 1), ("b", E, 0), ("b", E, 1),
                           ("a", S, 0), ("b", S, 0), ("a", S, 1), ("b", S, 1), ("a", S, 2), ("b", S, 2)]
@@ -188,8 +201,8 @@ def test_top_k_selection_episodes_run_for_generated_policies_only(monkeypatch):
     assert np.isnan(select[1]).all()  # the parent is never ranked, so never run on selection goals
     assert picks == {("hyplatent", "a"): [0], ("hypformer", "b"): [2]} and len(seen) == 1  # nothing left to run
     # the one-policy baselines (here the parent) run on a longer list: the picks then run on the rest of it
-    success, select, picks = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False,
-                                                   single_goals=4)
+    success, select, picks, _ = mw.evaluate_metaworld(generated, goals=2, select_goals=1, workers=1, progress=False,
+                                                      single_goals=4)
     assert seen[1][1][:8] == [("a", E, 0), ("a", E, 1), ("a", E, 2), ("a", E, 3), ("a", E, 0), ("a", E, 1),
                               ("a", E, 2), ("a", E, 3)]  # one policy per group: it covers the list itself
     assert np.isfinite(success).all() and len(seen) == 2
@@ -351,9 +364,10 @@ def test_metaworld_tables(metaworld_chain):
         assert c["goal"] == [k // len(held_out) for k in range(3)] and c["attempts"] == 3
     assert by[("hyplatent", "drawer-close-v3")]["n_policies"] == 3
     assert by[("parent", "drawer-close-v3")]["n_episodes"] == 3 == by[("expert", "door-open-v3")]["n_episodes"]
-    # smoke: a list of 3 goals; the one-policy baselines run on all 3, each generated policy on 2 of them,
-    # and the top-10 picks (here all 3 policies) then on the rest: 3 x 3 episodes
-    assert by[("hyplatent", "drawer-close-v3")]["n_episodes"] == 9
+    # smoke: a list of 3 goals; the one-policy baselines run on all 3, each generated policy on 2 of them
+    # (the row of all policies: 3 x 2 episodes), and the top-10 picks (here all 3) then on the rest: 3 x 3
+    assert by[("hyplatent", "drawer-close-v3")]["n_episodes"] == 6
+    assert by[("hyplatent@top10", "drawer-close-v3")]["n_episodes"] == 9
     for x in res["rows"]:  # every row of every task weighs each of its 3 goals 1/3
         if "goal_weights" in x:
             np.testing.assert_allclose(x["goal_weights"], [1 / 3] * 3, err_msg=f"{x['method']} {x['task']}")
