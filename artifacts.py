@@ -1,23 +1,10 @@
-"""Artifacts and the provenance of a run directory (DESIGN.md section 10): what every stage uses to save,
-load and check what it reads and writes, and what made a run directory.
-
-- artifacts: atomic save (temp file + rename), load with `weights_only=True` and one-line checks of
-  format, suite, scale and policy shape, the settings and inputs (`made_from`) an artifact was made with,
-  the up-to-date test of `--skip-done`, the stage-0 shards of a run directory;
-- run directories: the writable check, removal of killed writers' temp files, the advisory lock;
-- provenance: `pipeline.sh` appends one JSON line per chain start and one per stage to
-  `<run>/provenance.jsonl`:
-
-    {"event": "chain", "command": "bash pipeline.sh quick", "env": {"SEED": "2"}, "commit": ..., "date": ...,
-     "machine": {"host": ..., "cores": 2, "torch": "2.13.0", "mujoco": "3.3.0", ..., "device": "cpu"}}
-    {"event": "stage", "stage": "stage 0 (SAC experts)", "command": "python stage0_collect_sac.py ...",
-     "seconds": 1001, "commit": ..., "date": ...}
-
-  `aggregate.py --publish` reads them for the provenance block of a result page: the commits, the
-  commands, the dates, the machine and the wall time of each stage (summed over the invocations of a
-  stage, so a chain that was interrupted and resumed counts every part).
-
-torch is imported inside the functions that need it, so that aggregate.py (tables, pages) runs without it.
+"""Artifacts and the provenance of a run directory (DESIGN.md section 10), what every stage uses to save, load
+and check what it reads and writes: atomic saves, loads with `weights_only=True` and one-line checks (format,
+suite, scale, policy shape, checksum), the settings and inputs (`made_from`) an artifact was made with, the
+up-to-date test of `--skip-done`, partial-state resume, the stage-0 shards, the run directory's lock and
+temp-file clean-up. `pipeline.sh` appends one JSON line per chain start (command, commit, machine) and one per
+stage (command, seconds) to `<run>/provenance.jsonl`; `aggregate.py --publish` reads them for a page's
+provenance block. torch is imported inside the functions that need it (aggregate.py runs without it).
 
     python artifacts.py chain RUN_DIR COMMAND...    # append the chain line (pipeline.sh does this)
 """
@@ -44,9 +31,8 @@ RUNTIME_FIELDS = ("run_dir", "jobs", "threads", "torch_threads", "device", "prog
 
 
 def content_hash(obj) -> str:
-    """sha256 of an artifact's content (tensors by dtype, shape and bytes; other values by their JSON), the
-    `sha256` key itself left out. Recorded at save and checked at load, so that a file edited in place
-    (its uid kept) is refused rather than taken for the artifact that its uid names."""
+    """sha256 of an artifact's content (tensors by dtype, shape and bytes), its `sha256` key left out: checked at
+    load, so that a file edited in place (its uid kept) is refused rather than taken for what its uid names."""
     import hashlib
 
     import torch
@@ -78,10 +64,8 @@ def content_hash(obj) -> str:
 
 
 def save_artifact(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file. Every
-    artifact gets a `uid` (a later artifact names the inputs it was made from by their uids, `made_from`)
-    and the `sha256` of its content. Serialised in memory first, so that a full disk fails in one plain
-    file write (one line, see `write_atomic`)."""
+    """torch.save through `write_atomic`, serialised in memory first (a full disk fails in one plain write).
+    Every artifact gets a `uid` (later artifacts name their inputs by uid, `made_from`) and a `sha256`."""
     import io
 
     import torch
@@ -99,10 +83,9 @@ HOST = re.sub(r"[^A-Za-z0-9-]", "-", platform.node().split(".")[0]) or "host"  #
 
 
 def write_atomic(path: str | Path, write) -> None:
-    """`write(tmp)` to `.<stem>.tmp<pid>-<host><suffix>` beside `path` (the suffix kept for writers that read it,
-    like savefig), then rename: a reader never sees half a file. A writer with nothing to write may leave
-    no temp file (then `path` is left as it was). A failed write (a full disk, a read-only folder) removes
-    the temp file at once, keeps the previous `path`, and stops with one line naming the file."""
+    """`write(tmp)` to `.<stem>.tmp<pid>-<host><suffix>` beside `path`, then rename: a reader never sees half a
+    file (a writer that writes nothing leaves `path` as it was). A failed write removes the temp file, keeps
+    the previous `path`, and stops with one line naming the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{HOST}{path.suffix}")
     try:
@@ -116,8 +99,8 @@ def write_atomic(path: str | Path, write) -> None:
 
 
 def remove_dead_temps(folder: Path) -> list[Path]:
-    """Delete the temp files of `write_atomic` that killed writers of this host left in `folder`; a temp
-    file of a process still running, or of another host (a job array's node sharing the folder), is kept."""
+    """Delete the temp files that killed writers of this host left in `folder` (a running writer's, or another
+    host's, as a job array's node sharing the folder, are kept)."""
     removed = []
     for p in folder.glob(".*.tmp*"):
         m = re.fullmatch(r"\..+\.tmp(\d+)-([A-Za-z0-9-]*)(\.[^.]*)?", p.name)
@@ -285,11 +268,9 @@ def pid_alive(line: str) -> bool:
 
 
 def lock_run_dir(path: str | Path, who: str, shared: bool = False, name: str = ".lock"):
-    """Hold the advisory lock `<path>/<name>` (flock) while this process lives; the kernel releases it when
-    the process dies, so a killed run never blocks the next. Exclusive by default (stages 1-3, the
-    evaluation); `shared` lets several holders in together (stage-0 processes working on different tasks,
-    as the tasks of a job array) while keeping the exclusive holders out. A process that cannot have it
-    stops with one line. Keep the returned file object alive."""
+    """Hold the advisory lock `<path>/<name>` (flock) while this process lives (the kernel releases it when it
+    dies). Exclusive by default (stages 1-3, evaluation); `shared` lets stage-0 processes on different tasks
+    in together while keeping the exclusive holders out. Stops with one line if taken; keep the result alive."""
     import fcntl
 
     path = Path(path)
@@ -317,6 +298,35 @@ def open_run_dir(path: str | Path, who: str):
 def cpu_state(module) -> dict:
     """A state dict on the CPU, whatever device the module trained on (artifacts load anywhere)."""
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def save_partial(path, fmt: str, step: int, settings: dict, made_from: dict, states: dict, history: dict) -> None:
+    """The resumable state of a training loop: the state dict of each of `states` ({name: module, optimizer
+    or scheduler}), the step to go on from, the history so far and torch's random state."""
+    import torch
+
+    save_artifact({"format": fmt, "settings": settings, "made_from": made_from, "step": step, "history": history,
+                   "torch_rng": torch.get_rng_state(),
+                   **{k: cpu_state(m) if isinstance(m, torch.nn.Module) else m.state_dict() for k, m in states.items()}},
+                  path)
+
+
+def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict, who: str) -> tuple[int, dict | None]:
+    """Load what `save_partial` wrote into `states` (in place), once its settings and inputs are checked to be
+    this run's; returns (step, history), or (0, None) when there is no partial state."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        return 0, None
+    st = load_artifact(path, fmt, ("step", "settings", "history", "torch_rng", *states))
+    check_settings(path, st["settings"], settings)
+    check_made_from(path, st, made_from)
+    for k, m in states.items():
+        m.load_state_dict(st[k])
+    torch.set_rng_state(st["torch_rng"])
+    print(f"{who}: resuming from {path} at step {st['step']}")
+    return st["step"], st["history"]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,12 +1,7 @@
-"""What every stage of AMT-Hyp needs (DESIGN.md sections 2, 3, 9-11). Nothing here belongs to one stage:
-each model lives in the stage file that trains it, and a later stage imports it from there.
-
-- the generated policy: the SAC actor, its flat parameter layout, and a batched forward that runs P flat
-  policies on P observation batches at once;
-- the environments (Cheetah-Vel, MetaWorld v3), the lockstep runner and MAA's rollout features;
-- command lines: the defaults of a scale, the run directory of a scale, range checks; seeding, devices.
-
-Saving, loading and checking artifacts, and the run directory's lock and provenance, are in artifacts.py.
+"""What every stage of AMT-Hyp needs (DESIGN.md sections 2, 3, 9-11): the generated policy (the SAC actor,
+its flat layout, a batched forward of P policies), the environments, the lockstep runner and MAA's rollout
+features, command lines and scales, seeding and devices. Each model lives in the stage file that trains it;
+artifacts and run directories are in artifacts.py.
 """
 
 from __future__ import annotations
@@ -82,11 +77,8 @@ def unflatten(vec: torch.Tensor, actor: Actor) -> Actor:
 
 
 def batched_act(params: torch.Tensor, obs: torch.Tensor, spec: dict) -> torch.Tensor:
-    """Deterministic actions of N flat policies on N observation batches: one batched matmul per layer.
-
-    params [N, P], obs [N, B, obs_dim] -> actions [N, B, act_dim] = tanh(mean), the same as
-    `Actor.act` of each policy loaded with `unflatten`.
-    """
+    """Deterministic actions tanh(mean) of N flat policies on N observation batches, one batched matmul per
+    layer: params [N, P], obs [N, B, obs_dim] -> [N, B, act_dim], equal to `Actor.act` after `unflatten`."""
     views, i = [], 0
     for s in param_shapes(spec):  # [N, *shape] views of the flat vectors, no copy
         views.append(params[:, i : i + int(np.prod(s))].view(params.shape[0], *s))
@@ -116,9 +108,8 @@ def cheetah_quick_velocities(seed: int = 0, n: int = 10) -> list[float]:
 
 
 def cheetah_nested_velocities() -> list[float]:
-    """All 35 training velocities in the order of the paper's ablation (10, 20, 25, 35 training
-    velocities, nested): the quick 10 first, then the other 25 in a fixed random order. The first n of
-    this list are the n-velocity training set."""
+    """The 35 training velocities in the order of the paper's nested ablation (10, 20, 25, 35): the quick 10
+    first, then the other 25 in a fixed random order; the first n are the n-velocity training set."""
     first = cheetah_quick_velocities()
     rest = [v for v in CHEETAH_TRAIN if v not in first]
     return first + [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]
@@ -157,15 +148,6 @@ class CheetahVel:
 
     def render(self) -> np.ndarray:
         return self.env.render()
-
-    def rng_state(self) -> dict:
-        """The random state that decides the next reset (saved by stage 0's resumable state)."""
-        return {"np_random": self.env.np_random.bit_generator.state, "seed": self.seed}
-
-    def set_rng_state(self, state: dict) -> None:
-        self.seed = state["seed"]
-        self.env.np_random = np.random.Generator(np.random.PCG64())
-        self.env.np_random.bit_generator.state = state["np_random"]
 
 
 MW_SEEN = ["window-open-v3", "door-open-v3", "drawer-open-v3", "dial-turn-v3",
@@ -207,18 +189,16 @@ def check_velocities(vels: list) -> list[float]:
 
 @functools.lru_cache(maxsize=None)
 def metaworld_goals(task: str, seed: int) -> list:
-    """The 50 goal configurations (metaworld `Task`s) of one task drawn with `seed` (cached: building them
-    takes about a second). MetaWorld ignores `reset(seed=)`; a goal is fixed with `env.set_task(goal)`
-    before `reset()`. Do not modify the returned list."""
+    """The 50 goal configurations of `task` drawn with `seed` (cached; do not modify). MetaWorld ignores
+    `reset(seed=)`: a goal is fixed with `env.set_task(goal)` before `reset()`."""
     import metaworld
 
     return metaworld.MT1(task, seed=seed).train_tasks
 
 
 def make_metaworld(task: str, render: bool = False):
-    """The raw metaworld v3 env (goal observable, 39-d obs, 4-d action, 500 steps): call
-    `env.set_task(goal)` then `env.reset()`; success is `info["success"]` at any step. With `render`,
-    `env.render()` returns a 320x240 RGB frame."""
+    """The raw metaworld v3 env (goal observable, 39-d obs, 4-d action, 500 steps; success is
+    `info["success"]` at any step); `render`: `env.render()` gives 320x240 RGB frames."""
     import warnings
 
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -235,9 +215,8 @@ def suite_spec(suite: str) -> dict:
 
 
 def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL_SEED, render: bool = False):
-    """An env for evaluating a policy on `task` (velocity or metaworld name), fixed by `episode`:
-    Cheetah-Vel seeds its reset with it; MetaWorld sets goal number `episode` (0..49) of the goal
-    configurations drawn with `goal_seed` (default: the evaluation goals). `render`: 320x240 frames."""
+    """An env for evaluating a policy on `task`, fixed by `episode`: Cheetah-Vel seeds its reset with it;
+    MetaWorld sets goal number `episode` (0..49) of those drawn with `goal_seed` (default: evaluation's)."""
     if suite == "cheetah-vel":
         return CheetahVel(float(task), seed=100_000 + episode, render=render)
     if not 0 <= episode < MW_GOALS:
@@ -249,17 +228,12 @@ def make_eval_env(suite: str, task, episode: int = 0, goal_seed: int = EVAL_GOAL
 
 def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = False,
                  stop_when_decided: bool = False) -> dict:
-    """One episode of each of N flat policies (deterministic actions), policy i in envs[i], all in
-    lockstep: every step is one batched forward of the policies still running. The envs must be
-    reset-ready (for MetaWorld: goal already set). Returns per-policy `return` and `success` (MetaWorld:
-    info["success"] at any step) as float arrays [N], `first_success` (the index of the first state
-    reached with success, -1 if none); with `record`, also each episode's MAA features
-    `traj` [N, traj_dim] and `post_success` [N, 3 * obs_dim] (see `rollout_features`).
-
-    `stop_when_decided`: an episode ends as soon as its outcome is decided: at its first success, or with
-    `record` once its features need no more steps (the first 60 steps and the 3 states from the first
-    success on). Success and features equal the full episode's (a test checks it); `return` is then
-    that of the shortened episode. Finished episodes leave the batch."""
+    """One episode of each of N flat policies (deterministic actions), policy i in envs[i] (reset-ready;
+    MetaWorld: goal set), in lockstep: each step is one batched forward of the policies still running.
+    Returns float arrays [N] `return`, `success` (info["success"] at any step) and `first_success` (index of
+    the first state with success, -1 if none); with `record`, also MAA's features `traj` and `post_success`.
+    `stop_when_decided`: an episode ends once its outcome is decided (its first success; with `record`,
+    once its features are complete), so success and features equal the full episode's, `return` not."""
     n = len(envs)
     assert params.shape[0] == n, f"{params.shape[0]} policies for {n} envs"
     obs = np.stack([e.reset()[0] for e in envs]).astype(np.float32)
@@ -362,12 +336,6 @@ def check_options(args, positive: tuple[str, ...] = (), nonnegative: tuple[str, 
                 raise SystemExit(f"error: --{name.replace('_', '-')} must be {kind}; got {v}")
 
 
-
-
-
-
-
-
 def _die_with_parent(initializer, initargs) -> None:
     try:
         import ctypes
@@ -391,21 +359,19 @@ def process_pool(workers: int, initializer=None, initargs=()):
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto`: the first CUDA GPU if torch sees one, else the CPU. A device torch cannot use stops the
-    program with one line (call it before any work)."""
+    """`auto`: the first CUDA GPU if torch sees one, else the CPU; a device torch cannot use stops with one line."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise SystemExit(f"error: --device {name}: not a device name (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0 or (dev.index or 0) >= n:
-            raise SystemExit(f"error: --device {name} asked for, but torch {torch.__version__} sees "
-                             f"{n} CUDA device(s); use --device cpu or auto")
-    elif dev.type != "cpu":
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type not in ("cpu", "cuda"):
         raise SystemExit(f"error: --device {name}: this code runs on cpu or cuda devices")
+    if dev.type == "cuda" and (dev.index or 0) >= n:
+        raise SystemExit(f"error: --device {name} asked for, but torch {torch.__version__} sees {n} CUDA device(s); "
+                         "use --device cpu or auto")
     return dev
 
 

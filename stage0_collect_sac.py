@@ -1,29 +1,22 @@
 """Stage 0: SAC experts and their policy checkpoints (paper Sec. IV-A "Datasets"; DESIGN.md section 4).
 
-The paper trains SAC [32] per task and saves a policy every 500 steps after the first 150k (800 per
-Cheetah-Vel velocity). The hypernetwork later learns the distribution of these checkpoints, so all
-experts of a suite descend from one parent:
+The paper trains SAC [32] per task and saves a policy every 500 steps after the first 150k. The hypernetwork
+later learns the distribution of these checkpoints, so all experts of a suite descend from one parent:
 
-1. parent: Cheetah-Vel, a SAC agent trained at the middle training velocity (`parent_steps`; 0 gives
-   independent runs from one shared init seed instead); MetaWorld, behaviour cloning of metaworld's
-   scripted experts pooled over the training tasks (`parent_demo_episodes` per task).
-2. children: every task's expert is fine-tuned from the parent's saved state with SAC on that task's
-   reward. From `first_checkpoint` steps on, every `checkpoint_every` steps, the actor's flat vector is
-   saved and one deterministic episode is run with it, storing return, success, first-success step and
-   the MAA rollout features `traj` and `post_success` (common.rollout_features).
-3. MetaWorld at quick scale only: a buffer of scripted-expert episodes; each batch is half
-   demonstrations, half online data, and a behaviour-cloning term on the demonstration half is added to
-   the actor loss, weighted by the batch's mean |Q| as in TD3+BC (`bc_weight` 2.5, constant). 50
-   demonstration episodes: with 10, dial-turn's checkpoints miss too many goal positions
-   (docs/metaworld-experts.md).
+1. parent: Cheetah-Vel, SAC at the middle training velocity (`parent_steps`; 0: independent runs from one
+   init seed); MetaWorld, behaviour cloning of metaworld's scripted experts pooled over the training tasks.
+2. children: each task's expert is fine-tuned from the parent with SAC on that task's reward; from
+   `first_checkpoint` on, every `checkpoint_every` steps, the actor's flat vector is saved and one
+   deterministic episode recorded (return, success, first-success step, MAA's `traj` and `post_success`).
+3. MetaWorld quick: half of each batch comes from 50 noisy scripted-expert episodes, with a behaviour-
+   cloning term on that half weighted by the batch's mean |Q| as in TD3+BC (`bc_weight` 2.5;
+   docs/metaworld-experts.md).
 
 The file reads: options, environments, SAC (networks, `sac_update`, the training loop, set beside CleanRL's
 `sac_continuous_action.py`), then resume, demonstrations, parent and children, the process pool.
-
-One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; every `save_every` seconds, between
-two episodes, the whole training state goes to `<task>.partial.pt`, so a re-run skips finished shards and
-resumes an interrupted one where it stopped, with the same result as an uninterrupted run. Parent, shards
-and partial states record the scale and settings they were made with; a run directory holding any made
+One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; every `save_every` seconds, between two
+episodes, the whole training state goes to `<task>.partial.pt`, from which a re-run resumes to the same result.
+Parent, shards and partial states record their scale and settings; a run directory holding any made
 otherwise stops the run with one line.
 
     python stage0_collect_sac.py                                  # quick Cheetah-Vel, 10 velocities
@@ -199,14 +192,21 @@ class MetaWorldTraining:
         obs, r, term, trunc, info = self.env.step(np.clip(action, -1.0, 1.0))
         return obs.astype(np.float32), float(r), bool(term), bool(trunc), info
 
-    def rng_state(self) -> dict:
-        """The random state that decides the next reset: the goal draw and metaworld's own generator."""
-        return {"goal_rng": self.rng.bit_generator.state, "np_random": self.env.np_random.bit_generator.state}
 
-    def set_rng_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["goal_rng"]
-        self.env.np_random = np.random.Generator(np.random.PCG64())
-        self.env.np_random.bit_generator.state = state["np_random"]
+def env_rng_state(env) -> dict:
+    """The random state that decides an env's next reset (saved with the resumable state): gymnasium's
+    generator, and the goal draw (MetaWorld) or the seed of the first reset (Cheetah-Vel)."""
+    extra = {"goal_rng": env.rng.bit_generator.state} if isinstance(env, MetaWorldTraining) else {"seed": env.seed}
+    return {"np_random": env.env.np_random.bit_generator.state, **extra}
+
+
+def set_env_rng_state(env, state: dict) -> None:
+    env.env.np_random = np.random.Generator(np.random.PCG64())
+    env.env.np_random.bit_generator.state = state["np_random"]
+    if "goal_rng" in state:
+        env.rng.bit_generator.state = state["goal_rng"]
+    else:
+        env.seed = state["seed"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def save_partial(path: Path, args: Args, step: int, agent: dict, rb: Replay, rng
     artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
                              "agent": agent_state(agent, optimizers=True), "replay": rb.data[: rb.size].clone(),
                              "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                             "env_rng": env.rng_state(), "eval_env_rng": eval_env.rng_state(),
+                             "env_rng": env_rng_state(env), "eval_env_rng": env_rng_state(eval_env),
                              "records": records}, path)
 
 
@@ -460,8 +460,8 @@ def resume_partial(path: Path, args: Args, agent: dict, rb: Replay, rng, env, ev
     rb.size = rb.pos = len(st["replay"])
     rng.bit_generator.state = st["np_rng"]
     torch.set_rng_state(st["torch_rng"])
-    env.set_rng_state(st["env_rng"])
-    eval_env.set_rng_state(st["eval_env_rng"])
+    set_env_rng_state(env, st["env_rng"])
+    set_env_rng_state(eval_env, st["eval_env_rng"])
     records.update(st["records"])
     records["resumed_at"].append(st["step"])
     print(f"{tag}: resuming at step {st['step']} with {len(records['step'])} checkpoints saved")

@@ -282,16 +282,10 @@ def main(args: Args) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps))
     abar = squared_cosine_alphas_cumprod(args.train_timesteps).to(dev)
-    history, start = {"step": [], "loss": [], "lr": []}, 0
-    if partial.exists():  # resume
-        st = artifacts.load_artifact(partial, PARTIAL_FORMAT, ("model", "ema", "step", "settings"))
-        artifacts.check_settings(partial, st["settings"], settings)
-        artifacts.check_made_from(partial, st, data["made_from"])
-        model.load_state_dict(st["model"]), ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
-        start, history = st["step"], st["history"]
-        torch.set_rng_state(st["torch_rng"])
-        print(f"stage 2 diffusion: resuming from {partial} at step {start}")
+    states = {"model": model, "ema": ema, "opt": opt, "sched": sched}  # what a partial state holds
+    start, history = artifacts.resume_partial(partial, PARTIAL_FORMAT, settings, data["made_from"], states,
+                                              "stage 2 diffusion")
+    history = history or {"step": [], "loss": [], "lr": []}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"stage 2 diffusion: {len(Z)} (latent, condition) pairs, latent {shape[0]} x {shape[1]}, condition "
           f"{cond.shape[1]}; UNet widths {list(args.widths)}, {n_params / 1e6:.2f}M parameters")
@@ -325,10 +319,7 @@ def main(args: Args) -> None:
             writer.add_scalar("stage2_diffusion/loss", loss.item(), step)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": settings, "made_from": data["made_from"],
-                                     "model": artifacts.cpu_state(model), "ema": artifacts.cpu_state(ema),
-                                     "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,
-                                     "history": history, "torch_rng": torch.get_rng_state()}, partial)
+            artifacts.save_partial(partial, PARTIAL_FORMAT, step + 1, settings, data["made_from"], states, history)
             last_good = step + 1
     writer.close()
     print(f"final: denoising loss {history['loss'][-1]:.4f} (x_0-prediction MSE, latents in [-1, 1])")

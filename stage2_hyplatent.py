@@ -295,17 +295,10 @@ def main(args: Args) -> None:
     Zd, Cd = Zn.to(dev), Cn.to(dev)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    history = {k: [] for k in ("step", "g", "d", "reg", "paired", "d_acc", "q_mse")}
-    start = 0
-    if partial.exists():  # resume
-        st = artifacts.load_artifact(partial, PARTIAL_FORMAT, ("generator", "discriminator", "step", "settings"))
-        artifacts.check_settings(partial, st["settings"], settings)
-        artifacts.check_made_from(partial, st, data["made_from"])
-        G.load_state_dict(st["generator"]), D.load_state_dict(st["discriminator"])
-        opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
-        start, history = st["step"], st["history"]
-        torch.set_rng_state(st["torch_rng"])
-        print(f"stage 2 HypLatent: resuming from {partial} at step {start}")
+    states = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}  # what a partial state holds
+    start, history = artifacts.resume_partial(partial, PARTIAL_FORMAT, settings, data["made_from"], states,
+                                              "stage 2 HypLatent")
+    history = history or {k: [] for k in ("step", "g", "d", "reg", "paired", "d_acc", "q_mse")}
     print(f"stage 2 HypLatent: {len(Z)} (latent, condition) pairs, latent {Z.shape[1]}, condition "
           f"{cond.shape[1]}, noise {args.noise_dim}; paired-latent term weight {args.paired_weight:g}"
           + ("" if args.adversarial else "; no discriminator (--no-adversarial): the paired term alone"))
@@ -344,10 +337,7 @@ def main(args: Args) -> None:
             bar.set_postfix(G=f"{losses[0]:.3f}", D=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}",
                             paired=f"{paired.item():.3f}", acc=f"{d_acc:.2f}")
         if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": settings, "made_from": data["made_from"],
-                                  "generator": artifacts.cpu_state(G), "discriminator": artifacts.cpu_state(D),
-                                  "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step + 1,
-                                  "history": history, "torch_rng": torch.get_rng_state()}, partial)
+            artifacts.save_partial(partial, PARTIAL_FORMAT, step + 1, settings, data["made_from"], states, history)
             last_good = step + 1
     writer.close()
     last = {k: v[-1] for k, v in history.items()}

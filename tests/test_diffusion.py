@@ -3,10 +3,12 @@ the loss, the UNet's shapes and conditioning, learning two conditions, and resum
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+import common
 import stage2_diffusion as sd
 
 
@@ -108,8 +110,9 @@ def test_diffusion_stage_resumes_to_the_uninterrupted_result(cheetah_chain, tmp_
     res = json.loads((run / "results.json").read_text())
     assert any(r["method"] == "maa" and r["task"] == "average" for r in res["rows"])
     assert "diffusion" in res["upstream"] and "diffusion.pt" in res["made_from"]
-    args = dict(scale="smoke", run_dir=str(run), steps=40, save_every=10, check_per_task=0, progress=False)
-    sd.main(sd.Args(**args, out="d-full.pt"))
+    smoke = common.scale_defaults(sd.Args, sd.SCALES, "cheetah-vel", "smoke")  # the smoke UNet, as the chain's
+    args = dict(run_dir=str(run), steps=40, save_every=10, check_per_task=0, progress=False)
+    sd.main(replace(smoke, **args, out="d-full.pt"))
     calls = {"n": 0}
     real = sd.denoising_loss
 
@@ -121,10 +124,10 @@ def test_diffusion_stage_resumes_to_the_uninterrupted_result(cheetah_chain, tmp_
 
     monkeypatch.setattr(sd, "denoising_loss", stop_after_25)
     with pytest.raises(KeyboardInterrupt):
-        sd.main(sd.Args(**args, out="d-cut.pt"))
+        sd.main(replace(smoke, **args, out="d-cut.pt"))
     assert (run / "d-cut.partial.pt").exists()
     monkeypatch.setattr(sd, "denoising_loss", real)
-    sd.main(sd.Args(**args, out="d-cut.pt"))
+    sd.main(replace(smoke, **args, out="d-cut.pt"))
     full, cut = (torch.load(run / f, weights_only=True) for f in ("d-full.pt", "d-cut.pt"))
     for k in full["model"]:
         assert torch.equal(full["model"][k], cut["model"][k]), k

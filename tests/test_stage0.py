@@ -137,13 +137,16 @@ def test_cheetah_smoke_shards(cheetah_chain, tmp_path):
 
 @pytest.mark.slow
 def test_metaworld_smoke_all_16_tasks(tmp_path):
-    r = run_stage0("--suite", "metaworld", "--scale", "smoke", "--run-dir", str(tmp_path), "--jobs", "2")
+    # every task's environment, scripted expert and checkpoint episode, at the smallest settings that use them
+    r = run_stage0("--suite", "metaworld", "--scale", "smoke", "--run-dir", str(tmp_path), "--jobs", "2",
+                   "--first-checkpoint", "150", "--num-checkpoints", "1", "--learning-starts", "100",
+                   "--demo-steps", "50", "--parent-bc-steps", "100")
     assert r.returncode == 0, r.stderr
     spec = common.policy_spec(39, 4)
     assert len(list((tmp_path / "stage0").glob("*-v3.pt"))) == 16
     for task in common.MW_TASKS:
-        shard = check_shard(tmp_path / "stage0" / f"{task}.pt", "metaworld", spec, 2, task)
-        assert shard["step"].tolist() == [200, 300] and "target_velocity" not in shard
+        shard = check_shard(tmp_path / "stage0" / f"{task}.pt", "metaworld", spec, 1, task)
+        assert shard["step"].tolist() == [150] and "target_velocity" not in shard
     parent = artifacts.load_artifact(tmp_path / "parent.pt", artifacts.PARENT_FORMAT, ("agent",), spec=spec)
     assert parent["task"] == "bc:window-open-v3,door-open-v3" and not parent["trained_with_sac"]
 
