@@ -100,7 +100,8 @@ class Args:
     progress: bool = True
 
 
-SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False, single_policy_goals=3),
+SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False, single_policy_goals=3,
+                        select_goals=2),
           # every failed MetaWorld episode runs 500 steps: 100 conditions took 1,562 s of evaluation (README)
           "metaworld:quick": dict(conditions=25)}
 

@@ -1,5 +1,6 @@
 """stage0_collect_sac.py: SAC pieces, rollouts, shard schema at smoke scale, resume, bad inputs."""
 
+import pickle
 import shutil
 import subprocess
 import sys
@@ -255,13 +256,8 @@ def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
     seeds = s0.goal_seeds(args)
     assert common.EVAL_GOAL_SEED not in seeds.values() and seeds["checkpoint rollouts (later: conditioning)"] == 2
     # and the goals themselves differ: no evaluation goal equals a training or conditioning goal
-    def goal_obs(seed):  # the goal position is part of the (goal-observable) reset observation
-        env = common.make_metaworld("drawer-close-v3")
-        out = []
-        for g in common.metaworld_goals("drawer-close-v3", seed):
-            env.set_task(g)
-            out.append(env.reset()[0][-3:].round(6).tobytes())
-        return set(out)
+    def goal_obs(seed):  # a goal configuration is its random vector (object and goal positions) in the task data
+        return {pickle.loads(g.data)["rand_vec"].round(6).tobytes() for g in common.metaworld_goals("drawer-close-v3", seed)}
     evaluation, selection = goal_obs(common.EVAL_GOAL_SEED), goal_obs(common.SELECT_GOAL_SEED)
     validation = goal_obs(common.VALIDATION_GOAL_SEED)
     assert len(evaluation) > 40 and len(selection) > 40 and len(validation) > 40  # 50 mostly different goals
