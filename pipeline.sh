@@ -20,8 +20,8 @@
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
 #   bash pipeline.sh components [quick]  # per seed of SEEDS (default "1 2 3 4 5"): the chain, then stage 2 with
 #                               # parts of its loss removed, stage 3 and the evaluation for each (DESIGN.md section 12)
-#   bash pipeline.sh mw-seeds [quick]   # MetaWorld: stages 1-3 + evaluation for MW_SEEDS (default "1 2") on one
-#                               # stage 0 (seed 1's), then aggregate.py       -> runs/metaworld-quick-aggregate
+#   bash pipeline.sh mw-seeds [quick]   # MetaWorld: the mw-quick chain for each of MW_SEEDS (default "1 2 3"), each
+#                               # with its own stage 0, then aggregate.py     -> runs/metaworld-quick-aggregate
 #   bash pipeline.sh mw-tokens [quick]  # Fig. 5: stage 3 + evaluation (no baselines) for each L of TOKENS, per
 #                               # seed of MW_SEEDS, then aggregate.py --tokens -> runs/metaworld-quick-tokens
 #
@@ -101,9 +101,9 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
   fi
   publish results/dense-sweep.md $(with results-sweep.json "$RUNS"/cheetah-vel-quick-seed*) -- --tag sweep \
     --title "Cheetah-Vel: every velocity of the grid"
-  publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick "$RUNS"/metaworld-quick-seed*) --
-  if ls "$RUNS"/metaworld-quick*/results-L*.json > /dev/null 2>&1; then  # the token ablation ran
-    publish results/metaworld-tokens.md $(with results.json "$RUNS"/metaworld-quick "$RUNS"/metaworld-quick-seed*) -- --tokens
+  publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick-seed*) --
+  if ls "$RUNS"/metaworld-quick-seed*/results-L*.json > /dev/null 2>&1; then  # the token ablation ran
+    publish results/metaworld-tokens.md $(with results.json "$RUNS"/metaworld-quick-seed*) -- --tokens
   fi
   exit 0
 fi
@@ -167,23 +167,14 @@ if [ "$SCALE" = components ]; then
 fi
 if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
   AB=${2:-quick}
-  BASE="$RUNS/metaworld-$AB"  # seed 1's chain; its stage 0 is every seed's (DESIGN.md section 13)
-  AMT_NO_VENV=1 bash "$0" "mw-$AB"
   DIRS=()
-  for s in ${MW_SEEDS:-1 2}; do
-    DIR=$BASE
-    if [ "$s" != 1 ]; then
-      DIR="$BASE-seed$s"
-      mkdir -p "$DIR"
-      ln -sfn "$(realpath "$BASE")/parent.pt" "$DIR/parent.pt"
-      ln -sfn "$(realpath "$BASE")/stage0" "$DIR/stage0"
-      SEED=$s RUN_DIR="$DIR" STAGE0_DONE=1 AMT_NO_VENV=1 bash "$0" "mw-$AB"
-    fi
+  for s in ${MW_SEEDS:-1 2 3}; do  # each seed a whole chain, stage 0 included (DESIGN.md section 13)
+    DIR="$RUNS/metaworld-$AB-seed$s"
+    SEED=$s AMT_NO_VENV=1 bash "$0" "mw-$AB"
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
       # the paper's Fig. 5 list is 8 ... 512; L = 8 is the chain's own hypformer.pt (results.json). Quick: 2 and 32
-      # (L = 2: stage 3 141 s and evaluation 672 s on 2 cores beside the tests; L = 32's stage 3 takes longer;
-      # TOKENS="2 4 16 32" for more points)
+      # (TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
         C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress "${DONE[@]}")
         stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
@@ -198,7 +189,6 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
   fi
   exec python aggregate.py "${DIRS[@]}" --out "$RUNS/metaworld-$AB-aggregate"
 fi
-
 TASKS=()
 case "$SCALE" in
   smoke | quick | paper) SUITE=cheetah-vel ;;
@@ -221,8 +211,8 @@ run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past i
   if [ "$n" -lt "$FROM" ]; then echo "== $1: taken as it is (FROM_STAGE=$FROM)"; return; fi
   REMAKE=$(( FROM > 0 )) stage "$@"
 }
-if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere: another seed's, linked (mw-seeds), or a job array (slurm/)
-  echo "== stage 0: already made (a linked seed run, or a job array); using $RUN/stage0"
+if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere, by a job array (slurm/)
+  echo "== stage 0: already made (by a job array); using $RUN/stage0"
 else
   run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
   if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)

@@ -33,8 +33,6 @@ def metaworld_chain(tmp_path_factory):
     return runs / "metaworld-smoke", run_chain("mw-smoke", runs)
 
 
-
-
 def pytest_collection_modifyitems(items):
     """A test that needs a smoke chain is in the slow tier, whatever its own marks say."""
     for item in items:

@@ -261,7 +261,7 @@ def test_smoke_chain_runs_and_a_rerun_skips_up_to_date_stages(chain, request):
         assert f"{run / f} is up to date" in r2.stdout
 
 
-def test_chain_artifacts(cheetah_chain, metaworld_chain):
+def test_cheetah_chain_artifacts(cheetah_chain):
     run, _ = cheetah_chain
     ae, art = s1a.load_autoencoder(run / "autoencoder.pt", "cheetah-vel", "smoke")
     n = sum(len(s["step"]) for s in artifacts.load_stage0(run, "cheetah-vel", "smoke"))
@@ -286,6 +286,8 @@ def test_chain_artifacts(cheetah_chain, metaworld_chain):
     pairs = s2.load_inputs(run, "cheetah-vel", "smoke")
     assert not set(pairs["cond"].flatten().tolist()) & set(common.CHEETAH_TEST)
 
+
+def test_metaworld_chain_artifacts(metaworld_chain):
     run, _ = metaworld_chain
     _, be = s1b.load_behavior_embed(run / "behavior_embed.pt", "metaworld", "smoke")
     assert be["train_tasks"] == ["door-open-v3", "drawer-open-v3"]  # seen tasks only; drawer-close is unseen
