@@ -24,6 +24,7 @@ import common  # noqa: E402
 import stage0_collect_sac as s0  # noqa: E402
 import stage1_autoencoder as s1  # noqa: E402
 import stage1_behavior_embed as s1b  # noqa: E402
+import stage2_diffusion as sd  # noqa: E402
 import stage2_hyplatent as s2  # noqa: E402
 import stage3_hypformer as s3  # noqa: E402
 
@@ -38,8 +39,8 @@ class Args:
     """torch threads while timing"""
 
 
-def per_step(fn, steps: int) -> float:
-    fn(10)  # warm-up (allocation, first-call costs)
+def per_step(fn, steps: int, warmup: int = 10) -> float:
+    fn(warmup)  # allocation, first-call costs
     t = time.perf_counter()
     fn(steps)
     return (time.perf_counter() - t) / steps
@@ -109,6 +110,22 @@ def hyplatent_step(cond_dim: int, noise_dim: int, latent_dim: int, batch: int):
     return run
 
 
+def diffusion_step(a, cond_dim: int, token_dim: int, batch: int):
+    """MAA's UNet at `a`'s widths on latents of 2 tokens, AdamW as stage2_diffusion.py."""
+    model = sd.LatentUNet(token_dim, cond_dim, a.widths, a.kernel, a.groups, a.step_embed)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.95, 0.999), weight_decay=a.weight_decay)
+    abar = sd.squared_cosine_alphas_cumprod(a.train_timesteps)
+    x0, c = torch.rand(batch, 2, token_dim) * 2 - 1, torch.randn(batch, cond_dim)
+
+    def run(n):
+        for _ in range(n):
+            loss = sd.denoising_loss(model, x0, c, abar)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return run
+
+
 def hypformer_step(cond_dim: int, latent_dim: int, batch: int, tokens: int):
     model = s3.HypFormer(latent_dim, cond_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
@@ -148,6 +165,9 @@ def main(args: Args) -> None:
             rows.append(("stage 1 behaviour embedding (Eq. 2)", ab.steps, per_step(embed_step(ab.batch_size), args.steps)))
         rows.append(("stage 2 HypLatent (Eqs. 3-5)", a2.steps,
                      per_step(hyplatent_step(cond_dim, a2.noise_dim, latent, a2.batch_size), args.steps)))
+        ad = common.scale_defaults(sd.Args, sd.SCALES, suite, "paper")
+        rows.append(("stage 2 MAA's diffusion (the baseline)", ad.steps,
+                     per_step(diffusion_step(ad, cond_dim, a1.token_dim, ad.batch_size), max(args.steps // 100, 2), 1)))  # slow on a CPU
         rows.append(("stage 3 HypFormer (Eqs. 6-9)", a3.steps,
                      per_step(hypformer_step(cond_dim, latent, a3.batch_size, a3.num_tokens), args.steps)))
         print(f"\n## {suite}: `bash pipeline.sh {'paper' if suite == 'cheetah-vel' else 'mw-paper'}` "
