@@ -2,8 +2,8 @@
 Cheetah-Vel's Table IV, the velocity ablation and the sweep; MetaWorld's Tables I-III and the token
 ablation (Fig. 5).
 
-One run directory holds one seed's evaluation (Cheetah-Vel: its whole chain, stage 0 included, since SAC's
-variance is part of the result; MetaWorld: stages 1-3 on a shared stage 0, see pipeline.sh mw-seeds). This
+One run directory holds one seed's evaluation, its whole chain, stage 0 included, since SAC's variance is part
+of the result (pipeline.sh seeds, mw-seeds; runs that share a stage 0 pool too, and the page says so). This
 script reads `results[-<tag>].json` of each run directory given, groups them (Cheetah-Vel: by training
 velocities; MetaWorld: by HypFormer's token count L), checks that the runs of a group differ in nothing
 but the seed, and writes to `--out`:
@@ -22,8 +22,8 @@ A difference is called a win or a loss only where its interval excludes zero.
         --out runs/cheetah-vel-quick-aggregate
     python aggregate.py runs/cheetah-vel-quick-seed*/ runs/cheetah-vel-quick-seed*/n*/ --out runs/cv-ablation
     python aggregate.py runs/cheetah-vel-quick-seed*/ --tag sweep --out runs/cv-sweep   # the dense sweep
-    python aggregate.py runs/metaworld-quick runs/metaworld-quick-seed2 --out runs/metaworld-quick-aggregate
-    python aggregate.py runs/metaworld-quick runs/metaworld-quick-seed2 --tokens --out runs/mw-tokens  # Fig. 5
+    python aggregate.py runs/metaworld-quick-seed* --out runs/metaworld-quick-aggregate
+    python aggregate.py runs/metaworld-quick-seed* --tokens --out runs/mw-tokens  # Fig. 5
     python aggregate.py runs/cheetah-vel-quick-seed* --components --out runs/cv-components  # which loss does the work
 """
 
@@ -113,7 +113,7 @@ def verdict(m: float, h: float, a: str, b: str) -> str:
     """Higher return is better: a wins where the interval of a - b lies above 0, loses where below."""
     if np.isnan(h):
         return "one seed: no call"
-    if h == 0:  # every seed gave the same difference: rows no seed changes (MetaWorld's shared stage 0)
+    if h == 0:  # every seed gave the same difference: rows no seed changes (runs that share a stage 0)
         return "the same in every seed (not varied by the seeds): no call"
     return "no difference shown (interval contains 0)" if abs(m) <= h else (f"{a} better" if m > 0 else f"{b} better")
 

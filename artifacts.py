@@ -302,11 +302,12 @@ def cpu_state(module) -> dict:
 
 def save_partial(path, fmt: str, step: int, settings: dict, made_from: dict, states: dict, history: dict) -> None:
     """The resumable state of a training loop: the state dict of each of `states` ({name: module, optimizer
-    or scheduler}), the step to go on from, the history so far and torch's random state."""
+    or scheduler}), the step to go on from, the history so far and torch's random states (CPU and GPUs)."""
     import torch
 
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []  # draws made on a GPU
     save_artifact({"format": fmt, "settings": settings, "made_from": made_from, "step": step, "history": history,
-                   "torch_rng": torch.get_rng_state(),
+                   "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
                    **{k: cpu_state(m) if isinstance(m, torch.nn.Module) else m.state_dict() for k, m in states.items()}},
                   path)
 
@@ -325,6 +326,8 @@ def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict
     for k, m in states.items():
         m.load_state_dict(st[k])
     torch.set_rng_state(st["torch_rng"])
+    if st.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
     print(f"{who}: resuming from {path} at step {st['step']}")
     return st["step"], st["history"]
 

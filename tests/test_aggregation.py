@@ -151,7 +151,7 @@ def fake_mw_results(path: Path, seed: int, scores: dict, L: int = 8, tag: str = 
     settings = {"scale": "smoke", "seed": seed, "goals": 2, "tag": tag, "hypformer": f"hypformer-L{L}.pt" if tag else "hypformer.pt"}
     (path / (f"results-{tag}.json" if tag else "results.json")).write_text(json.dumps({
         "suite": "metaworld", "rows": rows, "settings": settings, "seed": seed,
-        "made_from": {"autoencoder.pt": f"ae{seed}", "parent.pt": "one stage 0"},  # MetaWorld seeds share stage 0
+        "made_from": {"autoencoder.pt": f"ae{seed}", "parent.pt": "one stage 0"},  # these seeds share one stage 0
         "upstream": {"stage0": {"seed": 1}, "hyplatent": {"seed": seed}, "hypformer": {"num_tokens": L, "seed": seed}},
         "seen": ["door-open-v3"], "num_tokens": L}))
 

@@ -1,5 +1,6 @@
 """The job-array recipe (slurm/): the bodies of its jobs run here by hand at smoke scale, the array
-variable set as SLURM would, two experts at once in one run directory, then the chain job on the result."""
+variable set as SLURM would, two experts at once in one run directory, then the chain job on a complete
+stage 0."""
 
 import os
 import shutil
@@ -38,11 +39,14 @@ def test_job_array_bodies_make_the_chain(cheetah_chain, tmp_path):
     assert sorted(p.name for p in (run / "stage0").glob("*.pt")) == ["vel-0.3.pt", "vel-1.5.pt"]
     assert [p.name for p in (run / "oracle").glob("*.pt")] == ["vel-0.225.pt"]
     # the same experts as the chain that trained them in one process (same seed, same parent)
-    for name in ("vel-0.3.pt", "vel-1.5.pt"):
+    for name in ("vel-0.3.pt", "vel-1.5.pt"):  # everything a later stage reads, uid and timings aside
         a, b = (torch.load(d / "stage0" / name, weights_only=True) for d in (run, chain_run))
-        assert torch.equal(a["params"], b["params"])
-    # the chain job on a complete stage 0: with the chain's shards (the same parameters, checked above) and
-    # its later artifacts in place, it takes stage 0 as made and finds every later stage up to date
+        for k in ("params", "step", "return", "success", "first_success", "traj", "post_success"):
+            assert torch.equal(a[k], b[k]), k
+        assert a["settings"] == b["settings"] and a["made_from"] == b["made_from"] and a["task"] == b["task"]
+    # the chain job on a complete stage 0: with the chain's shards (equal to the array's but for their uids,
+    # checked above) and its later artifacts in place, it takes stage 0 as made and every later stage as up to
+    # date (stages 1-3 on a chain's shards are the smoke-chain tests)
     for d in ("stage0", "oracle"):
         shutil.rmtree(run / d)
         shutil.copytree(chain_run / d, run / d)

@@ -256,7 +256,7 @@ def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
     seeds = s0.goal_seeds(args)
     assert common.EVAL_GOAL_SEED not in seeds.values() and seeds["checkpoint rollouts (later: conditioning)"] == 2
     # and the goals themselves differ: no evaluation goal equals a training or conditioning goal
-    def goal_obs(seed):  # a goal configuration is its random vector (object and goal positions) in the task data
+    def goal_obs(seed):  # a goal configuration is the random vector set_task fixes (object or goal positions)
         return {pickle.loads(g.data)["rand_vec"].round(6).tobytes() for g in common.metaworld_goals("drawer-close-v3", seed)}
     evaluation, selection = goal_obs(common.EVAL_GOAL_SEED), goal_obs(common.SELECT_GOAL_SEED)
     validation = goal_obs(common.VALIDATION_GOAL_SEED)
