@@ -403,7 +403,8 @@ def headline(agg: dict, suite: str) -> str:
         else:
             tasks, names = ["average-seen", "average-unseen"], ["seen success %", "unseen success %"]
             rows = [m for m in MW_ROWS if any(f"{m}|{t}" in g["cells"] for t in tasks)]
-        head = "| method | " + " | ".join(f"{x}, mean ± 95% CI over {n} seed{'s' if n != 1 else ''} | one new run (95% prediction)" for x in names)
+        over = f"mean ± 95% CI over {n} seeds" if n > 1 else "one seed (no interval)"
+        head = "| method | " + " | ".join(f"{x}, {over} | one new run (95% prediction)" for x in names)
         out += [head + " |", "|---" * (1 + 2 * len(tasks)) + "|"]
         for m in rows:
             cells = []
@@ -474,7 +475,7 @@ def component_label(key: str) -> str:
 
 def components_table(g: dict) -> str:
     n = g["n_seeds"]
-    lines = [f"| stage 2 | HypLatent, mean ± 95% CI over {n} seed{'s' if n != 1 else ''} | HypFormer | one new run of HypFormer "
+    lines = [f"| stage 2 | HypLatent, {f'mean ± 95% CI over {n} seeds' if n > 1 else 'one seed (no interval)'} | HypFormer | one new run of HypFormer "
              "(95% prediction) |", "|---|---|---|---|"]
     for tag, label in COMPONENTS:
         hl, hf = g["cells"][f"hyplatent|{tag}"], g["cells"][f"hypformer|{tag}"]
