@@ -250,14 +250,21 @@ def test_hyplatent_maps_each_condition_to_its_own_latents():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chain", ["cheetah_chain", "metaworld_chain"])
-def test_smoke_chain_runs_and_a_rerun_skips_up_to_date_stages(chain, request):
+def test_smoke_chain_runs_and_removes_partial_states(chain, request):
     run, r = request.getfixturevalue(chain)
-    for f in ("autoencoder.pt", "hyplatent.pt", "hypformer.pt", "results.json"):
+    for f in ("autoencoder.pt", "hyplatent.pt", "diffusion.pt", "hypformer.pt", "results.json"):
         assert (run / f).exists()
-    assert not (run / "hyplatent.partial.pt").exists()  # removed once the finished artifact is written
+    for f in ("hyplatent.partial.pt", "diffusion.partial.pt"):  # removed once the finished artifact is written
+        assert not (run / f).exists()
     assert "stage 3 (HypFormer, Eqs. 6-9): done" in r.stdout
-    r2 = run_chain("smoke" if chain == "cheetah_chain" else "mw-smoke", run.parent)
-    for f in ("autoencoder.pt", "hyplatent.pt", "hypformer.pt", "results.json"):
+
+
+def test_a_rerun_skips_every_up_to_date_stage(metaworld_chain):
+    """The MetaWorld chain has every stage (the behaviour embedding too); the Cheetah-Vel chain's re-run is
+    the job-array test's last step."""
+    run, _ = metaworld_chain
+    r2 = run_chain("mw-smoke", run.parent)
+    for f in ("autoencoder.pt", "behavior_embed.pt", "hyplatent.pt", "diffusion.pt", "hypformer.pt", "results.json"):
         assert f"{run / f} is up to date" in r2.stdout
 
 
