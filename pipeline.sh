@@ -11,7 +11,7 @@
 #   bash pipeline.sh mw-quick   # MetaWorld, 8 seen + 8 unseen tasks                       -> runs/metaworld-quick
 #   bash pipeline.sh mw-paper   # MetaWorld at MAA's size                                  -> runs/metaworld-paper
 #   bash pipeline.sh test       # the test suite (extra arguments go to pytest; -m "not slow": the fast tier)
-#   bash pipeline.sh publish    # every result page under results/ from the run directories in runs/
+#   bash pipeline.sh publish    # every result page under results/ from runs/ and the runs kept beside it
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
 #   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are, stages 2, 3
 #                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=0..4)
@@ -81,12 +81,20 @@ if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like t
 fi
 if [ "$SCALE" = publish ]; then  # every result page under results/ from the run directories that have results
   with() { local f=$1 d; shift; for d in "$@"; do [ -f "$d/$f" ] && echo "$d"; done; return 0; }  # dirs holding $f
-  publish() {  # publish PAGE DIRS... -- AGGREGATE FLAGS...: write PAGE if any run directory has results
-    local page=$1 dirs=() flags=()
+  # publish PAGE DIRS... -- AGGREGATE FLAGS...: write PAGE from DIRS and the runs kept beside it in
+  # results/data/<page>/ (a run directory of the same name replaces its kept copy), if there are any
+  publish() {
+    local page=$1 dirs=() flags=() names=" " d n
     shift
     while [ $# -gt 0 ] && [ "$1" != -- ]; do dirs+=("$1"); shift; done
     shift || true
     flags=("$@")
+    for d in "${dirs[@]}"; do  # the names aggregate.py keeps a run's data under (archive_name)
+      n=$(basename "$d"); [[ $n =~ ^n[0-9]+$ ]] && n="$(basename "$(dirname "$d")")-$n"; names+="$n "
+    done
+    for d in "results/data/$(basename "$page" .md)"/*/; do  # runs kept with the page join, unless made again
+      [ -d "$d" ] && [[ $names != *" $(basename "$d") "* ]] && dirs+=("${d%/}")
+    done
     if [ ${#dirs[@]} -eq 0 ]; then echo "== $page: no run directory with results; skipped"; return 0; fi
     echo "== $page: ${dirs[*]}"
     python aggregate.py "${dirs[@]}" "${flags[@]}" --out "$RUNS/aggregate-$(basename "$page" .md)" --publish "$page"
