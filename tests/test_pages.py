@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import aggregate as agg
-from test_aggregation import fake_results
+from test_aggregation import fake_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "DESIGN.md", *sorted((ROOT / "docs").glob("*.md")),
@@ -154,3 +154,33 @@ def test_committed_pages_are_made_from_their_committed_data(tmp_path):
                           publish=str(out / page.name), tag=tag.group(1) if tag else "", tokens="--tokens" in remake,
                           readme=str(tmp_path / "no-readme.md")))
         assert agg.page_headline((out / page.name).read_text()) == agg.page_headline(text), page.name
+
+
+def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
+    """`bash pipeline.sh publish` makes a page from the runs kept beside it and the run directories of
+    runs/; a run directory named as a kept run replaces it."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for f in ("pipeline.sh", "aggregate.py", "artifacts.py", "methods.py"):
+        shutil.copy(ROOT / f, repo / f)
+    kept = repo / "results" / "data" / "cheetah-vel"
+    runs = tmp_path / "runs"
+    for seed, where in ((1, kept), (2, kept), (2, runs), (3, runs)):
+        d = where / f"cheetah-vel-quick-seed{seed}"
+        score = -10.0 - seed + (100.0 if where == runs and seed == 2 else 0.0)
+        fake_results(d, seed, {"hyplatent": (score, score - 1), "interpolated-expert": (score - 2, score - 3)})
+        write_provenance(d, seed, {"stage1_autoencoder": [10]})
+    (repo / "README.md").write_text("# no headline blocks\n")
+    env = {"AMT_NO_VENV": "1", "RUNS": str(runs), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    r = subprocess.run(["bash", "pipeline.sh", "publish"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in kept.iterdir()) == [f"cheetah-vel-quick-seed{s}" for s in (1, 2, 3)]
+    # seed 2 is the run directory's (offset by 100), not the kept copy
+    assert json.loads((kept / "cheetah-vel-quick-seed2" / "results.json").read_text()) == \
+        json.loads((runs / "cheetah-vel-quick-seed2" / "results.json").read_text())
+    page = (repo / "results" / "cheetah-vel.md").read_text()
+    assert "## 2 training velocities: 3 seed(s)" in page and "results/data/cheetah-vel/cheetah-vel-quick-seed1" in page
