@@ -63,6 +63,9 @@ MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("
             # top-k against all policies (both scored on the same goals): does picking on other goals pay?
             *((f"{m}@top{k}", m, split) for split in ("seen", "unseen") for m in ("hyplatent", "hypformer", "maa")
               for k in (5, 10))]
+# the MetaWorld comparisons a headline shows (the others, top-k and the seen-task chain, are in the full tables)
+MW_HEADLINE_PAIRS = {"hyplatent - parent", "hypformer - parent", "hypformer - hyplatent", "hyplatent - maa",
+                     "hypformer - maa", "maa - parent", "checkpoints - hyplatent"}
 
 @dataclass
 class Args:
@@ -254,16 +257,20 @@ def group_table(g: dict, vels: list[float]) -> str:
 
 
 def pair_label(key: str) -> str:
-    """`hyplatent - interpolated-expert (seen)` -> `HypLatent - interpolated expert (seen)`."""
+    """`hyplatent - interpolated-expert (seen)` -> `HypLatent - interpolated expert (seen)`; `hyplatent@top5`
+    -> `HypLatent top-5`."""
     short = {"hyplatent": "HypLatent", "hypformer": "HypFormer", "maa": "MAA"}
-    return " - ".join(" ".join(short.get(w, w.replace("-", " ")) for w in part.split(" ")) for part in key.split(" - "))
+    word = lambda w: f"{short[w.split('@top')[0]]} top-{w.split('@top')[1]}" if "@top" in w else \
+        short.get(w, w.replace("-", " "))  # noqa: E731 - hyplatent@top5 -> HypLatent top-5
+    return " - ".join(" ".join(word(w) for w in part.split(" ")) for part in key.split(" - "))
 
 
-def pairs_table(g: dict) -> list[str]:
+def pairs_table(g: dict, keep=None) -> list[str]:
+    """The paired differences of group `g` (those whose `a - b` is in `keep`, when given)."""
     lines = ["", "Paired differences of the averages (a - b, per seed, then mean ± 95% t interval):", "",
              "| a - b | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
     return lines + [f"| {pair_label(k)} | {fmt(d['mean'], d['ci95'])} | {', '.join(f'{x:.2f}' for x in d['per_seed'])} | "
-                    f"{d['verdict']} |" for k, d in g["pairs"].items()]
+                    f"{d['verdict']} |" for k, d in g["pairs"].items() if keep is None or k.split(" (")[0] in keep]
 
 
 def fmt_rate(c: dict) -> str:
@@ -391,7 +398,8 @@ HEADLINE = ("<!-- headline -->", "<!-- /headline -->")
 
 def headline(agg: dict, suite: str) -> str:
     """The averages of every method (mean ± 95% CI, the 95% prediction interval of one new run, the seeds'
-    values) and the paired differences with their calls, per group: what the README copies."""
+    values) and the paired differences with their calls, per group: what the README copies. MetaWorld: the
+    methods without their top-k rows, and the comparisons of MW_HEADLINE_PAIRS."""
     out = []
     for g in agg.values():
         if len(agg) > 1:
@@ -402,7 +410,7 @@ def headline(agg: dict, suite: str) -> str:
             tasks, names, rows = ["average"], ["average return"], [m for m in METHODS if f"{m}|average" in g["cells"]]
         else:
             tasks, names = ["average-seen", "average-unseen"], ["seen success %", "unseen success %"]
-            rows = [m for m in MW_ROWS if any(f"{m}|{t}" in g["cells"] for t in tasks)]
+            rows = [m for m in MW_METHODS if any(f"{m}|{t}" in g["cells"] for t in tasks)]  # top-k: full tables
         over = f"mean ± 95% CI over {n} seeds" if n > 1 else "one seed (no interval)"
         head = "| method | " + " | ".join(f"{x}, {over} | one new run (95% prediction)" for x in names)
         out += [head + " |", "|---" * (1 + 2 * len(tasks)) + "|"]
@@ -414,7 +422,7 @@ def headline(agg: dict, suite: str) -> str:
                                                        "-" if np.isnan(c["pi95"]) or len(c["seeds"]) < 3 else
                                                        f"{c['mean'] - c['pi95']:.2f} to {c['mean'] + c['pi95']:.2f}"]
             out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-        out += pairs_table(g) + [""]
+        out += pairs_table(g, None if suite == "cheetah-vel" else MW_HEADLINE_PAIRS) + [""]
     return "\n".join(out).rstrip()
 
 

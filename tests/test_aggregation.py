@@ -275,3 +275,21 @@ def test_memorisation_distances_by_hand():
     assert mem["autoencoder round trip of a training checkpoint"] == pytest.approx(0.02 * np.sqrt(n_act), rel=1e-4)
     d_interp = torch.linalg.norm(logstd_only[:n_act] - interp[:n_act]).item()
     assert mem["hyplatent"]["to interpolated expert"] == pytest.approx(d_interp, rel=1e-5)
+
+
+def test_metaworld_headline_keeps_the_main_rows_and_comparisons(tmp_path):
+    scores = {"hyplatent": (45.0, 10.0), "hypformer": (50.0, 20.0), "maa": (30.0, 5.0), "parent": (40.0, 30.0),
+              "checkpoints": (90.0, 95.0), "decoded-checkpoints": (85.0, 90.0), "hyplatent@top5": (60.0, 15.0)}
+    for s in (1, 2, 3):
+        fake_mw_results(tmp_path / f"s{s}", s, {m: (a + s, b + s) for m, (a, b) in scores.items()})
+    agg.main(agg.Args(runs=[str(tmp_path / f"s{s}") for s in (1, 2, 3)], out=str(tmp_path / "out")))
+    g = json.loads((tmp_path / "out" / "results.json").read_text())
+    head = agg.headline(g, "metaworld")
+    assert "| HypLatent (AMT-Hyp w/o HypFormer) | 47.00 ± 2.48 |" in head  # seeds 46, 47, 48
+    assert "top" not in head  # top-k rows and their differences: full tables only
+    for pair in ("HypLatent - MAA (seen)", "HypFormer - MAA (unseen)", "MAA - parent (seen)", "HypLatent - parent (unseen)",
+                 "checkpoints - HypLatent (unseen)"):
+        assert f"| {pair} |" in head, pair
+    assert "decoded checkpoints - checkpoints" not in head  # the seen-task chain: full tables
+    full = (tmp_path / "out" / "results.md").read_text()
+    assert "| decoded checkpoints - checkpoints (seen) |" in full and "| HypLatent top-5 - HypLatent (seen) |" in full
