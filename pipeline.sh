@@ -84,14 +84,12 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
   # publish PAGE DIRS... -- AGGREGATE FLAGS...: write PAGE from DIRS and the runs kept beside it in
   # results/data/<page>/ (a run directory of the same name replaces its kept copy), if there are any
   publish() {
-    local page=$1 dirs=() flags=() names=" " d n
+    local page=$1 dirs=() flags=() names=" " d
     shift
     while [ $# -gt 0 ] && [ "$1" != -- ]; do dirs+=("$1"); shift; done
     shift || true
     flags=("$@")
-    for d in "${dirs[@]}"; do  # the names aggregate.py keeps a run's data under (archive_name)
-      n=$(basename "$d"); [[ $n =~ ^n[0-9]+$ ]] && n="$(basename "$(dirname "$d")")-$n"; names+="$n "
-    done
+    names+="$(python -c 'import sys, aggregate; print(*map(aggregate.archive_name, sys.argv[1:]))' "${dirs[@]}") "
     for d in "results/data/$(basename "$page" .md)"/*/; do  # runs kept with the page join, unless made again
       [ -d "$d" ] && [[ $names != *" $(basename "$d") "* ]] && dirs+=("${d%/}")
     done
