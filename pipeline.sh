@@ -27,6 +27,8 @@
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
 # AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
+# THREADS=N gives every stage N torch threads and stage 0 N workers: THREADS=1 for each of two chains run side
+# by side on 2 cores (two threads on cores another process keeps busy run several times slower; docs/speed.md).
 # The stage commands below can be copied out and run one by one (inside .venv).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -206,6 +208,8 @@ esac
 RUN=${RUN_DIR:-"$RUNS/$SUITE-$SCALE${SEED:+-seed$SEED}"}
 if [ -n "${VELOCITIES:-}" ]; then TASKS=(--velocities $VELOCITIES); fi
 COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" --no-progress)
+TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
+JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0: one worker per thread
 
 T0=$(date +%s)
 python artifacts.py chain "$RUN" bash pipeline.sh "$@"
@@ -220,20 +224,20 @@ run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past i
 if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere, by a job array (slurm/)
   echo "== stage 0: already made (by a job array); using $RUN/stage0"
 else
-  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${TASKS[@]}"
+  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${JOBS[@]}" "${TASKS[@]}"
   if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
     run_from 0 "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
-      --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
+      "${JOBS[@]}" --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
   fi
 fi
-run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${DONE[@]}"
+run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 if [ "$SUITE" = metaworld ]; then
   run_from 1 "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" "${DONE[@]}"
 fi
-run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${DONE[@]}"
-run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${DONE[@]}"
-run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${DONE[@]}"
-run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${DONE[@]}"
+run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 
 echo "== $SUITE $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
 cat "$RUN/results.md"
