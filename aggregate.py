@@ -14,7 +14,8 @@ but the seed, and writes to `--out`:
 - Cheetah-Vel: `return_vs_velocity[-<tag>].png`, the per-velocity means with their intervals as error bars,
   and with groups of several sizes (the paper's 10/20/25/35 training velocities) `ablation.png`, the
   average test return against the number of training velocities;
-- MetaWorld with several token counts: `tokens.png`, seen and unseen success against L (Fig. 5).
+- MetaWorld: `success.png`, success per task and on average for the generators, the parent and the tasks'
+  own checkpoints; with several token counts `tokens.png`, seen and unseen success against L (Fig. 5).
 
 A difference is called a win or a loss only where its interval excludes zero.
 
@@ -40,7 +41,7 @@ import numpy as np
 import tyro
 
 import artifacts
-from methods import LABELS, METHODS, MW_METHODS, MW_ROWS, task_name
+from methods import LABELS, METHODS, MW_LABELS, MW_METHODS, MW_ROWS, task_name
 
 # 0.975 quantiles of Student's t by degrees of freedom (a df between two entries takes the smaller df's,
 # which is the larger, conservative value)
@@ -356,6 +357,35 @@ def plot_ablation(groups: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_metaworld(g: dict, path: Path) -> None:
+    """Success per task and on average, seen and unseen tasks: the generators beside the parent and the
+    tasks' own checkpoints (on unseen tasks the oracle), error bars the 95% t interval over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ("hyplatent", "hypformer", "maa", "parent", "checkpoints")
+    names = sorted({k.split("|")[1] for k in g["cells"]} - {"average-seen", "average-unseen"})
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7))
+    for ax, split in zip(axes, ("seen", "unseen")):
+        tasks = [t for t in names if (t in g["seen"]) == (split == "seen")] + [f"average-{split}"]
+        x, width = np.arange(len(tasks)), 0.8 / len(rows)
+        for i, m in enumerate(rows):
+            cs = [g["cells"].get(f"{m}|{t}") for t in tasks]
+            ax.bar(x + (i - (len(rows) - 1) / 2) * width, [np.nan if c is None else c["mean"] for c in cs], width,
+                   yerr=[0 if c is None or np.isnan(c["ci95"]) else c["ci95"] for c in cs], capsize=2,
+                   label=MW_LABELS[m], color="grey" if m == "parent" else "k" if m == "checkpoints" else None)
+        ax.set_xticks(x, [t.removesuffix("-v3") for t in tasks], rotation=20, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("success %")
+        ax.set_title(f"{split} tasks, {g['n_seeds']} seed(s); bars: 95% t interval over seeds", fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_tokens(groups: dict, path: Path) -> None:
     """Fig. 5: seen and unseen success against HypFormer's token count L, HypLatent and the parent as
     references (they do not depend on L)."""
@@ -421,7 +451,7 @@ def headline(agg: dict, suite: str) -> str:
                 cells += ["-", "-"] if c is None else [fmt(c["mean"], c["ci95"]) if suite == "cheetah-vel" else fmt_rate(c),
                                                        "-" if np.isnan(c["pi95"]) or len(c["seeds"]) < 3 else
                                                        f"{c['mean'] - c['pi95']:.2f} to {c['mean'] + c['pi95']:.2f}"]
-            out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+            out.append(f"| {(LABELS if suite == 'cheetah-vel' else MW_LABELS)[m]} | " + " | ".join(cells) + " |")
         out += pairs_table(g, None if suite == "cheetah-vel" else MW_HEADLINE_PAIRS) + [""]
     return "\n".join(out).rstrip()
 
@@ -686,6 +716,8 @@ def main(args: Args) -> None:
             artifacts.write_atomic(out / f"ablation{sfx}.png", lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p))
     elif len(groups) > 1:
         artifacts.write_atomic(out / "tokens.png", lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p))
+    else:
+        artifacts.write_atomic(out / "success.png", lambda p: plot_metaworld(next(iter(agg.values())), p))
     artifacts.write_atomic(out / f"results{sfx}.json", lambda p: p.write_text(json.dumps(agg, indent=1)))
     print(text)
     print(f"aggregate: wrote results{sfx}.md, results{sfx}.json and figures in {out}")
@@ -702,6 +734,8 @@ def main(args: Args) -> None:
                 figures[f"ablation{sfx}.png"] = lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p)
         elif len(groups) > 1:
             figures["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
+        else:
+            figures["success.png"] = lambda p: plot_metaworld(next(iter(agg.values())), p)
         data, commit = page.parent / "data" / page.stem, artifacts.git_commit()  # the commit before the page's data change
         archive_runs(runs, data)
         text += (f"\n\nThe results file and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "

@@ -17,6 +17,11 @@ PAPER_ROWS_NOTE = ("The printed MACAW and Prompt-DT rows come from another obser
                    "observation is 20-d (qpos[1:], qvel and the torso's centre of mass, which carries x); ours is "
                    "gymnasium's 17-d HalfCheetah-v5 observation, without x.")
 
+# MetaWorld's own rows, and the expert of a MetaWorld task is the task's own (Cheetah-Vel's is the nearest)
+MW_LABELS = {**LABELS, "expert": "expert (the task's best stage-0 checkpoint)",
+             "decoded-expert": "decoded expert (its autoencoder round trip)",
+             "checkpoints": "all stage-0 checkpoints of the task (unseen: the oracle)",
+             "decoded-checkpoints": "decoded checkpoints (their round trips)"}
 # MetaWorld (Tables I-III): one policy per task: only more goals sharpen its rate
 SINGLE = ("expert", "decoded-expert", "parent")
 GENERATORS = ("hyplatent", "hypformer", "maa")  # the methods that generate one policy per condition

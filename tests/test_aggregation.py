@@ -287,6 +287,8 @@ def test_metaworld_headline_keeps_the_main_rows_and_comparisons(tmp_path):
     head = agg.headline(g, "metaworld")
     assert "| HypLatent (AMT-Hyp w/o HypFormer) | 47.00 ± 2.48 |" in head  # seeds 46, 47, 48
     assert "top" not in head  # top-k rows and their differences: full tables only
+    assert "| all stage-0 checkpoints of the task (unseen: the oracle) | 92.00 ± 2.48 |" in head  # MetaWorld's labels
+    assert (tmp_path / "out" / "success.png").stat().st_size > 10_000  # the per-task figure
     for pair in ("HypLatent - MAA (seen)", "HypFormer - MAA (unseen)", "MAA - parent (seen)", "HypLatent - parent (unseen)",
                  "checkpoints - HypLatent (unseen)"):
         assert f"| {pair} |" in head, pair
