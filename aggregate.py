@@ -177,7 +177,7 @@ def group_runs(runs: list[dict]) -> dict:
     groups: dict = {}
     for r in runs:
         if "upstream" not in r:
-            raise SystemExit(f"error: {r['dir']}: its results record no upstream settings (an older evaluate.py); "
+            raise SystemExit(f"error: {r['dir']}: its results record no upstream settings; "
                              "evaluate it again (FROM_STAGE=4 bash pipeline.sh ..., or python evaluate.py)")
         groups.setdefault(group_key(r), []).append(r)
     free = {"seed", "tag", "hypformer", "baselines"}  # a results-L<L>.json and a results.json may share a group

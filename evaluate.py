@@ -102,7 +102,7 @@ class Args:
 
 SCALES = {"smoke": dict(policies_per_task=2, episodes=1, conditions=3, success_only=False, single_policy_goals=3,
                         select_goals=2),
-          # every failed MetaWorld episode runs 500 steps: 100 conditions took 1,562 s of evaluation (README)
+          # every failed MetaWorld episode runs 500 steps: the number of conditions sets the evaluation's cost (docs/speed.md)
           "metaworld:quick": dict(conditions=25)}
 
 
@@ -196,7 +196,7 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         if v in chain.get("oracle", {}):
             o = chain["oracle"][v]
             add(o["params"][o["return"].argmax()], "oracle-expert", v)
-    if chain.get("maa") is not None:  # after the others, with its own noise: their policies stay as they were
+    if chain.get("maa") is not None:  # after the others, with its own noise: their policies do not depend on whether MAA runs
         g = torch.Generator().manual_seed(args.seed)
         for v in vels:
             z = diffusion_sample(chain["maa"], chain["maa_art"], torch.tensor([[v]]).repeat(K, 1), generator=g)

@@ -56,7 +56,7 @@ def goal_balanced(rows: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.nansum(weight * rows)), weight.sum(0)
 
 
-MAX_ENVS = 128  # metaworld envs alive at once per process (1,600 at once ran out of 24 GiB)
+MAX_ENVS = 128  # metaworld envs alive at once per process (each holds a simulator: this bounds a process's memory)
 
 
 def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False, desc: str = "") -> dict:

@@ -56,7 +56,7 @@ stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall ti
   s=$(( $(date +%s) - t ))
   echo "== $name: $([ $rc -eq 0 ] && echo done || echo "failed (exit $rc)") in ${s}s"
   mkdir -p "$run"
-  # remake 1: this run made the stage's artifact again (FROM_STAGE), so earlier times of the stage no longer count
+  # remake 1: this run made the stage's artifact again (FROM_STAGE), so times recorded before the remake do not count
   python -c 'import json, sys; print(json.dumps({"event": "stage", "stage": sys.argv[1], "command": sys.argv[2],
     "seconds": int(sys.argv[3]), "exit": int(sys.argv[4]), "remake": int(sys.argv[5]), "commit": sys.argv[6],
     "date": sys.argv[7]}))' "$name" "$*" "$s" "$rc" "${REMAKE:-0}" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \

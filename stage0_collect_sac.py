@@ -124,7 +124,7 @@ SCALES = {
     # MAA's size: about 1,500 checkpoints per task, SAC alone; all 16 tasks (the unseen give conditions)
     "metaworld:paper": dict(first_checkpoint=500_000, num_checkpoints=1500),
 }
-PARTIAL_FORMAT = "amt-hyp/stage0-partial v3"  # v3: environment random states, resumed_at
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v3"  # holds the environments' random states and resumed_at
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 

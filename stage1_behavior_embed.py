@@ -59,7 +59,7 @@ class Args:
 
 
 SCALES = {"smoke": dict(steps=50), "paper": dict(steps=20_000)}
-FORMAT = "amt-hyp/behavior-embed v3"  # v3: trained on the autoencoder's training checkpoints only
+FORMAT = "amt-hyp/behavior-embed v3"  # trained on the autoencoder's training checkpoints only
 
 
 class Phi(nn.Module):

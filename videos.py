@@ -58,7 +58,7 @@ def episode_frames(params: torch.Tensor, env, spec: dict, suite: str, label: str
         vel.append(info.get("x_velocity", 0.0))
         if t % FRAME_EVERY == 0 or done:
             frame = env.render()
-            if suite == "metaworld":  # its corner camera renders upside down (metaworld issue #516): flip rows
+            if suite == "metaworld":  # its corner camera renders upside down: flip rows
                 frame = frame[::-1]
             img = Image.fromarray(np.ascontiguousarray(frame))
             text = (f"{label}  v*={env.target:g}  achieved {np.mean(vel):.2f}  t={t}" if suite == "cheetah-vel"

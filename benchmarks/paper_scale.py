@@ -2,7 +2,7 @@
 this machine. Times a few hundred training steps of every stage at the paper's sizes, with each stage's
 own models and losses on synthetic data of the right shapes (stage 0: real SAC steps in the simulator),
 and multiplies by the step counts of the paper scale. Stage 0's experts are independent runs after the
-parent, so they divide over the cores given by `--cores` (or a job array, benchmarks/slurm/); stages 1-3
+parent, so they divide over the cores given by `--cores` (or a job array, slurm/); stages 1-3
 train in one process (a GPU makes them much faster: not measured here).
 
     python benchmarks/paper_scale.py --steps 300 --cores 2 64

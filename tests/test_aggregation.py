@@ -118,8 +118,8 @@ def test_aggregate_refuses_mixed_settings_and_repeated_seeds(tmp_path):
 
 def test_aggregate_pools_only_seeds_of_one_method(tmp_path):
     """Runs that differ upstream (here HypLatent's paired weight) or share a chain (one autoencoder.pt
-    evaluated twice under two seeds) are not seeds of one method; runs made by an older evaluate.py (no
-    upstream settings) are refused too."""
+    evaluated twice under two seeds) are not seeds of one method; results that record no upstream
+    settings are refused too."""
     runs = [str(tmp_path / s) for s in ("a", "b")]
     fake_results(tmp_path / "a", 1, {"hyplatent": (-1, -2)})
     fake_results(tmp_path / "b", 2, {"hyplatent": (-1, -2)})

@@ -83,7 +83,7 @@ def test_shards_and_upstream_artifacts_that_do_not_belong_are_refused(smoke_copy
     d, stage0 = str(smoke_copy), smoke_copy / "stage0"
     extra = torch.load(stage0 / "vel-0.3.pt", weights_only=True)
     extra.update(task="vel-0.9", target_velocity=0.9, uid="1" * 32)
-    # 1. a shard of the same settings appears after stage 1 ran: the autoencoder no longer matches
+    # 1. a shard of the same settings appears after stage 1 ran: the autoencoder does not match them
     artifacts.save_artifact(extra, stage0 / "vel-0.9.pt")
     one_line_error(run("stage2_hyplatent.py", "--scale", "smoke", "--run-dir", d),
                    "autoencoder.pt: made from other inputs than this run directory holds (not among its inputs: "
