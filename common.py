@@ -129,7 +129,9 @@ class CheetahVel:
     def __init__(self, target_velocity: float, seed: int | None = None, render: bool = False):
         from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv  # the env class, no wrappers
 
-        self.env = HalfCheetahEnv(render_mode="rgb_array", width=320, height=240) if render else HalfCheetahEnv()
+        # rendering through the model's "track" camera, which follows the centre of mass: a fast policy stays in view
+        self.env = (HalfCheetahEnv(render_mode="rgb_array", width=320, height=240, camera_name="track")
+                    if render else HalfCheetahEnv())
         self.target = float(target_velocity)
         self.seed, self.t = seed, 0
 

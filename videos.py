@@ -23,7 +23,7 @@ import tyro
 import artifacts
 import common
 
-METHODS = ("hyplatent", "hypformer", "oracle-expert")  # generated policies, and the bound beside them
+METHODS = ("hyplatent", "hypformer", "maa", "oracle-expert")  # generated policies, and the bound beside them
 FRAME_EVERY = 2  # keep every 2nd step: 200-step Cheetah-Vel -> 100 frames, 500-step MetaWorld -> 250
 
 
@@ -37,7 +37,7 @@ class Args:
     """output folder (default: videos/ beside the generated.pt)"""
     tasks: list[str] = field(default_factory=list)
     """only these tasks (e.g. vel-1.2 or door-open-v3; default: all)"""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: ["hyplatent", "hypformer", "oracle-expert"])
     """which methods' policies to render"""
     small: bool = False
     """half-size frames (160x120), for GIFs kept in the repository"""
@@ -72,7 +72,7 @@ def episode_frames(params: torch.Tensor, env, spec: dict, suite: str, label: str
 
 def render(generated: dict, out: Path, per_task: int, tasks=(), methods=METHODS, small: bool = False) -> list[dict]:
     """GIFs of the first `per_task` policies per task (of `tasks`, default all) of each of `methods`;
-    writes index.md. `small`: frames at half size."""
+    writes index.md. `small`: frames at half size, 32 colours."""
     suite, spec = generated["suite"], generated["policy"]
     method, task = np.array(generated["method"]), np.array(generated["task"])
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def render(generated: dict, out: Path, per_task: int, tasks=(), methods=METHODS,
                     raise SystemExit(f"error: cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                                      "set MUJOCO_GL=egl (or osmesa) on a machine with Mesa") from None
                 if small:
-                    frames = [f.resize((f.width // 2, f.height // 2)) for f in frames]
+                    frames = [f.resize((f.width // 2, f.height // 2)).quantize(colors=32) for f in frames]
                 path = out / f"{m}-{t}-{i}.gif"
                 artifacts.write_atomic(path, lambda p: frames[0].save(p, format="GIF", save_all=True,
                                                                    append_images=frames[1:], duration=40, loop=0))
