@@ -151,6 +151,10 @@ class CheetahVel:
     def render(self) -> np.ndarray:
         return self.env.render()
 
+    def upside_down(self) -> bool:
+        """The torso pitched more than 90 degrees (qpos[2]): HalfCheetah's known SAC failure, running on its back."""
+        return abs(float(self.env.data.qpos[2])) > np.pi / 2
+
 
 MW_SEEN = ["window-open-v3", "door-open-v3", "drawer-open-v3", "dial-turn-v3",
            "plate-slide-v3", "button-press-v3", "handle-press-v3", "faucet-close-v3"]

@@ -615,6 +615,16 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     return line
 
 
+def check_parent(parent: dict, spec: dict) -> str:
+    """One deterministic episode of the Cheetah-Vel parent at its velocity: its return, and whether it ends
+    upside down, a gait every expert fine-tuned from it inherits (their returns at high velocities show it)."""
+    v = float(parent["task"].removeprefix("vel-"))
+    env = common.make_eval_env("cheetah-vel", v)
+    ret = float(common.run_lockstep(parent["params"][None], [env], spec)["return"][0])
+    return (f"parent at v* = {v:g}: deterministic return {ret:.1f}, " + ("UPSIDE DOWN at the end (running on its back; "
+            "every expert of this run descends from it)" if env.upside_down() else "upright at the end"))
+
+
 def summarize(args: Args, shards: dict) -> str:
     """A markdown table of the shards ({task: shard}). Cheetah-Vel: the best checkpoint per velocity;
     MetaWorld: success of all and of the last 20 checkpoints. (How well neighbouring experts mix:
@@ -667,6 +677,9 @@ def main(args: Args) -> None:
     else:  # one process trains it; another one started meanwhile stops with one line
         with artifacts.lock_run_dir(run, "stage 0 (parent)", name=".parent.lock"):
             parent = train_parent(args, tasks, spec, run / "parent.pt")
+    parent_line = check_parent(parent, spec) if parent["trained_with_sac"] else ""
+    if parent_line:
+        print(parent_line)
     if args.parent_only:
         return
     for t in tasks:  # check this run's resumable states before the work starts (others may come and go)
@@ -717,7 +730,7 @@ def main(args: Args) -> None:
         if not p.name.endswith(".partial.pt"):
             s = check_shard(args, p, parent)
             shards[s.get("target_velocity", s["task"])] = s
-    summary = summarize(args, shards)
+    summary = (parent_line + "\n\n" if parent_line else "") + summarize(args, shards)
     artifacts.write_atomic(run / f"{args.shard_dir}_summary.md", lambda p: p.write_text(summary + "\n"))
     print(summary)
 

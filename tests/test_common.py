@@ -66,6 +66,17 @@ def test_cheetah_vel_reward_on_real_steps():
     assert common.cheetah_vel_reward(1.0, np.array([0.5, 0, 0, 0, 0, -1.0]), 1.2) == pytest.approx(-0.2625)
 
 
+def test_upside_down_is_the_torso_pitch():
+    env = common.CheetahVel(1.2, seed=0)
+    env.reset()
+    assert not env.upside_down()
+    qpos, qvel = env.env.data.qpos.copy(), env.env.data.qvel.copy()
+    for pitch, flipped in ((1.5, False), (1.6, True), (-3.1, True), (0.2, False)):  # pi / 2 = 1.5708
+        qpos[2] = pitch
+        env.env.set_state(qpos, qvel)
+        assert env.upside_down() == flipped, pitch
+
+
 def test_velocity_grid_and_split():
     assert len(common.CHEETAH_GRID) == 40 and common.CHEETAH_GRID[0] == 0.075 and common.CHEETAH_GRID[-1] == 3.0
     assert common.CHEETAH_TEST == [0.225, 0.6, 1.2, 1.8, 2.025]
