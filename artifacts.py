@@ -410,7 +410,7 @@ def read_records(run_dir: str | Path) -> list[dict]:
     return out
 
 
-ENV_KEYS = ("SEED", "VELOCITIES", "FROM_STAGE", "STAGE0_DONE", "RUN_DIR", "RUNS", "TOKENS")
+ENV_KEYS = ("SEED", "VELOCITIES", "FROM_STAGE", "STAGE0_DONE", "RUN_DIR", "RUNS", "TOKENS", "THREADS")
 
 if __name__ == "__main__":
     if len(sys.argv) < 4 or sys.argv[1] != "chain":
