@@ -201,6 +201,7 @@ def group_runs(runs: list[dict]) -> dict:
             same = [r["dir"] for r in rs if aes.count(r["made_from"].get("autoencoder.pt")) > 1]
             raise SystemExit(f"error: {', '.join(same)}: evaluations of one chain (the same autoencoder.pt), not "
                              f"seeds, for {what}")
+    groups = {k: sorted(rs, key=lambda r: r["seed"]) for k, rs in groups.items()}  # per-seed columns in seed order
     return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 

@@ -56,7 +56,7 @@ def test_aggregate_means_intervals_and_paired_differences(tmp_path):
     for seed, hl, ip in ((1, (-10, -20), (-12, -22)), (2, (-14, -18), (-15, -21)), (3, (-12, -22), (-13, -23))):
         fake_results(tmp_path / f"s{seed}", seed, {"hyplatent": hl, "interpolated-expert": ip})
         runs.append(str(tmp_path / f"s{seed}"))
-    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
+    agg.main(agg.Args(runs=runs[::-1], out=str(tmp_path / "out")))  # given in any order, listed by seed
     res = json.loads((tmp_path / "out" / "results.json").read_text())["2"]
     assert res["n_seeds"] == 3 and res["seeds"] == [1, 2, 3]
     cell = res["cells"]["hyplatent|vel-0.6"]
