@@ -41,6 +41,7 @@ import numpy as np
 import tyro
 
 import artifacts
+import provenance
 from methods import LABELS, METHODS, MW_LABELS, MW_METHODS, MW_ROWS, task_name
 
 # 0.975 quantiles of Student's t by degrees of freedom (a df between two entries takes the smaller df's,
@@ -557,11 +558,11 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str) -> str:
     its seed, the commits and dates of its stages and each stage's wall time (pipeline.sh's
     provenance.jsonl, summed over invocations); the machines; the chain and stage commands."""
     lines = ["## Provenance", "", f"- Page: `python aggregate.py {' '.join(argv)}` at commit "
-             f"{commit}, {artifacts.utc_now()}.",
+             f"{commit}, {provenance.utc_now()}.",
              "- Seeds: " + ", ".join(str(r["seed"]) for r in runs) + " (one run directory each)."]
     machines, chains, stage_cmds, table, stage_names = {}, [], [], [], []
     for r in runs:
-        recs = artifacts.read_records(r["dir"])
+        recs = provenance.read_records(r["dir"])
         secs: dict = {}
         for rec in recs:
             if rec.get("event") == "chain":
@@ -598,7 +599,7 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str) -> str:
               "stage counts every part; a stage skipped as up to date adds its few seconds of checks).", ""]
     for m in machines.values():
         lines.append(f"- Machine: {m.get('cores')} cores ({m.get('cpu')}), device {m.get('device')}, {m.get('os')}; "
-                     f"Python {m.get('python')}, " + ", ".join(f"{p} {m.get(p)}" for p in artifacts.PACKAGES) + ".")
+                     f"Python {m.get('python')}, " + ", ".join(f"{p} {m.get(p)}" for p in provenance.PACKAGES) + ".")
     lines += ["- Chains: " + "; ".join(f"`{c}`" for c in dict.fromkeys(chains)) + ".", "- Stage commands (per run "
               "directory `<run>` and seed `<s>`):", "", "```", *dict.fromkeys(stage_cmds), "```"]
     return "\n".join(lines)
@@ -611,6 +612,16 @@ def archive_name(run_dir: str) -> str:
     return f"{p.parent.name}-{p.name}" if p.name[:1] == "n" and p.name[1:].isdigit() else p.name
 
 
+PCA_FIGURE = "pca_latents.png"  # evaluate.py's Fig. 4 of a MetaWorld run: kept with its data, shown on the page
+
+
+def pca_source(runs: list[dict]) -> tuple[Path, int] | None:
+    """The Fig. 4 PCA to show on a MetaWorld page: that of the lowest seed whose run has one."""
+    have = [(Path(r["dir"]) / PCA_FIGURE, r["seed"]) for r in sorted(runs, key=lambda r: r["seed"])
+            if (Path(r["dir"]) / PCA_FIGURE).exists()]
+    return have[0] if have else None
+
+
 def archive_runs(runs: list[dict], data: Path) -> None:
     """Copy what the page is made from (each run's results file(s) read and its provenance.jsonl) into
     `data/<run>/`, and point the runs there: the page can be made again from the repository alone, and
@@ -621,7 +632,7 @@ def archive_runs(runs: list[dict], data: Path) -> None:
     kept = {}
     for r in runs:
         files = kept.setdefault(archive_name(r["dir"]), {})
-        for name in (r["file"], artifacts.PROVENANCE):
+        for name in (r["file"], provenance.PROVENANCE, PCA_FIGURE):
             if (Path(r["dir"]) / name).exists():
                 files[name] = (Path(r["dir"]) / name).read_bytes()
     if data.exists():
@@ -737,8 +748,14 @@ def main(args: Args) -> None:
             figures["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
         else:
             figures["success.png"] = lambda p: plot_metaworld(next(iter(agg.values())), p)
-        data, commit = page.parent / "data" / page.stem, artifacts.git_commit()  # the commit before the page's data change
+        data, commit = page.parent / "data" / page.stem, provenance.git_commit()  # the commit before the page's data change
         archive_runs(runs, data)
+        pca = pca_source(runs) if suite == "metaworld" and not args.tokens else None
+        if pca:
+            figures[PCA_FIGURE] = lambda p, src=pca[0]: p.write_bytes(src.read_bytes())
+            text += (f"\n\nFig. 4 ({page.stem}-{PCA_FIGURE} below), seed {pca[1]}: per seen task, the 2-D PCA of the "
+                     "autoencoder latents of all the task's stage-0 checkpoints (blue) against the generated policies' "
+                     "latents (red; HypLatent left, HypFormer right), the axes fit on both sets of the panel.")
         text += (f"\n\nThe results file and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
                  f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens)) if v)}"
                  + (f' --title "{args.title}"' if args.title else "") + " "
@@ -766,7 +783,7 @@ def main_components(args: Args) -> None:
     if args.publish:
         page = Path(args.publish)
         runs = [r for rs in by.values() for r in rs]
-        data, commit = page.parent / "data" / page.stem, artifacts.git_commit()
+        data, commit = page.parent / "data" / page.stem, provenance.git_commit()
         archive_runs(runs, data)
         text += (f"\n\nThe results files and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
                  f"`python aggregate.py {data}/* --components --publish {page}` makes this page again from them.")

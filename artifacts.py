@@ -1,12 +1,9 @@
-"""Artifacts and the provenance of a run directory (DESIGN.md section 10), what every stage uses to save, load
-and check what it reads and writes: atomic saves, loads with `weights_only=True` and one-line checks (format,
-suite, scale, policy shape, checksum), the settings and inputs (`made_from`) an artifact was made with, the
-up-to-date test of `--skip-done`, partial-state resume, the stage-0 shards, the run directory's lock and
-temp-file clean-up. `pipeline.sh` appends one JSON line per chain start (command, commit, machine) and one per
-stage (command, seconds) to `<run>/provenance.jsonl`; `aggregate.py --publish` reads them for a page's
-provenance block. torch is imported inside the functions that need it (aggregate.py runs without it).
-
-    python artifacts.py chain RUN_DIR COMMAND...    # append the chain line (pipeline.sh does this)
+"""Artifacts (DESIGN.md section 10), what every stage uses to save, load and check what it reads and writes:
+atomic saves, loads with `weights_only=True` and one-line checks (format, suite, scale, policy shape,
+checksum), the settings and inputs (`made_from`) an artifact was made with, the up-to-date test of
+`--skip-done`, partial-state resume, the stage-0 shards, the run directory's lock and temp-file clean-up.
+The run directory's record of how it was made (commit, machine, commands) is provenance.py. torch is
+imported inside the functions that need it (aggregate.py runs without it).
 """
 
 from __future__ import annotations
@@ -15,12 +12,8 @@ import json
 import os
 import platform
 import re
-import subprocess
-import sys
-import time
 import uuid
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 STAGE0_FORMAT = "amt-hyp/stage0-shard v2"
@@ -330,91 +323,3 @@ def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict
         torch.cuda.set_rng_state_all(st["cuda_rng"])
     print(f"{who}: resuming from {path} at step {st['step']}")
     return st["step"], st["history"]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Provenance of a run directory
-# ----------------------------------------------------------------------------------------------------
-
-PROVENANCE = "provenance.jsonl"
-PACKAGES = ("torch", "numpy", "mujoco", "gymnasium", "metaworld")
-
-
-def git_commit(repo: str | Path | None = None) -> str:
-    """The short commit of the checkout the code runs from, `+dirty` when tracked files differ from it;
-    `unknown` outside a git checkout."""
-    repo = Path(repo or Path(__file__).parent)
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """Host, cores, CPU, the versions that move RL numbers, and the accelerator torch sees."""
-    info = {"host": platform.node(), "cores": os.cpu_count(), "cpu": cpu_model(), "os": platform.platform(),
-            "python": platform.python_version()}
-    for p in PACKAGES:
-        try:
-            info[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            info[p] = None
-    try:
-        import torch
-
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        info["device"] = "cpu"
-    return info
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def append_record(run_dir: str | Path, record: dict) -> None:
-    """Append one JSON line to `<run_dir>/provenance.jsonl` (one short write: lines of concurrent writers
-    do not interleave)."""
-    path = Path(run_dir) / PROVENANCE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def read_records(run_dir: str | Path) -> list[dict]:
-    """The provenance lines of a run directory ([] when it has none); a broken line is skipped."""
-    try:
-        lines = Path(run_dir, PROVENANCE).read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-ENV_KEYS = ("SEED", "VELOCITIES", "FROM_STAGE", "STAGE0_DONE", "RUN_DIR", "RUNS", "TOKENS", "THREADS")
-
-if __name__ == "__main__":
-    if len(sys.argv) < 4 or sys.argv[1] != "chain":
-        raise SystemExit("usage: python artifacts.py chain RUN_DIR COMMAND...")
-    append_record(sys.argv[2], {"event": "chain", "command": " ".join(sys.argv[3:]),
-                                "env": {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)},
-                                "commit": git_commit(), "date": utc_now(), "machine": machine()})

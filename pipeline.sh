@@ -46,7 +46,7 @@ if [ -z "${AMT_NO_VENV:-}" ]; then
   . .venv/bin/activate
 fi
 
-COMMIT=$(python -c 'import artifacts; print(artifacts.git_commit())' 2>/dev/null || echo unknown)
+COMMIT=$(python -c 'import provenance; print(provenance.git_commit())' 2>/dev/null || echo unknown)
 stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall time, log it in RUN_DIR/provenance.jsonl
   local run=$1 name=$2 t s rc=0
   shift 2
@@ -212,7 +212,7 @@ TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
 JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0: one worker per thread
 
 T0=$(date +%s)
-python artifacts.py chain "$RUN" bash pipeline.sh "$@"
+python provenance.py chain "$RUN" bash pipeline.sh "$@"
 stage() { stage_in "$RUN" "$@"; }
 
 run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past it

@@ -165,7 +165,7 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    for f in ("pipeline.sh", "aggregate.py", "artifacts.py", "methods.py"):
+    for f in ("pipeline.sh", "aggregate.py", "artifacts.py", "provenance.py", "methods.py"):
         shutil.copy(ROOT / f, repo / f)
     kept = repo / "results" / "data" / "cheetah-vel"
     runs = tmp_path / "runs"
@@ -184,3 +184,15 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
         json.loads((runs / "cheetah-vel-quick-seed2" / "results.json").read_text())
     page = (repo / "results" / "cheetah-vel.md").read_text()
     assert "## 2 training velocities: 3 seed(s)" in page and "results/data/cheetah-vel/cheetah-vel-quick-seed1" in page
+
+
+def test_metaworld_page_shows_the_pca_of_the_lowest_seed_that_has_one(tmp_path):
+    runs = []
+    for seed in (3, 1, 2):
+        (tmp_path / f"s{seed}").mkdir()
+        runs.append({"dir": str(tmp_path / f"s{seed}"), "seed": seed})
+    assert agg.pca_source(runs) is None
+    for seed in (3, 2):
+        (tmp_path / f"s{seed}" / agg.PCA_FIGURE).write_bytes(b"png of seed %d" % seed)
+    path, seed = agg.pca_source(runs)
+    assert (seed, path.read_bytes()) == (2, b"png of seed 2")
