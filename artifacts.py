@@ -1,7 +1,8 @@
 """Artifacts (DESIGN.md section 10), what every stage uses to save, load and check what it reads and writes:
 atomic saves, loads with `weights_only=True` and one-line checks (format, suite, scale, policy shape,
 checksum), the settings and inputs (`made_from`) an artifact was made with, the up-to-date test of
-`--skip-done`, partial-state resume, the stage-0 shards, the run directory's lock and temp-file clean-up.
+`--skip-done`, partial-state resume, the stage-0 shards, the run directory's lock and temp-file clean-up,
+and the process pool whose workers die with their parent (no orphan keeps a lock or steps environments).
 The run directory's record of how it was made (commit, machine, commands) is provenance.py. torch is
 imported inside the functions that need it (aggregate.py runs without it).
 """
@@ -279,6 +280,29 @@ def lock_run_dir(path: str | Path, who: str, shared: bool = False, name: str = "
         f.seek(0), f.truncate()
     f.write(f"pid {os.getpid()}, {who}\n"), f.flush()
     return f
+
+
+def _die_with_parent(initializer, initargs) -> None:
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except OSError:
+        pass
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def process_pool(workers: int, initializer=None, initargs=()):
+    """A ProcessPoolExecutor of `workers` spawned processes that die with this one (PR_SET_PDEATHSIG), so
+    a killed run leaves no orphans holding its locks or stepping environments; `initializer(*initargs)` runs
+    in each (stage 0's tasks, the MetaWorld evaluation's episodes)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent,
+                               initargs=(initializer, initargs))
 
 
 def open_run_dir(path: str | Path, who: str):

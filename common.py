@@ -1,7 +1,7 @@
 """What every stage of AMT-Hyp needs (DESIGN.md sections 2, 3, 9-11): the generated policy (the SAC actor,
 its flat layout, a batched forward of P policies), the environments, the lockstep runner and MAA's rollout
 features, command lines and scales, seeding and devices. Each model lives in the stage file that trains it;
-artifacts and run directories are in artifacts.py.
+artifacts, run directories and worker processes are in artifacts.py.
 """
 
 from __future__ import annotations
@@ -163,13 +163,10 @@ MW_UNSEEN = ["drawer-close-v3", "handle-press-side-v3", "door-lock-v3", "window-
 MW_TASKS = MW_SEEN + MW_UNSEEN
 MW_OBS, MW_ACT, MW_STEPS = 39, 4, 500
 MW_GOALS = 50  # goal configurations metaworld.MT1 draws per task and seed
-# MetaWorld evaluation goals are drawn with this seed; stage 0 refuses seeds whose training or rollout goal
-# seeds would equal it, so evaluation goals never appear in training or conditioning.
-EVAL_GOAL_SEED = 2024
-# ...and the goals on which evaluate.py's top-k picks its k best policies (never scored, never trained on)
-SELECT_GOAL_SEED = 2025
-# ...and the goals on which stage 0's settings are chosen (benchmarks/stage0_goals.py): never scored either
-VALIDATION_GOAL_SEED = 2026
+# Goal seeds that stage 0 never trains or records on (it refuses a --seed whose goal seeds would equal one):
+EVAL_GOAL_SEED = 2024  # the evaluation's goals, so they never appear in training or conditioning
+SELECT_GOAL_SEED = 2025  # the goals on which evaluate.py's top-k picks its k best policies (never scored)
+VALIDATION_GOAL_SEED = 2026  # the goals on which stage 0's settings are chosen (benchmarks/stage0_goals.py)
 
 
 def check_metaworld_tasks(tasks: list[str]) -> list[str]:
@@ -340,28 +337,6 @@ def check_options(args, positive: tuple[str, ...] = (), nonnegative: tuple[str, 
             v = getattr(args, name)
             if v is None or not ok(v):
                 raise SystemExit(f"error: --{name.replace('_', '-')} must be {kind}; got {v}")
-
-
-def _die_with_parent(initializer, initargs) -> None:
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except OSError:
-        pass
-    if initializer is not None:
-        initializer(*initargs)
-
-
-def process_pool(workers: int, initializer=None, initargs=()):
-    """A ProcessPoolExecutor of `workers` spawned processes that die with this one (PR_SET_PDEATHSIG), so
-    a killed run leaves no orphans stepping environments; `initializer(*initargs)` runs in each."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent,
-                               initargs=(initializer, initargs))
 
 
 def pick_device(name: str) -> torch.device:

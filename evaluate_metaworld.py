@@ -74,7 +74,7 @@ def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = 
     if workers == 1 or len(chunks) == 1:
         out = [_lockstep_chunk(*a) for a in tqdm(args, **bar)]
     else:
-        with common.process_pool(workers) as pool:
+        with artifacts.process_pool(workers) as pool:
             out = list(tqdm(pool.map(_lockstep_chunk, *zip(*args)), **bar))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 

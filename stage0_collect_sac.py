@@ -707,7 +707,7 @@ def main(args: Args) -> None:
         import multiprocessing as mp
 
         q = mp.get_context("spawn").Queue()
-        with common.process_pool(min(jobs, len(todo)), _set_report_queue, (q,)) as pool:
+        with artifacts.process_pool(min(jobs, len(todo)), _set_report_queue, (q,)) as pool:
             pending = {pool.submit(_worker, args, t, parent, spec, stage_dir) for t in todo}
             while pending:
                 try:
