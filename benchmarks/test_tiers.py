@@ -35,7 +35,9 @@ def main(args: Args) -> None:
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TIERS[tier]], cwd=ROOT,
                            capture_output=True, text=True)
         wall = time.perf_counter() - t
-        summary = (re.findall(r"^=+ (.*) =+$", r.stdout, re.M) or [r.stdout.strip().splitlines()[-1]])[-1]
+        # the last summary line that counts tests (pytest.ini's --durations adds a "slowest" header line)
+        counts = [m for m in re.findall(r"^=* ?(.*(?:passed|failed|error).*?) ?=*$", r.stdout, re.M)]
+        summary = (counts or r.stdout.strip().splitlines()[-1:] or ["no output"])[-1]
         print(f"{tier}: {wall:.0f} s ({wall / 60:.1f} min), exit {r.returncode}: {summary}")
 
 
