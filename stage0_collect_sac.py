@@ -682,16 +682,18 @@ def main(args: Args) -> None:
         print(parent_line)
     if args.parent_only:
         return
-    todo = []  # the unfinished tasks; every shard and resumable state checked before the work starts
+    for t in tasks:  # check this run's resumable states before the work starts (others may come and go)
+        p = stage_dir / f"{common.task_name(args.suite, t)}.partial.pt"
+        if p.exists():
+            artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
+                                     shard_settings(args))
+    todo = []
     for t in tasks:
-        path, partial = (stage_dir / f"{common.task_name(args.suite, t)}{x}" for x in (".pt", ".partial.pt"))
+        path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
         if path.exists():
             check_shard(args, path, parent)  # finished: it must belong to this run
-            continue
-        todo.append(t)
-        if partial.exists():
-            artifacts.check_settings(partial, artifacts.load_artifact(partial, PARTIAL_FORMAT, ("settings",))["settings"],
-                                     shard_settings(args))
+        else:
+            todo.append(t)
     steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
           f"and {args.num_checkpoints} checkpoints each, {min(jobs, max(len(todo), 1))} worker(s)")
