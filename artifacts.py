@@ -317,21 +317,25 @@ def cpu_state(module) -> dict:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def save_partial(path, fmt: str, step: int, settings: dict, made_from: dict, states: dict, history: dict) -> None:
+def save_partial(path, fmt: str, step: int, settings: dict, made_from: dict, states: dict, history: dict,
+                 extra: dict | None = None) -> None:
     """The resumable state of a training loop: the state dict of each of `states` ({name: module, optimizer
-    or scheduler}), the step to go on from, the history so far and torch's random states (CPU and GPUs)."""
+    or scheduler}), the step to go on from, the history so far, torch's random states (CPU and GPUs) and
+    `extra`, anything else the loop restores itself (stage 0: replay data, numpy's and the environments'
+    random states)."""
     import torch
 
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []  # draws made on a GPU
     save_artifact({"format": fmt, "settings": settings, "made_from": made_from, "step": step, "history": history,
-                   "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+                   "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "extra": extra or {},
                    **{k: cpu_state(m) if isinstance(m, torch.nn.Module) else m.state_dict() for k, m in states.items()}},
                   path)
 
 
-def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict, who: str) -> tuple[int, dict | None]:
-    """Load what `save_partial` wrote into `states` (in place), once its settings and inputs are checked to be
-    this run's; returns (step, history), or (0, None) when there is no partial state."""
+def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict, who: str,
+                   extra: dict | None = None) -> tuple[int, dict | None]:
+    """Load what `save_partial` wrote into `states` and `extra` (in place), once its settings and inputs are
+    checked to be this run's; returns (step, history), or (0, None) when there is no partial state."""
     import torch
 
     path = Path(path)
@@ -345,5 +349,7 @@ def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict
     torch.set_rng_state(st["torch_rng"])
     if st.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda_rng"])
+    if extra is not None:
+        extra.update(st["extra"])
     print(f"{who}: resuming from {path} at step {st['step']}")
     return st["step"], st["history"]

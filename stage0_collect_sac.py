@@ -124,7 +124,7 @@ SCALES = {
     # MAA's size: about 1,500 checkpoints per task, SAC alone; all 16 tasks (the unseen give conditions)
     "metaworld:paper": dict(first_checkpoint=500_000, num_checkpoints=1500),
 }
-PARTIAL_FORMAT = "amt-hyp/stage0-partial v3"  # holds the environments' random states and resumed_at
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v4"  # artifacts.save_partial's layout, made_from: the parent
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -352,10 +352,11 @@ RECORD_KEYS = ("params", "step", "return", "success", "first_success", "traj", "
 
 
 def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[int], from_parent: bool,
-            tag: str, state_path: Path, demos: list | None = None, report=None, writer=None) -> dict:
+            tag: str, state_path: Path, made_from: dict, demos: list | None = None, report=None,
+            writer=None) -> dict:
     """SAC on `task` for `total_steps`; at each step in `checkpoints` the actor is saved and one
     deterministic episode recorded. Every `args.save_every` seconds, between two episodes, the whole state
-    goes to `state_path` (`save_partial`); a re-run resumes from it to the same result. Returns the records
+    goes to `state_path` (`save_state`); a re-run resumes from it to the same result. Returns the records
     (and `resumed_at`, the steps it was resumed at)."""
     actor = agent["actor"]
     spec = common.policy_spec(actor.fc1.in_features, actor.fc_mean.out_features)
@@ -364,7 +365,7 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     records = {k: [] for k in RECORD_KEYS} | {"resumed_at": []}
-    start = resume_partial(state_path, args, agent, rb, rng, env, eval_env, records, tag) if state_path.exists() else 0
+    start = resume_state(state_path, args, made_from, agent, rb, rng, env, eval_env, records, tag)
     np_actor, alpha = NumpyActor(actor), agent["log_alpha"].exp().item()
     ckpt_set, next_save, last_report, t_start = set(checkpoints), time.time() + args.save_every, start, time.time()
     obs = None  # no episode running: the next step starts one
@@ -409,7 +410,7 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
                 writer.add_scalar("checkpoint/return", records["return"][-1], step + 1)
                 writer.add_scalar("checkpoint/success", records["success"][-1], step + 1)
         if obs is None and time.time() > next_save and step + 1 < total_steps:
-            save_partial(state_path, args, step + 1, agent, rb, rng, env, eval_env, records)
+            save_state(state_path, args, made_from, step + 1, agent, rb, rng, env, eval_env, records)
             next_save = time.time() + args.save_every
         if report is not None and step + 1 - last_report >= 500:
             report(step + 1 - last_report)
@@ -423,49 +424,51 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
 # Resume: the whole training state between two episodes
 # ----------------------------------------------------------------------------------------------------
 
-NETS = ("actor", "qf", "qf_target")
+NETS, OPTIMIZERS = ("actor", "qf", "qf_target"), ("actor_opt", "q_opt", "alpha_opt")
 
 
-def agent_state(agent: dict, optimizers: bool = False) -> dict:
-    st = {k: agent[k].state_dict() for k in NETS} | {"log_alpha": agent["log_alpha"].detach().clone()}
-    return st | ({k: agent[k].state_dict() for k in ("actor_opt", "q_opt", "alpha_opt")} if optimizers else {})
+def agent_state(agent: dict) -> dict:
+    """The networks and log alpha: what a child starts from (the parent's)."""
+    return {k: agent[k].state_dict() for k in NETS} | {"log_alpha": agent["log_alpha"].detach().clone()}
 
 
 def load_agent_state(agent: dict, state: dict) -> None:
-    """Networks and log alpha (a child starts from the parent's), and the optimizers where saved (resume)."""
-    for k in (*NETS, "actor_opt", "q_opt", "alpha_opt"):
-        if k in state:
-            agent[k].load_state_dict(state[k])
+    for k in NETS:
+        agent[k].load_state_dict(state[k])
     with torch.no_grad():
         agent["log_alpha"].copy_(state["log_alpha"])
 
 
-def save_partial(path: Path, args: Args, step: int, agent: dict, rb: Replay, rng, env, eval_env, records) -> None:
+def save_state(path: Path, args: Args, made_from: dict, step: int, agent: dict, rb: Replay, rng, env, eval_env,
+               records: dict) -> None:
     """Everything the rest of the run depends on, taken between two episodes (so no episode is cut): the
-    networks with their optimizers, the replay data, the random states of numpy, torch and both
-    environments, and the records so far."""
-    artifacts.save_artifact({"format": PARTIAL_FORMAT, "settings": shard_settings(args), "step": step,
-                             "agent": agent_state(agent, optimizers=True), "replay": rb.data[: rb.size].clone(),
-                             "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                             "env_rng": env_rng_state(env), "eval_env_rng": env_rng_state(eval_env),
-                             "records": records}, path)
+    networks with their optimizers, log alpha, the replay data, the random states of torch, numpy and both
+    environments, and the records so far (artifacts.save_partial)."""
+    extra = {"log_alpha": agent["log_alpha"].detach().clone(), "replay": rb.data[: rb.size].clone(),
+             "np_rng": rng.bit_generator.state, "env_rng": env_rng_state(env), "eval_env_rng": env_rng_state(eval_env)}
+    artifacts.save_partial(path, PARTIAL_FORMAT, step, shard_settings(args), made_from,
+                           {k: agent[k] for k in NETS + OPTIMIZERS}, records, extra)
 
 
-def resume_partial(path: Path, args: Args, agent: dict, rb: Replay, rng, env, eval_env, records, tag: str) -> int:
-    """Restore what `save_partial` wrote (in place) and return the step to go on from."""
-    st = artifacts.load_artifact(path, PARTIAL_FORMAT, ("agent", "step", "records", "settings", "env_rng"))
-    artifacts.check_settings(path, st["settings"], shard_settings(args))
-    load_agent_state(agent, st["agent"])
-    rb.data[: len(st["replay"])] = st["replay"]
-    rb.size = rb.pos = len(st["replay"])
-    rng.bit_generator.state = st["np_rng"]
-    torch.set_rng_state(st["torch_rng"])
-    set_env_rng_state(env, st["env_rng"])
-    set_env_rng_state(eval_env, st["eval_env_rng"])
-    records.update(st["records"])
-    records["resumed_at"].append(st["step"])
-    print(f"{tag}: resuming at step {st['step']} with {len(records['step'])} checkpoints saved")
-    return st["step"]
+def resume_state(path: Path, args: Args, made_from: dict, agent: dict, rb: Replay, rng, env, eval_env, records,
+                 tag: str) -> int:
+    """Restore what `save_state` wrote (in place) and return the step to go on from (0: nothing to resume)."""
+    extra = {}
+    step, saved = artifacts.resume_partial(path, PARTIAL_FORMAT, shard_settings(args), made_from,
+                                           {k: agent[k] for k in NETS + OPTIMIZERS}, tag, extra)
+    if saved is None:
+        return 0
+    with torch.no_grad():
+        agent["log_alpha"].copy_(extra["log_alpha"])
+    rb.data[: len(extra["replay"])] = extra["replay"]
+    rb.size = rb.pos = len(extra["replay"])
+    rng.bit_generator.state = extra["np_rng"]
+    set_env_rng_state(env, extra["env_rng"])
+    set_env_rng_state(eval_env, extra["eval_env_rng"])
+    records.update(saved)
+    records["resumed_at"].append(step)
+    print(f"{tag}: {len(records['step'])} checkpoints saved before step {step}")
+    return step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -528,7 +531,7 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
         if args.parent_steps > 0:
             print(f"parent: SAC for {args.parent_steps} steps at v* = {task}")
             resumed_at = run_sac(args, agent, task, total_steps=args.parent_steps, checkpoints=[], from_parent=False,
-                                 tag="parent", state_path=path.with_suffix(".partial.pt"))["resumed_at"]
+                                 tag="parent", state_path=path.with_suffix(".partial.pt"), made_from={})["resumed_at"]
         name = common.task_name(args.suite, task)
     else:  # behaviour cloning: MSE between tanh(mean) and noisy scripted actions, pooled over tasks
         obs, act = [], []
@@ -591,7 +594,8 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage0" / name))
     rec = run_sac(args, agent, task, total_steps=checkpoints[-1], checkpoints=checkpoints,
                   from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tag=name,
-                  state_path=stage_dir / f"{name}.partial.pt", demos=demos, report=report, writer=writer)
+                  state_path=stage_dir / f"{name}.partial.pt", made_from={"parent.pt": parent["uid"]}, demos=demos,
+                  report=report, writer=writer)
     writer.close()
     shard = {"format": artifacts.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
              "params": torch.stack(rec["params"]), "step": torch.tensor(rec["step"], dtype=torch.int64),
@@ -685,8 +689,9 @@ def main(args: Args) -> None:
     for t in tasks:  # check this run's resumable states before the work starts (others may come and go)
         p = stage_dir / f"{common.task_name(args.suite, t)}.partial.pt"
         if p.exists():
-            artifacts.check_settings(p, artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings",))["settings"],
-                                     shard_settings(args))
+            st = artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings", "made_from"))
+            artifacts.check_settings(p, st["settings"], shard_settings(args))
+            artifacts.check_made_from(p, st, {"parent.pt": parent["uid"]})
     todo = []
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"

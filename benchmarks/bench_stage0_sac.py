@@ -133,7 +133,7 @@ def stage0(args: Args, a: s0.Args) -> float:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         s0.run_sac(a, agent, args.velocity, total_steps=args.steps, checkpoints=[], from_parent=False,
-                   tag="bench", state_path=Path(d) / "state.pt")
+                   tag="bench", state_path=Path(d) / "state.pt", made_from={})
         return args.steps / (time.perf_counter() - t0)
 
 

@@ -166,7 +166,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 
 def partial_with(path: Path, checkpoints: int) -> bool:
     try:
-        return len(torch.load(path, weights_only=True)["records"]["step"]) >= checkpoints
+        return len(torch.load(path, weights_only=True)["history"]["step"]) >= checkpoints
     except Exception:  # noqa: BLE001 - not there yet, or being replaced
         return False
 
@@ -190,7 +190,8 @@ def test_resume_after_kills_gives_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert not (run / "stage0" / "vel-0.6.pt").exists()
     r = run_stage0("--run-dir", str(run), *flags)
     assert r.returncode == 0, r.stderr
-    assert f"resuming at step {saved['step']} with {len(saved['records']['step'])} checkpoints saved" in r.stdout
+    assert f"resuming from {partial} at step {saved['step']}" in r.stdout
+    assert f"{len(saved['history']['step'])} checkpoints saved before step {saved['step']}" in r.stdout
     whole = {p: torch.load(tmp_path / "whole" / p, weights_only=True) for p in ("parent.pt", "stage0/vel-0.6.pt")}
     again = {p: torch.load(run / p, weights_only=True) for p in whole}
     assert torch.equal(whole["parent.pt"]["params"], again["parent.pt"]["params"])
@@ -285,8 +286,15 @@ def test_stage0_refuses_another_scale_or_setting_in_its_run_directory(cheetah_ch
                             "parent.pt: made with checkpoint_every = 100, this run has checkpoint_every = 50")):
         r = run_stage0(*flags, "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
         assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
-    # a shard of another parent (here: a parent remade after the shard) is refused, with what to do
     shard = torch.load(tmp_path / "stage0" / "vel-0.3.pt", weights_only=True)
+    # a resumable state of another parent is refused before any work starts
+    artifacts.save_artifact({"format": s0.PARTIAL_FORMAT, "settings": shard["settings"],
+                             "made_from": {"parent.pt": "0" * 32}}, tmp_path / "stage0" / "vel-1.5.partial.pt")
+    r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3", "1.5", timeout=120)
+    assert r.returncode == 1 and "vel-1.5.partial.pt: made from other inputs" in r.stderr, r.stderr
+    assert "remade since: parent.pt" in r.stderr
+    (tmp_path / "stage0" / "vel-1.5.partial.pt").unlink()
+    # a shard of another parent (here: a parent remade after the shard) is refused, with what to do
     shard["made_from"] = {"parent.pt": "0" * 32}
     artifacts.save_artifact(shard, tmp_path / "stage0" / "vel-0.3.pt")
     r = run_stage0("--scale", "smoke", "--run-dir", str(tmp_path), "--velocities", "0.3", timeout=120)
