@@ -1,5 +1,7 @@
 """Shared fixtures: the smoke chains of both suites, run once per test run through pipeline.sh and reused by
-every test that reads them; tests that use them are marked slow."""
+every test that reads them; tests that use them are marked slow. The chains the selected tests need start
+together, side by side with one thread each (THREADS=1: two chains on 2 cores, and no torch thread spinning
+on a core that another process keeps busy)."""
 
 import os
 import subprocess
@@ -9,32 +11,64 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CHAINS = {"cheetah_chain": ("smoke", "cheetah-vel-smoke"), "metaworld_chain": ("mw-smoke", "metaworld-smoke")}
+_needed: set = set()  # the chain fixtures of the selected tests
+_started: dict = {}  # fixture name -> (run directory, running process)
 
 
-def run_chain(name, runs):
+def chain_env(runs, threads: str | None = None) -> dict:
     # the stages run with this interpreter (pipeline.sh calls `python`)
     env = dict(os.environ, AMT_NO_VENV="1", RUNS=str(runs),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), name], cwd=ROOT, env=env, capture_output=True,
+    if threads:
+        env["THREADS"] = threads
+    return env
+
+
+def run_chain(name, runs):
+    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), name], cwd=ROOT, env=chain_env(runs), capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
 
+def _chain(fixture: str, tmp_path_factory):
+    """Start every needed chain not started yet (so they run together), then wait for `fixture`'s."""
+    for name in sorted(_needed | {fixture}):
+        if name not in _started:
+            runs = tmp_path_factory.mktemp("runs")
+            with open(runs / "stdout.txt", "w") as out, open(runs / "stderr.txt", "w") as err:  # files: no pipe fills
+                proc = subprocess.Popen(["bash", str(ROOT / "pipeline.sh"), CHAINS[name][0]], cwd=ROOT,
+                                        env=chain_env(runs, threads="1"), stdout=out, stderr=err)
+            _started[name] = (runs, proc)
+    runs, proc = _started[fixture]
+    proc.wait(timeout=1200)
+    out, err = (runs / "stdout.txt").read_text(), (runs / "stderr.txt").read_text()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return runs / CHAINS[fixture][1], subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="session")
 def cheetah_chain(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    return runs / "cheetah-vel-smoke", run_chain("smoke", runs)
+    return _chain("cheetah_chain", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def metaworld_chain(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    return runs / "metaworld-smoke", run_chain("mw-smoke", runs)
+    return _chain("metaworld_chain", tmp_path_factory)
 
 
 def pytest_collection_modifyitems(items):
     """A test that needs a smoke chain is in the slow tier, whatever its own marks say."""
     for item in items:
-        if {"cheetah_chain", "metaworld_chain"} & set(getattr(item, "fixturenames", ())):
+        used = set(CHAINS) & set(getattr(item, "fixturenames", ()))
+        if used:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session):
+    """The chains the selected tests (after -m and -k) will ask for."""
+    for item in session.items:
+        params = getattr(item, "callspec", None)
+        asked = [*getattr(item, "fixturenames", ()), *(params.params.values() if params else ())]
+        _needed.update(a for a in asked if isinstance(a, str) and a in CHAINS)
