@@ -332,6 +332,14 @@ def save_partial(path, fmt: str, step: int, settings: dict, made_from: dict, sta
                   path)
 
 
+def check_partial(path, fmt: str, settings: dict, made_from: dict, keys: tuple[str, ...] = ()) -> dict:
+    """Load a resumable state and stop with one line unless its settings and inputs are this run's."""
+    st = load_artifact(path, fmt, ("settings", *keys))
+    check_settings(path, st["settings"], settings)
+    check_made_from(path, st, made_from)
+    return st
+
+
 def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict, who: str,
                    extra: dict | None = None) -> tuple[int, dict | None]:
     """Load what `save_partial` wrote into `states` and `extra` (in place), once its settings and inputs are
@@ -341,9 +349,7 @@ def resume_partial(path, fmt: str, settings: dict, made_from: dict, states: dict
     path = Path(path)
     if not path.exists():
         return 0, None
-    st = load_artifact(path, fmt, ("step", "settings", "history", "torch_rng", *states))
-    check_settings(path, st["settings"], settings)
-    check_made_from(path, st, made_from)
+    st = check_partial(path, fmt, settings, made_from, ("step", "history", "torch_rng", *states))
     for k, m in states.items():
         m.load_state_dict(st[k])
     torch.set_rng_state(st["torch_rng"])

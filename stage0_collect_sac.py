@@ -689,9 +689,7 @@ def main(args: Args) -> None:
     for t in tasks:  # check this run's resumable states before the work starts (others may come and go)
         p = stage_dir / f"{common.task_name(args.suite, t)}.partial.pt"
         if p.exists():
-            st = artifacts.load_artifact(p, PARTIAL_FORMAT, ("settings", "made_from"))
-            artifacts.check_settings(p, st["settings"], shard_settings(args))
-            artifacts.check_made_from(p, st, {"parent.pt": parent["uid"]})
+            artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]})
     todo = []
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
