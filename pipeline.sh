@@ -67,6 +67,8 @@ stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall ti
 FROM=${FROM_STAGE:-0}  # FROM_STAGE=N (1-4): stages before N are taken as they are, stages N.. are made again
 DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
 if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
+TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
+JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0: one worker per thread
 
 if [ "$SCALE" = test ]; then
   shift
@@ -129,9 +131,9 @@ if [ "$SCALE" = ablation ]; then
     DIRS+=("$BASE") BASES+=("$BASE")
     SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$0" "$AB"
     stage_in "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
-      --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress --shard-dir oracle --velocities $(nested 10:)
+      --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress "${JOBS[@]}" --shard-dir oracle --velocities $(nested 10:)
     stage_in "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
-      --no-progress "${DONE[@]}" --tag sweep \
+      --no-progress "${TH[@]}" "${DONE[@]}" --tag sweep \
       --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
     for n in 20 25 35; do
       mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
@@ -159,7 +161,7 @@ if [ "$SCALE" = components ]; then
   for s in ${SEEDS:-1 2 3 4 5}; do
     RUN="$RUNS/cheetah-vel-$AB-seed$s"
     SEED=$s AMT_NO_VENV=1 bash "$0" "$AB"
-    C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${DONE[@]}")
+    C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
     for v in "${VARIANTS[@]}"; do
       tag=${v%%:*}
       read -r -a flags <<< "${v#*:}"
@@ -184,7 +186,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
       # the paper's Fig. 5 list is 8 ... 512; L = 8 is the chain's own hypformer.pt (results.json). Quick: 2 and 32
       # (TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
-        C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress "${DONE[@]}")
+        C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
         stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
           --out "hypformer-L$L.pt"
         stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" \
@@ -208,8 +210,6 @@ esac
 RUN=${RUN_DIR:-"$RUNS/$SUITE-$SCALE${SEED:+-seed$SEED}"}
 if [ -n "${VELOCITIES:-}" ]; then TASKS=(--velocities $VELOCITIES); fi
 COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" --no-progress)
-TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
-JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0: one worker per thread
 
 T0=$(date +%s)
 python provenance.py chain "$RUN" bash pipeline.sh "$@"
