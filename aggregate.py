@@ -622,6 +622,14 @@ def pca_source(runs: list[dict]) -> tuple[Path, int] | None:
     return have[0] if have else None
 
 
+def page_commit(page: Path, readme: str) -> str:
+    """The commit of the code a page is made with: `bash pipeline.sh publish` writes pages, their data and
+    the README's copies one after another, so changes there do not make the code `+dirty`."""
+    root = Path(provenance.__file__).resolve().parent
+    outputs = [p for p in (page.resolve().parent, Path(readme).resolve()) if p.is_relative_to(root)]
+    return provenance.git_commit(outputs=tuple(str(p.relative_to(root)) for p in outputs))
+
+
 def archive_runs(runs: list[dict], data: Path) -> None:
     """Copy what the page is made from (each run's results file(s) read and its provenance.jsonl) into
     `data/<run>/`, and point the runs there: the page can be made again from the repository alone, and
@@ -748,7 +756,7 @@ def main(args: Args) -> None:
             figures["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
         else:
             figures["success.png"] = lambda p: plot_metaworld(next(iter(agg.values())), p)
-        data, commit = page.parent / "data" / page.stem, provenance.git_commit()  # the commit before the page's data change
+        data, commit = page.parent / "data" / page.stem, page_commit(page, args.readme)
         archive_runs(runs, data)
         pca = pca_source(runs) if suite == "metaworld" and not args.tokens else None
         if pca:
@@ -783,7 +791,7 @@ def main_components(args: Args) -> None:
     if args.publish:
         page = Path(args.publish)
         runs = [r for rs in by.values() for r in rs]
-        data, commit = page.parent / "data" / page.stem, provenance.git_commit()
+        data, commit = page.parent / "data" / page.stem, page_commit(page, args.readme)
         archive_runs(runs, data)
         text += (f"\n\nThe results files and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
                  f"`python aggregate.py {data}/* --components --publish {page}` makes this page again from them.")

@@ -21,14 +21,15 @@ PROVENANCE = "provenance.jsonl"
 PACKAGES = ("torch", "numpy", "mujoco", "gymnasium", "metaworld")
 
 
-def git_commit(repo: str | Path | None = None) -> str:
-    """The short commit of the checkout the code runs from, `+dirty` when tracked files differ from it;
-    `unknown` outside a git checkout."""
+def git_commit(repo: str | Path | None = None, outputs: tuple[str, ...] = ()) -> str:
+    """The short commit of the checkout the code runs from, `+dirty` when tracked files differ from it
+    (changes under `outputs`, paths relative to the checkout, aside); `unknown` outside a git checkout."""
     repo = Path(repo or Path(__file__).parent)
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){o}" for o in outputs)], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

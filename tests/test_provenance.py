@@ -210,3 +210,23 @@ def test_a_full_tmpfs_gives_one_line(tmp_path):
         assert torch.load(mnt / "a.pt", weights_only=True)["w"].shape == (1000,)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_the_commit_is_dirty_for_code_changes_not_for_publish_outputs(tmp_path):
+    import provenance
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    for f in ("code.py", "README.md", "results/page.md"):
+        (tmp_path / f).write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = provenance.git_commit(tmp_path)
+    assert len(head) == 12 and "+" not in head
+    (tmp_path / "results/page.md").write_text("b\n")
+    (tmp_path / "README.md").write_text("b\n")
+    assert provenance.git_commit(tmp_path) == head + "+dirty"
+    assert provenance.git_commit(tmp_path, outputs=("results", "README.md")) == head
+    (tmp_path / "code.py").write_text("b\n")
+    assert provenance.git_commit(tmp_path, outputs=("results", "README.md")) == head + "+dirty"
