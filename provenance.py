@@ -19,6 +19,12 @@ from pathlib import Path
 
 PROVENANCE = "provenance.jsonl"
 PACKAGES = ("torch", "numpy", "mujoco", "gymnasium", "metaworld")
+# the stages of pipeline.sh's chain, as it logs them; a study's own stages (components, tokens, the sweep) are
+# named otherwise, and the page of the chain's results leaves them out
+CHAIN_STAGES = ("stage 0 (SAC experts)", "stage 0 (oracle experts at the test velocities)",
+                "stage 1 (autoencoder, Eq. 1)", "stage 1 (behaviour embedding, Eq. 2)", "stage 2 (HypLatent, Eqs. 3-5)",
+                "stage 2 (MAA's diffusion, the baseline)", "stage 3 (HypFormer, Eqs. 6-9)",
+                "evaluation (Table IV or Tables I-III)")
 
 
 def git_commit(repo: str | Path | None = None, outputs: tuple[str, ...] = ()) -> str:

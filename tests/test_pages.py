@@ -22,8 +22,9 @@ def write_provenance(run: Path, seed: int, seconds: dict) -> None:
     recs = [{"event": "chain", "command": "bash pipeline.sh smoke", "env": {"SEED": str(seed)}, "commit": "abc123",
              "date": "2026-01-01T00:00:00Z", "machine": {"cores": 2, "cpu": "test cpu", "device": "cpu", "torch": "x"}}]
     for stage, secs in seconds.items():
+        script = re.sub(r"\W+", "_", stage).strip("_")
         for s in secs:  # several invocations: an interrupted stage and its resume
-            recs.append({"event": "stage", "stage": stage, "command": f"python {stage}.py --run-dir {run} --seed {seed}",
+            recs.append({"event": "stage", "stage": stage, "command": f"python {script}.py --run-dir {run} --seed {seed}",
                          "seconds": s, "commit": "abc123", "date": "2026-01-01T00:10:00Z"})
     (run / "provenance.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
@@ -33,7 +34,9 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
     for seed, hl, ip in ((1, (-10, -20), (-12, -22)), (2, (-14, -18), (-15, -21)), (3, (-12, -22), (-13, -23))):
         run = tmp_path / f"s{seed}"
         fake_results(run, seed, {"hyplatent": hl, "interpolated-expert": ip})
-        write_provenance(run, seed, {"stage0": [100 * seed, 200], "stage2": [50]})
+        # two stages of the chain, and one of a study in the same run directory (not the chain's results)
+        write_provenance(run, seed, {"stage 0 (SAC experts)": [100 * seed, 200], "stage 2 (HypLatent, Eqs. 3-5)": [50],
+                                     "stage 2 (paired-only)": [999]})
         runs.append(str(run))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- headline: results/cv.md -->\nstale numbers\n<!-- /headline -->\nend\n")
@@ -44,9 +47,10 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
     data = tmp_path / "results" / "data" / "cv"
     assert sorted(p.name for p in (data / "s2").iterdir()) == ["provenance.jsonl", "results.json"]
     row2 = next(line for line in page.splitlines() if line.startswith(f"| {data / 's2'} |"))
-    assert "| 2 | abc123 |" in row2 and "| 6.7 min | 50 s | 7.5 min |" in row2
+    assert "| 2 | abc123 |" in row2 and row2.endswith("| 6.7 min | 50 s | 7.5 min |")
     assert "2 cores (test cpu), device cpu" in page and "`SEED=1 bash pipeline.sh smoke`" in page
-    assert "python stage0.py --run-dir <run> --seed <s>" in page
+    assert "python stage_0_SAC_experts.py --run-dir <run> --seed <s>" in page
+    assert "paired-only" not in page and "paired_only" not in page
     # headline: averages per seed -15, -16, -17: mean -16, s = 1, n = 3
     # CI: 4.303 / sqrt(3) = 2.48; one new run: 4.303 * sqrt(1 + 1/3) = 4.97 -> -20.97 to -11.03
     assert "| HypLatent (AMT-Hyp w/o HypFormer) | -16.00 ± 2.48 | -20.97 to -11.03 |" in page
@@ -196,3 +200,10 @@ def test_metaworld_page_shows_the_pca_of_the_lowest_seed_that_has_one(tmp_path):
         (tmp_path / f"s{seed}" / agg.PCA_FIGURE).write_bytes(b"png of seed %d" % seed)
     path, seed = agg.pca_source(runs)
     assert (seed, path.read_bytes()) == (2, b"png of seed 2")
+
+
+def test_the_chain_stages_are_those_pipeline_sh_logs():
+    import provenance
+
+    logged = re.findall(r'^\s*run_from \d "([^"]+)"', (ROOT / "pipeline.sh").read_text(), re.M)
+    assert tuple(logged) == provenance.CHAIN_STAGES
