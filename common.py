@@ -170,8 +170,7 @@ VALIDATION_GOAL_SEED = 2026  # the goals on which stage 0's settings are chosen 
 
 
 def check_metaworld_tasks(tasks: list[str]) -> list[str]:
-    bad = [t for t in tasks if t not in MW_TASKS]
-    if bad:
+    if bad := [t for t in tasks if t not in MW_TASKS]:
         raise SystemExit(f"error: unknown MetaWorld task(s) {', '.join(bad)}; valid: {', '.join(MW_TASKS)}")
     return list(tasks)
 
@@ -184,8 +183,7 @@ def check_velocities(vels: list) -> list[float]:
         raise SystemExit(f"error: --velocities takes numbers in [0, 3]; got {' '.join(map(str, vels))}") from None
     if not vels:
         raise SystemExit("error: --velocities needs at least one velocity")
-    bad = [v for v in vels if not (0.0 <= v <= 3.0)]
-    if bad:
+    if bad := [v for v in vels if not (0.0 <= v <= 3.0)]:
         raise SystemExit(f"error: target velocities must lie in [0, 3]; got {', '.join(map(str, bad))}")
     return vels
 
@@ -208,9 +206,8 @@ def make_metaworld(task: str, render: bool = False):
 
     warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
     check_metaworld_tasks([task])
-    if render:
-        return ALL_V3_ENVIRONMENTS[task](render_mode="rgb_array", camera_name="corner", width=320, height=240)
-    return ALL_V3_ENVIRONMENTS[task]()
+    view = dict(render_mode="rgb_array", camera_name="corner", width=320, height=240) if render else {}
+    return ALL_V3_ENVIRONMENTS[task](**view)
 
 
 def suite_spec(suite: str) -> dict:
@@ -267,10 +264,7 @@ def run_lockstep(params: torch.Tensor, envs: list, spec: dict, record: bool = Fa
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# Rollout features of MAA (DESIGN.md section 4)
-# ----------------------------------------------------------------------------------------------------
-
+# MAA's rollout features (DESIGN.md section 4), recorded by run_lockstep
 TRAJ_STEPS, TRAJ_EVERY, POST_STATES = 60, 3, 3
 
 
@@ -281,13 +275,8 @@ def traj_dim(obs_dim: int, act_dim: int) -> int:
 def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | None):
     """`traj`: (s0, a0, a1, a2, s3, a3, a4, a5, ...) over the first 60 steps;
     `post_success`: the 3 states from the first success step on, or the last 3 states if none.
-
     obs [T+1, obs_dim] (states s_0..s_T), acts [T, act_dim]."""
-    parts = []
-    for t in range(0, TRAJ_STEPS, TRAJ_EVERY):
-        parts.append(obs[t])
-        parts.append(acts[t : t + TRAJ_EVERY].reshape(-1))
-    traj = np.concatenate(parts)
+    traj = np.concatenate([x for t in range(0, TRAJ_STEPS, TRAJ_EVERY) for x in (obs[t], acts[t : t + TRAJ_EVERY].ravel())])
     start = len(obs) - POST_STATES if first_success is None else min(first_success, len(obs) - POST_STATES)
     post = obs[start : start + POST_STATES].reshape(-1)
     return traj.astype(np.float32), post.astype(np.float32)
@@ -296,7 +285,6 @@ def rollout_features(obs: np.ndarray, acts: np.ndarray, first_success: int | Non
 # ----------------------------------------------------------------------------------------------------
 # Command lines, scales, seeding (DESIGN.md sections 9, 11)
 # ----------------------------------------------------------------------------------------------------
-
 
 SUITES = ("cheetah-vel", "metaworld")
 SCALE_NAMES = ("smoke", "quick", "paper")
