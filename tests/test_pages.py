@@ -156,6 +156,7 @@ def test_committed_pages_are_made_from_their_committed_data(tmp_path):
         out = tmp_path / page.stem
         agg.main(agg.Args(runs=[str(p) for p in sorted(data.iterdir())], out=str(out / "agg"),
                           publish=str(out / page.name), tag=tag.group(1) if tag else "", tokens="--tokens" in remake,
+                          components="--components" in remake,
                           readme=str(tmp_path / "no-readme.md")))
         assert agg.page_headline((out / page.name).read_text()) == agg.page_headline(text), page.name
 
