@@ -289,9 +289,11 @@ def test_metaworld_headline_keeps_the_main_rows_and_comparisons(tmp_path):
     assert "top" not in head  # top-k rows and their differences: full tables only
     assert "| all stage-0 checkpoints of the task (unseen: the oracle) | 92.00 ± 2.48 |" in head  # MetaWorld's labels
     assert (tmp_path / "out" / "success.png").stat().st_size > 10_000  # the per-task figure
-    for pair in ("HypLatent - MAA (seen)", "HypFormer - MAA (unseen)", "MAA - parent (seen)", "HypLatent - parent (unseen)",
-                 "checkpoints - HypLatent (unseen)"):
+    for pair in ("HypLatent - MAA (seen)", "HypFormer - MAA (unseen)", "HypLatent - parent (unseen)",
+                 "HypFormer - HypLatent (seen)", "checkpoints - HypLatent (unseen)"):
         assert f"| {pair} |" in head, pair
-    assert "decoded checkpoints - checkpoints" not in head  # the seen-task chain: full tables
+    for pair in ("decoded checkpoints - checkpoints", "MAA - parent", "HypFormer - parent"):  # full tables only
+        assert pair not in head, pair
     full = (tmp_path / "out" / "results.md").read_text()
     assert "| decoded checkpoints - checkpoints (seen) |" in full and "| HypLatent top-5 - HypLatent (seen) |" in full
+    assert "| MAA - parent (seen) |" in full and "| HypFormer - parent (unseen) |" in full
