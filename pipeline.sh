@@ -161,6 +161,7 @@ if [ "$SCALE" = components ]; then
   for s in ${SEEDS:-1 2 3 4 5}; do
     RUN="$RUNS/cheetah-vel-$AB-seed$s"
     SEED=$s AMT_NO_VENV=1 bash "$0" "$AB"
+    python provenance.py chain "$RUN" "SEEDS=$s" bash pipeline.sh components "$AB"  # the study, in the run's provenance
     C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
     for v in "${VARIANTS[@]}"; do
       tag=${v%%:*}
@@ -183,6 +184,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
     SEED=$s AMT_NO_VENV=1 bash "$0" "mw-$AB"
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
+      python provenance.py chain "$DIR" "MW_SEEDS=$s" bash pipeline.sh mw-tokens "$AB"
       # the paper's Fig. 5 list is 8 ... 512; L = 8 is the chain's own hypformer.pt (results.json). Quick: 2 and 32
       # (TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
