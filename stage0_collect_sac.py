@@ -211,7 +211,7 @@ def set_env_rng_state(env, state: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # SAC, as CleanRL's sac_continuous_action.py: twin critics with targets, a tanh-Gaussian actor (the
-# generated policy, common.Actor), automatic entropy tuning, delayed actor updates. Four speed-ups that
+# generated policy, common.Actor), automatic entropy tuning, delayed actor updates. Five speed-ups that
 # keep the algorithm, each named where it is: stacked twin critics, numpy acting, a preallocated replay
 # tensor, fused Adam and one foreach target update.
 # ----------------------------------------------------------------------------------------------------
