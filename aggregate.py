@@ -563,7 +563,8 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
              "- Seeds: " + ", ".join(str(r["seed"]) for r in runs) + " (one run directory each)."]
     machines, chains, stage_cmds, table, stage_names = {}, [], [], [], []
     for r in runs:
-        recs = provenance.read_records(r["dir"])
+        recs = [rec for rec in provenance.read_records(r["dir"])
+                if rec.get("event") != "stage" or stages is None or rec["stage"] in stages]
         secs: dict = {}
         for rec in recs:
             if rec.get("event") == "chain":
@@ -571,14 +572,13 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
                 machines.setdefault(key, rec.get("machine", {}))
                 env = " ".join(f"{k}={v}" for k, v in rec.get("env", {}).items() if k not in ("RUNS", "RUN_DIR"))
                 chains.append(f"{env} {rec['command']}".strip())
-            elif rec.get("event") == "stage" and (stages is None or rec["stage"] in stages):
+            elif rec.get("event") == "stage":
                 # a stage made again (FROM_STAGE) starts its time afresh; a resumed one adds up its parts
                 secs[rec["stage"]] = rec["seconds"] + (0 if rec.get("remake") else secs.get(rec["stage"], 0))
                 if rec["stage"] not in stage_names:
                     stage_names.append(rec["stage"])
                 stage_cmds.append(re.sub(r"--run-dir \S+", "--run-dir <run>", rec["command"]).replace(
                     f"--seed {r['seed']}", "--seed <s>"))
-        recs = [rec for rec in recs if rec.get("event") != "stage" or stages is None or rec["stage"] in stages]
         commits = sorted({rec.get("commit", "?") for rec in recs})
         dates = sorted(rec["date"] for rec in recs if "date" in rec)
         table.append((r, secs, commits, dates))
