@@ -241,6 +241,31 @@ def aggregate_group(rs: list[dict]) -> dict:
             "pairs": pairs, "memorisation": {k: float(np.mean(v)) for k, v in mem.items()}}
 
 
+SIZE_METHODS = ("hyplatent", "hypformer", "interpolated-expert", "nearest-expert")  # rows of the size comparison
+
+
+def size_pairs(agg: dict) -> dict:
+    """The velocity ablation: each training set against the smallest, per method, paired by seed (the sets are
+    nested: one stage 0 per seed). {"<method>: <N> - <n>": {per_seed, mean, ci95, verdict}}."""
+    keys = sorted(agg, key=int)
+    base, out = agg[keys[0]], {}
+    for k in keys[1:]:
+        for m in SIZE_METHODS:
+            a, b = agg[k]["cells"].get(f"{m}|average"), base["cells"].get(f"{m}|average")
+            if a and b:
+                d = np.array(a["seeds"]) - np.array(b["seeds"])
+                mean, h = mean_ci(d)
+                out[f"{m}: {k} - {keys[0]}"] = {"per_seed": d.tolist(), "mean": mean, "ci95": h,
+                                                "verdict": verdict(mean, h, f"{k} velocities", f"{keys[0]} velocities")}
+    return out
+
+
+def size_table(pairs: dict) -> str:
+    lines = ["| method: training velocities a - b | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {pair_label(k.split(': ')[0])}: {k.split(': ')[1]} | {fmt(d['mean'], d['ci95'])} | "
+                               f"{', '.join(f'{x:.2f}' for x in d['per_seed'])} | {d['verdict']} |" for k, d in pairs.items()])
+
+
 def group_table(g: dict, vels: list[float]) -> str:
     tasks = [task_name("cheetah-vel", v) for v in vels] + ["average"]
     methods = [m for m in METHODS if any(f"{m}|{t}" in g["cells"] for t in tasks)]
@@ -713,9 +738,19 @@ def main(args: Args) -> None:
     out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
     suite = next(iter(groups.values()))[0]["suite"]
-    md = []
+    md, sizes = [], {}
     if suite == "cheetah-vel":
         agg = {str(len(k)): {"train_velocities": list(k), **aggregate_group(rs)} for k, rs in groups.items()}
+        if len(groups) > 1:  # the velocity ablation: every training set over the same seeds, compared by seed
+            seeds = {k: g["seeds"] for k, g in agg.items()}
+            if len({tuple(v) for v in seeds.values()}) > 1:
+                raise SystemExit("error: the training sets were run on different seeds ("
+                                 + "; ".join(f"{k} velocities: {v}" for k, v in seeds.items())
+                                 + "): give every training set of the same seeds")
+            sizes = size_pairs(agg)
+            md += ["## More training velocities, seed by seed", "",
+                   "Average test return of each training set minus that of the smallest (the sets are nested, "
+                   "one stage 0 per seed), mean ± 95% t interval over seeds:", "", size_table(sizes), ""]
         for k, g in agg.items():
             md += [f"## {k} training velocities: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
@@ -771,7 +806,8 @@ def main(args: Args) -> None:
                  + (f' --title "{args.title}"' if args.title else "") + " "
                  f"--publish {page}` makes this page again from them, and more seeds can join them.")
         chain_only = not args.tag and not args.tokens  # the chain's own results: its stages, not a study's
-        write_page(page, title, runs, sys.argv[1:], headline(agg, suite), text, figures, commit,
+        head = headline(agg, suite) + ("\n\n" + size_table(sizes) if sizes else "")  # the ablation: sizes compared
+        write_page(page, title, runs, sys.argv[1:], head, text, figures, commit,
                    provenance.CHAIN_STAGES if chain_only else None)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))

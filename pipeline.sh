@@ -102,8 +102,9 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
     python aggregate.py "${dirs[@]}" "${flags[@]}" --out "$RUNS/aggregate-$(basename "$page" .md)" --publish "$page"
   }
   publish results/cheetah-vel.md $(with results.json "$RUNS"/cheetah-vel-quick-seed*) --
-  if [ -n "$(with results.json "$RUNS"/cheetah-vel-quick-seed*/n*)" ]; then  # the nested training sets exist
-    publish results/velocity-ablation.md $(with results.json "$RUNS"/cheetah-vel-quick-seed* "$RUNS"/cheetah-vel-quick-seed*/n*) \
+  bases=$(with results.json "$RUNS"/cheetah-vel-quick-seed*/n35 | sed 's#/n35$##')  # seeds whose ablation finished
+  if [ -n "$bases" ]; then  # every training set of those seeds (and no other seed: each row over the same seeds)
+    publish results/velocity-ablation.md $(for b in $bases; do with results.json "$b" "$b"/n*; done) \
       -- --title "Cheetah-Vel: 10, 20, 25 and 35 training velocities"
   fi
   if [ -n "$(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*)" ]; then  # the component ablation ran

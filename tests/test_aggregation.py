@@ -194,12 +194,22 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
 def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
     for seed in (1, 2):
         fake_results(tmp_path / f"n2-{seed}", seed, {"hyplatent": (-10 - seed, -20)})
-        fake_results(tmp_path / f"n3-{seed}", seed, {"hyplatent": (-5 - seed, -15)}, train=(0.3, 0.9, 1.5))
+        fake_results(tmp_path / f"n3-{seed}", seed, {"hyplatent": (-5 - 2 * seed, -15)}, train=(0.3, 0.9, 1.5))
     agg.main(agg.Args(runs=[str(p) for p in sorted(tmp_path.glob("n*"))], out=str(tmp_path / "out")))
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted(res) == ["2", "3"]
-    assert res["3"]["cells"]["hyplatent|average"]["mean"] == pytest.approx(np.mean([-6, -15, -7, -15]))
+    assert res["3"]["cells"]["hyplatent|average"]["mean"] == pytest.approx(np.mean([-7, -15, -9, -15]))
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 5_000
+    # 3 minus 2 velocities, seed by seed: (-11) - (-15.5) = 4.5 and (-12) - (-16) = 4; t(0.975, 1) = 12.706
+    d = agg.size_pairs(res)["hyplatent: 3 - 2"]
+    assert d["per_seed"] == pytest.approx([4.5, 4.0]) and d["mean"] == pytest.approx(4.25)
+    assert d["ci95"] == pytest.approx(12.706 * np.std([4.5, 4.0], ddof=1) / np.sqrt(2))
+    assert "| HypLatent: 3 - 2 | 4.25 ± 3.18 | 4.50, 4.00 | 3 velocities better |" in \
+        (tmp_path / "out" / "results.md").read_text()
+    # a training set run on fewer seeds than another is refused: every row over the same seeds
+    shutil.rmtree(tmp_path / "n3-2")
+    with pytest.raises(SystemExit, match="different seeds"):
+        agg.main(agg.Args(runs=[str(p) for p in sorted(tmp_path.glob("n*"))], out=str(tmp_path / "out2")))
 
 
 def test_nested_training_sets():

@@ -179,6 +179,9 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
         score = -10.0 - seed + (100.0 if where == runs and seed == 2 else 0.0)
         fake_results(d, seed, {"hyplatent": (score, score - 1), "interpolated-expert": (score - 2, score - 3)})
         write_provenance(d, seed, {"stage1_autoencoder": [10]})
+    n35 = runs / "cheetah-vel-quick-seed3" / "n35"  # seed 3's velocity ablation finished, seed 2's did not run
+    fake_results(n35, 3, {"hyplatent": (-9.0, -10.0)}, train=(0.3, 0.9, 1.5))
+    write_provenance(n35, 3, {"stage1_autoencoder": [10]})
     (repo / "README.md").write_text("# no headline blocks\n")
     env = {"AMT_NO_VENV": "1", "RUNS": str(runs), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     r = subprocess.run(["bash", "pipeline.sh", "publish"], cwd=repo, env=env, capture_output=True, text=True)
@@ -189,6 +192,10 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
         json.loads((runs / "cheetah-vel-quick-seed2" / "results.json").read_text())
     page = (repo / "results" / "cheetah-vel.md").read_text()
     assert "## 2 training velocities: 3 seed(s)" in page and "results/data/cheetah-vel/cheetah-vel-quick-seed1" in page
+    ablation = (repo / "results" / "velocity-ablation.md").read_text()  # only the seeds with every training set
+    assert "## 2 training velocities: 1 seed(s) (3)" in ablation and "## 3 training velocities: 1 seed(s) (3)" in ablation
+    assert sorted(p.name for p in (kept.parent / "velocity-ablation").iterdir()) == \
+        ["cheetah-vel-quick-seed3", "cheetah-vel-quick-seed3-n35"]
 
 
 def test_metaworld_page_shows_the_pca_of_the_lowest_seed_that_has_one(tmp_path):
