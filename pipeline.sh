@@ -17,7 +17,7 @@
 #                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=0..4)
 #   bash pipeline.sh seeds [smoke]  # the quick (or smoke) chain for SEEDS (default "1 2 3"), then aggregate.py
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
-#                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12)
+#                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12; SIZES="20 25 35")
 #   bash pipeline.sh components [quick]  # per seed of SEEDS (default "1 2 3 4 5"): the chain, then stage 2 with
 #                               # parts of its loss removed, stage 3 and the evaluation for each (DESIGN.md section 12)
 #   bash pipeline.sh mw-seeds [quick]   # MetaWorld: the mw-quick chain for each of MW_SEEDS (default "1 2 3"), each
@@ -136,7 +136,7 @@ if [ "$SCALE" = ablation ]; then
     stage_in "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
       --no-progress "${TH[@]}" "${DONE[@]}" --tag sweep \
       --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
-    for n in 20 25 35; do
+    for n in ${SIZES:-20 25 35}; do  # SIZES=35: one nested set (another process or machine can take the others)
       mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
       ln -sfn ../parent.pt "$BASE/n$n/parent.pt"
       for f in $(shard_files $(nested ":$n")); do
