@@ -102,7 +102,9 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
     python aggregate.py "${dirs[@]}" "${flags[@]}" --out "$RUNS/aggregate-$(basename "$page" .md)" --publish "$page"
   }
   publish results/cheetah-vel.md $(with results.json "$RUNS"/cheetah-vel-quick-seed*) --
-  bases=$(with results.json "$RUNS"/cheetah-vel-quick-seed*/n35 | sed 's#/n35$##')  # seeds whose ablation finished
+  bases=$(for b in "$RUNS"/cheetah-vel-quick-seed*; do  # the seeds whose ablation finished: all three nested sets
+    [ -n "$(with results.json "$b"/n20)" ] && [ -n "$(with results.json "$b"/n25)" ] && [ -n "$(with results.json "$b"/n35)" ] && echo "$b"
+  done; true)
   if [ -n "$bases" ]; then  # every training set of those seeds (and no other seed: each row over the same seeds)
     publish results/velocity-ablation.md $(for b in $bases; do with results.json "$b" "$b"/n*; done) \
       -- --title "Cheetah-Vel: 10, 20, 25 and 35 training velocities"

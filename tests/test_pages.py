@@ -179,9 +179,11 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
         score = -10.0 - seed + (100.0 if where == runs and seed == 2 else 0.0)
         fake_results(d, seed, {"hyplatent": (score, score - 1), "interpolated-expert": (score - 2, score - 3)})
         write_provenance(d, seed, {"stage1_autoencoder": [10]})
-    n35 = runs / "cheetah-vel-quick-seed3" / "n35"  # seed 3's velocity ablation finished, seed 2's did not run
-    fake_results(n35, 3, {"hyplatent": (-9.0, -10.0)}, train=(0.3, 0.9, 1.5))
-    write_provenance(n35, 3, {"stage1_autoencoder": [10]})
+    for seed, sizes in ((3, (20, 25, 35)), (2, (35,))):  # seed 3's velocity ablation finished, seed 2's did not
+        for n in sizes:
+            nested = runs / f"cheetah-vel-quick-seed{seed}" / f"n{n}"
+            fake_results(nested, seed, {"hyplatent": (-9.0, -10.0)}, train=(0.3, 0.9, 1.5, 2.0, 2.5)[: 3 + (20, 25, 35).index(n)])
+            write_provenance(nested, seed, {"stage1_autoencoder": [10]})
     (repo / "README.md").write_text("# no headline blocks\n")
     env = {"AMT_NO_VENV": "1", "RUNS": str(runs), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     r = subprocess.run(["bash", "pipeline.sh", "publish"], cwd=repo, env=env, capture_output=True, text=True)
@@ -193,9 +195,9 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
     page = (repo / "results" / "cheetah-vel.md").read_text()
     assert "## 2 training velocities: 3 seed(s)" in page and "results/data/cheetah-vel/cheetah-vel-quick-seed1" in page
     ablation = (repo / "results" / "velocity-ablation.md").read_text()  # only the seeds with every training set
-    assert "## 2 training velocities: 1 seed(s) (3)" in ablation and "## 3 training velocities: 1 seed(s) (3)" in ablation
+    assert all(f"## {k} training velocities: 1 seed(s) (3)" in ablation for k in (2, 3, 4, 5))
     assert sorted(p.name for p in (kept.parent / "velocity-ablation").iterdir()) == \
-        ["cheetah-vel-quick-seed3", "cheetah-vel-quick-seed3-n35"]
+        ["cheetah-vel-quick-seed3", *(f"cheetah-vel-quick-seed3-n{n}" for n in (20, 25, 35))]
 
 
 def test_metaworld_page_shows_the_pca_of_the_lowest_seed_that_has_one(tmp_path):
