@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -583,9 +584,11 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
     its seed, the commits and dates of its stages and each stage's wall time (pipeline.sh's
     provenance.jsonl, summed over invocations; only `stages` where given); the machines; the chain and
     stage commands."""
-    lines = ["## Provenance", "", f"- Page: `python aggregate.py {' '.join(argv)}` at commit "
+    seeds = sorted({r["seed"] for r in runs})
+    lines = ["## Provenance", "", f"- Page: `python aggregate.py {shlex.join(argv)}` at commit "
              f"{commit}, {provenance.utc_now()}.",
-             "- Seeds: " + ", ".join(str(r["seed"]) for r in runs) + " (one run directory each)."]
+             "- Seeds: " + ", ".join(map(str, seeds)) + (" (one run directory each)." if len(seeds) == len(runs) else
+                                                          f" ({len(runs)} run directories).")]
     machines, chains, stage_cmds, table, stage_names = {}, [], [], [], []
     for r in runs:
         recs = [rec for rec in provenance.read_records(r["dir"])
@@ -805,10 +808,14 @@ def main(args: Args) -> None:
                  f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens)) if v)}"
                  + (f' --title "{args.title}"' if args.title else "") + " "
                  f"--publish {page}` makes this page again from them, and more seeds can join them.")
-        chain_only = not args.tag and not args.tokens  # the chain's own results: its stages, not a study's
+        # a page shows the stages its results come from: the chain's, and for the velocity ablation and the dense
+        # sweep the stages `pipeline.sh ablation` adds (not those of other studies run in the same directories)
+        sweep = args.tag == "sweep" or (suite == "cheetah-vel" and len(groups) > 1)
+        stages = provenance.CHAIN_STAGES + provenance.ABLATION_STAGES if sweep else \
+            provenance.CHAIN_STAGES if not args.tag and not args.tokens else None
         head = headline(agg, suite) + ("\n\n" + size_table(sizes) if sizes else "")  # the ablation: sizes compared
         write_page(page, title, runs, sys.argv[1:], head, text, figures, commit,
-                   provenance.CHAIN_STAGES if chain_only else None)
+                   stages)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 
