@@ -333,6 +333,28 @@ def velocities_of(g: dict) -> list[float]:
     return sorted(float(t.removeprefix("vel-")) for t in names)
 
 
+def range_table(g: dict) -> str:
+    """A sweep beyond the training velocities: per method, the average over the evaluated velocities up to the
+    last training velocity and over those above it, per seed and mean ± 95% CI ("" when none lies above)."""
+    vels, top = velocities_of(g), max(g["train_velocities"])
+    parts = {"inside": [v for v in vels if v <= top], "beyond": [v for v in vels if v > top]}
+    if not parts["beyond"]:
+        return ""
+    lines = [f"| method | velocities up to {top:g} ({len(parts['inside'])}), per seed | mean ± 95% CI | "
+             f"above {top:g} ({len(parts['beyond'])}), per seed | mean ± 95% CI |", "|---|---|---|---|---|"]
+    for m in METHODS:
+        cells = []
+        for vs in parts.values():
+            per = [g["cells"].get(f"{m}|{task_name('cheetah-vel', v)}") for v in vs]
+            if None in per:
+                break
+            x = np.mean([c["seeds"] for c in per], axis=0)  # per seed: the mean over these velocities
+            cells += [", ".join(f"{v:.2f}" for v in x), fmt(*mean_ci(x))]
+        else:
+            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_velocity(groups: dict, path: Path) -> None:
     import matplotlib
 
@@ -759,6 +781,9 @@ def main(args: Args) -> None:
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
                    f"{', '.join(g['dirs'])}; training velocities {', '.join(f'{v:g}' for v in g['train_velocities'])}."
                    + SHARED_NOTE * g["shared_stage0"], "", group_table(g, velocities_of(g)), ""]
+            if range_table(g):  # a sweep: inside the training range and beyond it
+                md += ["Inside and beyond the training velocities (average return over each part of the sweep):", "",
+                       range_table(g), ""]
     else:
         agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in groups.items()}
         for k, g in agg.items():
@@ -814,6 +839,8 @@ def main(args: Args) -> None:
         stages = provenance.CHAIN_STAGES + provenance.ABLATION_STAGES if sweep else \
             provenance.CHAIN_STAGES if not args.tag and not args.tokens else None
         head = headline(agg, suite) + ("\n\n" + size_table(sizes) if sizes else "")  # the ablation: sizes compared
+        if suite == "cheetah-vel":  # a sweep: inside and beyond the training velocities
+            head += "".join("\n\n" + range_table(g) for g in agg.values() if range_table(g))
         write_page(page, title, runs, sys.argv[1:], head, text, figures, commit,
                    stages)
         synced = sync_readme(Path(args.readme), page)

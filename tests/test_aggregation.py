@@ -212,6 +212,18 @@ def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
         agg.main(agg.Args(runs=[str(p) for p in sorted(tmp_path.glob("n*"))], out=str(tmp_path / "out2")))
 
 
+def test_sweep_splits_inside_and_beyond_the_training_velocities(tmp_path):
+    # training velocities 0.3 and 0.9: v* = 0.6 lies inside, 1.2 beyond
+    for seed, hl in ((1, (-10, -20)), (2, (-14, -18))):
+        fake_results(tmp_path / f"s{seed}", seed, {"hyplatent": hl}, train=(0.3, 0.9))
+    agg.main(agg.Args(runs=[str(tmp_path / "s1"), str(tmp_path / "s2")], out=str(tmp_path / "out")))
+    md = (tmp_path / "out" / "results.md").read_text()
+    # inside: -10, -14 -> -12 ± 12.706 * 2.828 / 1.414 = 25.41; beyond: -20, -18 -> -19 ± 12.71
+    assert "| HypLatent (AMT-Hyp w/o HypFormer) | -10.00, -14.00 | -12.00 ± 25.41 | -20.00, -18.00 | -19.00 ± 12.71 |" in md
+    assert agg.range_table({"train_velocities": [0.3, 1.5], "cells": {  # nothing beyond 1.5: no such table
+        "hyplatent|vel-0.6": {"seeds": [-1.0]}, "hyplatent|vel-1.2": {"seeds": [-2.0]}}}) == ""
+
+
 def test_nested_training_sets():
     order = common.cheetah_nested_velocities()
     assert sorted(order) == sorted(common.CHEETAH_TRAIN) and len(set(order)) == 35
