@@ -763,7 +763,7 @@ def main(args: Args) -> None:
     out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
     suite = next(iter(groups.values()))[0]["suite"]
-    md, sizes = [], {}
+    md, sizes, ranges = [], {}, {}
     if suite == "cheetah-vel":
         agg = {str(len(k)): {"train_velocities": list(k), **aggregate_group(rs)} for k, rs in groups.items()}
         if len(groups) > 1:  # the velocity ablation: every training set over the same seeds, compared by seed
@@ -781,9 +781,10 @@ def main(args: Args) -> None:
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
                    f"{', '.join(g['dirs'])}; training velocities {', '.join(f'{v:g}' for v in g['train_velocities'])}."
                    + SHARED_NOTE * g["shared_stage0"], "", group_table(g, velocities_of(g)), ""]
-            if range_table(g):  # a sweep: inside the training range and beyond it
+            ranges[k] = range_table(g)  # a sweep: inside the training range and beyond it ("" otherwise)
+            if ranges[k]:
                 md += ["Inside and beyond the training velocities (average return over each part of the sweep):", "",
-                       range_table(g), ""]
+                       ranges[k], ""]
     else:
         agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in groups.items()}
         for k, g in agg.items():
@@ -839,8 +840,7 @@ def main(args: Args) -> None:
         stages = provenance.CHAIN_STAGES + provenance.ABLATION_STAGES if sweep else \
             provenance.CHAIN_STAGES if not args.tag and not args.tokens else None
         head = headline(agg, suite) + ("\n\n" + size_table(sizes) if sizes else "")  # the ablation: sizes compared
-        if suite == "cheetah-vel":  # a sweep: inside and beyond the training velocities
-            head += "".join("\n\n" + range_table(g) for g in agg.values() if range_table(g))
+        head += "".join("\n\n" + t for t in ranges.values() if t)  # a sweep: inside and beyond the training velocities
         write_page(page, title, runs, sys.argv[1:], head, text, figures, commit,
                    stages)
         synced = sync_readme(Path(args.readme), page)
