@@ -48,7 +48,8 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
     assert sorted(p.name for p in (data / "s2").iterdir()) == ["provenance.jsonl", "results.json"]
     row2 = next(line for line in page.splitlines() if line.startswith(f"| {data / 's2'} |"))
     assert "| 2 | abc123 |" in row2 and row2.endswith("| 6.7 min | 50 s | 7.5 min |")
-    assert "2 cores (test cpu), device cpu" in page and "`SEED=1 bash pipeline.sh smoke`" in page
+    # the chain of every seed on one line, the seed a placeholder
+    assert "2 cores (test cpu), device cpu" in page and "- Chains: `SEED=<s> bash pipeline.sh smoke`.\n" in page
     assert "python stage_0_SAC_experts.py --run-dir <run> --seed <s>" in page
     assert "paired-only" not in page and "paired_only" not in page
     # headline: averages per seed -15, -16, -17: mean -16, s = 1, n = 3
