@@ -764,7 +764,7 @@ def main(args: Args) -> None:
     out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
     suite = next(iter(groups.values()))[0]["suite"]
-    md, sizes, ranges = [], {}, {}
+    md, sizes_md, ranges = [], "", {}
     if suite == "cheetah-vel":
         agg = {str(len(k)): {"train_velocities": list(k), **aggregate_group(rs)} for k, rs in groups.items()}
         if len(groups) > 1:  # the velocity ablation: every training set over the same seeds, compared by seed
@@ -773,10 +773,10 @@ def main(args: Args) -> None:
                 raise SystemExit("error: the training sets were run on different seeds ("
                                  + "; ".join(f"{k} velocities: {v}" for k, v in seeds.items())
                                  + "): give every training set of the same seeds")
-            sizes = size_pairs(agg)
+            sizes_md = size_table(size_pairs(agg))
             md += ["## More training velocities, seed by seed", "",
                    "Average test return of each training set minus that of the smallest (the sets are nested, "
-                   "one stage 0 per seed), mean ± 95% t interval over seeds:", "", size_table(sizes), ""]
+                   "one stage 0 per seed), mean ± 95% t interval over seeds:", "", sizes_md, ""]
         for k, g in agg.items():
             md += [f"## {k} training velocities: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
@@ -840,7 +840,7 @@ def main(args: Args) -> None:
         sweep = args.tag == "sweep" or (suite == "cheetah-vel" and len(groups) > 1)
         stages = provenance.CHAIN_STAGES + provenance.ABLATION_STAGES if sweep else \
             provenance.CHAIN_STAGES if not args.tag and not args.tokens else None
-        head = headline(agg, suite) + ("\n\n" + size_table(sizes) if sizes else "")  # the ablation: sizes compared
+        head = headline(agg, suite) + ("\n\n" + sizes_md if sizes_md else "")  # the ablation: sizes compared
         head += "".join("\n\n" + t for t in ranges.values() if t)  # a sweep: inside and beyond the training velocities
         write_page(page, title, runs, sys.argv[1:], head, text, figures, commit,
                    stages)
