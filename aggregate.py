@@ -160,6 +160,17 @@ def group_key(r: dict):
 
 SHARED_NOTE = (" **One stage 0 for every run** (the same parent and shards): the intervals cover stages 1-3 and the "
                "evaluation, not stage 0's variation.")
+OWN_NOTE = " Each seed has its own stage 0 (parent and shards): the intervals cover the whole chain's variation."
+
+
+def stage0_note(g: dict) -> str:
+    """Which kind of interval a group's are: over whole chains, or over stages 1-3 on one shared stage 0."""
+    if g["n_seeds"] < 2:
+        return ""
+    if g["stage0s"] == g["n_seeds"]:
+        return OWN_NOTE
+    return SHARED_NOTE if g["stage0s"] == 1 else (f" {g['stage0s']} stage 0s for {g['n_seeds']} seeds (some seeds "
+                                                   "share a parent and shards): the intervals understate stage 0's variation.")
 UPSTREAM_FREE = {"seed", "out", "hyplatent"}  # upstream settings that may differ between seeds: the seed, file names
 
 
@@ -236,9 +247,9 @@ def aggregate_group(rs: list[dict]) -> dict:
                     mem.setdefault(f"{k}: {kk}", []).append(vv)
             else:
                 mem.setdefault(k, []).append(v)
-    shared0 = n > 1 and len({r["made_from"].get("parent.pt") for r in rs}) == 1  # one stage 0 for every run
+    stage0s = len({r["made_from"].get("parent.pt") for r in rs})  # distinct parents: 1 = one stage 0 for every run
     return {"n_seeds": n, "seeds": [r["seed"] for r in rs], "dirs": [r["dir"] for r in rs], "cells": cells,
-            "shared_stage0": shared0,
+            "shared_stage0": n > 1 and stage0s == 1, "stage0s": stage0s,
             "pairs": pairs, "memorisation": {k: float(np.mean(v)) for k, v in mem.items()}}
 
 
@@ -550,7 +561,7 @@ def aggregate_components(by: dict[str, list[dict]]) -> dict:
             la, lb = component_label(a), component_label(b)
             pairs[f"{la} - {lb}"] = {"per_seed": d.tolist(), "mean": mm, "ci95": h, "verdict": verdict(mm, h, la, lb)}
     return {"n_seeds": len(by[""]), "seeds": [r["seed"] for r in by[""]], "dirs": [r["dir"] for r in by[""]],
-            "cells": cells, "pairs": pairs, "shared_stage0": False}
+            "cells": cells, "pairs": pairs, "shared_stage0": False, "stage0s": len(by[""])}
 
 
 def component_label(key: str) -> str:
@@ -781,7 +792,7 @@ def main(args: Args) -> None:
             md += [f"## {k} training velocities: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
                    f"{', '.join(g['dirs'])}; training velocities {', '.join(f'{v:g}' for v in g['train_velocities'])}."
-                   + SHARED_NOTE * g["shared_stage0"], "", group_table(g, velocities_of(g)), ""]
+                   + stage0_note(g), "", group_table(g, velocities_of(g)), ""]
             ranges[k] = range_table(g)  # a sweep: inside the training range and beyond it ("" otherwise)
             if ranges[k]:
                 md += ["Inside and beyond the training velocities (average return over each part of the sweep):", "",
@@ -792,7 +803,7 @@ def main(args: Args) -> None:
             md += [f"## HypFormer with L = {g['num_tokens']}: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})",
                    "", f"Success rate % (mean ± 95% Student-t interval over seeds); run directories: "
                    f"{', '.join(g['dirs'])}. Top-k rows pick their k on goals never scored, then run them on the whole goal list."
-                   + SHARED_NOTE * g["shared_stage0"],
+                   + stage0_note(g),
                    "", metaworld_table(g), ""]
     text = "\n".join(md)
     artifacts.write_atomic(out / f"results{sfx}.md", lambda p: p.write_text(text))

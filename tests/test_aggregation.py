@@ -178,6 +178,8 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert agg.fmt_rate({"seeds": [90.0, 100.0, 100.0], "mean": 96.67, "ci95": 14.34}) == "96.67 [82.3, 100.0] (clipped)"
     assert agg.fmt_rate({"seeds": [40.0, 50.0, 60.0], "mean": 50.0, "ci95": 24.84}) == "50.00 ± 24.84"
     assert g["shared_stage0"] and "One stage 0 for every run" in (tmp_path / "seeds" / "results.md").read_text()
+    g["stage0s"] = 2  # two parents: each seed its own stage 0, intervals over whole chains
+    assert agg.stage0_note(g) == agg.OWN_NOTE and agg.stage0_note({**g, "n_seeds": 3}).startswith(" 2 stage 0s for 3")
     agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
     res = json.loads((tmp_path / "tokens" / "results.json").read_text())
     assert list(res) == ["L2", "L8"] and res["L2"]["cells"]["hypformer|average-unseen"]["mean"] == 5.0
