@@ -237,7 +237,7 @@ else
 fi
 run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 if [ "$SUITE" = metaworld ]; then
-  run_from 1 "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" "${DONE[@]}"
+  run_from 1 "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 fi
 run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"

@@ -55,6 +55,10 @@ class Args:
     lr: float = 3e-4
     skip_done: bool = False
     """do nothing if behavior_embed.pt was made with these settings from these inputs (pipeline.sh sets it)"""
+    device: str = "auto"
+    """where to train: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."""
+    threads: int = 2
+    """torch threads (CPU)"""
     progress: bool = True
 
 
@@ -118,11 +122,12 @@ def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
 
 
 def validate(args: Args) -> None:
-    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr"))
+    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr", "threads"))
 
 
 def main(args: Args) -> None:
     validate(args)
+    dev = common.pick_device(args.device)
     if args.suite == "cheetah-vel":
         print("stage 1 behaviour embedding: not needed for Cheetah-Vel (HypLatent conditions on the target "
               "velocity); nothing to do.")
@@ -137,6 +142,7 @@ def main(args: Args) -> None:
         print(f"stage 1 behaviour embedding: {path} is up to date (same settings, same inputs); skipped")
         return
     common.seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     names = [s["task"] for s in shards]
     traj = torch.cat([s["traj"] for s in shards])
@@ -153,18 +159,19 @@ def main(args: Args) -> None:
           f"checkpoints ({len(train_tasks)} tasks; its {int(ae['heldout'].sum())} held-out ones left out); "
           f"embedding {len(traj)} rollouts of {len(shards)} tasks")
 
-    phi, psi = Phi(traj.shape[1], args.embed_dim), Psi(post.shape[1], args.embed_dim)
-    W = nn.Parameter(torch.eye(args.embed_dim))
+    phi, psi = Phi(traj.shape[1], args.embed_dim).to(dev), Psi(post.shape[1], args.embed_dim).to(dev)
+    W = nn.Parameter(torch.eye(args.embed_dim, device=dev))
+    traj_d, post_d = traj_s.to(dev), post_s.to(dev)
     opt = torch.optim.Adam([*phi.parameters(), *psi.parameters(), W], lr=args.lr)
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     writer = SummaryWriter(str(run / "tb" / "stage1_behavior_embed"))
-    train_idx = is_train.nonzero().squeeze(1)
+    train_idx = is_train.nonzero().squeeze(1).to(dev)
     bar = tqdm(range(args.steps), disable=not args.progress, desc="behaviour embedding")
     for step in bar:
-        idx = train_idx[torch.randperm(len(train_idx))[: args.batch_size]]
-        loss = behaviour_loss(phi(traj_s[idx]), psi(post_s[idx]), W)  # Eq. 2
+        idx = train_idx[torch.randperm(len(train_idx), device=dev)[: args.batch_size]]
+        loss = behaviour_loss(phi(traj_d[idx]), psi(post_d[idx]), W)  # Eq. 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -174,16 +181,17 @@ def main(args: Args) -> None:
     writer.close()
 
     with torch.no_grad():
-        h, v = phi(traj_s), psi(post_s)
+        h, v = phi(traj_d).cpu(), psi(post_d).cpu()
+        W_cpu = W.detach().cpu()
         # how often a rollout's h scores its own task's v highest among the tasks' mean v (a sanity check)
         v_task = torch.stack([v[task_of == i].mean(0) for i in range(len(shards))])
-        pred = (h @ W @ v_task.T).argmax(1)
+        pred = (h @ W_cpu @ v_task.T).argmax(1)
         acc = {names[i]: float((pred[task_of == i] == i).float().mean()) for i in range(len(shards))}
     print(f"final loss {loss.item():.3f} (chance: {torch.log(torch.tensor(float(min(args.batch_size, len(train_idx))))):.3f}); "
           "task retrieval from h: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in acc.items()))
     art = {"format": FORMAT, "suite": args.suite, "settings": artifacts.settings(args), "made_from": made_from,
            "config": asdict(args), "train_tasks": train_tasks,
-           "phi": phi.state_dict(), "psi": psi.state_dict(), "W": W.detach(),
+           "phi": artifacts.cpu_state(phi), "psi": artifacts.cpu_state(psi), "W": W_cpu,
            "scaling": {"traj_lo": t_lo, "traj_hi": t_hi, "post_lo": p_lo, "post_hi": p_hi},
            "h": h, "v": v, "task_index": task_of, "tasks": names, "train": is_train,
            "checkpoint_step": torch.cat([s["step"] for s in shards]),

@@ -165,7 +165,7 @@ def test_a_device_torch_cannot_use_is_refused_before_any_work(tmp_path):
             common.pick_device(name)
         assert "\n" not in str(e.value)
     assert common.pick_device("auto") == torch.device("cpu") and common.pick_device("cpu") == torch.device("cpu")
-    for module in (s1a, s2, s3):  # before the run directory is even made
+    for module in (s1a, s1b, s2, s3):  # before the run directory is even made
         args = common.parse_args(module.Args, module.SCALES, "", ["--scale", "smoke", "--run-dir", str(tmp_path / "r"),
                                                                   "--device", "cuda"])
         with pytest.raises(SystemExit, match="sees 0 CUDA device"):
