@@ -633,7 +633,7 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
                 machines.setdefault(key, rec.get("machine", {}))
                 env = " ".join(f"{k}={v}" for k, v in rec.get("env", {}).items() if k not in ("RUNS", "RUN_DIR"))
                 # one line per kind of chain: the seed is a placeholder (the seeds are listed above)
-                chains.append(re.sub(r"\b((?:MW_)?SEEDS?)=\d+\b", r"\1=<s>", f"{env} {rec['command']}".strip()))
+                chains.append(re.sub(r"\b((?:MW_)?SEEDS?)=\d+(?: \d+)*\b", r"\1=<s>", f"{env} {rec['command']}".strip()))
             elif rec.get("event") == "stage":
                 # a stage made again (FROM_STAGE) starts its time afresh; a resumed one adds up its parts
                 secs[rec["stage"]] = rec["seconds"] + (0 if rec.get("remake") else secs.get(rec["stage"], 0))
