@@ -272,6 +272,23 @@ def size_pairs(agg: dict) -> dict:
     return out
 
 
+def token_pairs(agg: dict, ref: int = 8) -> dict:
+    """The token ablation: HypFormer with each L against the chain's own L = `ref`, seen and unseen success,
+    paired by seed (one chain per seed). {"L<L> - L<ref> (<split>)": {per_seed, mean, ci95, verdict}}."""
+    out = {}
+    if f"L{ref}" not in agg:
+        return out
+    for k, g in agg.items():
+        for split in ("seen", "unseen"):
+            a, b = g["cells"].get(f"hypformer|average-{split}"), agg[f"L{ref}"]["cells"].get(f"hypformer|average-{split}")
+            if k != f"L{ref}" and a and b:
+                d = np.array(a["seeds"]) - np.array(b["seeds"])
+                mean, h = mean_ci(d)
+                out[f"{k} - L{ref} ({split})"] = {"per_seed": d.tolist(), "mean": mean, "ci95": h,
+                                                 "verdict": verdict(mean, h, k, f"L{ref}")}
+    return out
+
+
 def size_table(pairs: dict) -> str:
     lines = ["| method: training velocities a - b | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
     return "\n".join(lines + [f"| {pair_label(k.split(': ')[0])}: {k.split(': ')[1]} | {fmt(d['mean'], d['ci95'])} | "
@@ -798,7 +815,20 @@ def main(args: Args) -> None:
                 md += ["Inside and beyond the training velocities (average return over each part of the sweep):", "",
                        ranges[k], ""]
     else:
-        agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in groups.items()}
+        agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in sorted(groups.items())}
+        seeds = {k: g["seeds"] for k, g in agg.items()}
+        if len({tuple(v) for v in seeds.values()}) > 1:  # every L over the same seeds, compared by seed
+            raise SystemExit("error: the token counts were run on different seeds ("
+                             + "; ".join(f"{k}: {v}" for k, v in seeds.items())
+                             + "): give run directories that hold every L")
+        pairs = token_pairs(agg)
+        if pairs:
+            md += ["## HypFormer's success with L tokens against the chain's own L = 8, seed by seed", "",
+                   "Success rate % of each L minus that of L = 8 (the same chain up to stage 2), mean ± 95% t "
+                   "interval over seeds:", "",
+                   "| L a - L b (goals) | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
+            md += [f"| {k} | {fmt(d['mean'], d['ci95'])} | {', '.join(f'{x:.2f}' for x in d['per_seed'])} | "
+                   f"{d['verdict']} |" for k, d in pairs.items()] + [""]
         for k, g in agg.items():
             md += [f"## HypFormer with L = {g['num_tokens']}: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})",
                    "", f"Success rate % (mean ± 95% Student-t interval over seeds); run directories: "

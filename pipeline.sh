@@ -116,7 +116,8 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
     --title "Cheetah-Vel: every velocity of the grid"
   publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick-seed*) --
   if ls "$RUNS"/metaworld-quick-seed*/results-L*.json > /dev/null 2>&1; then  # the token ablation ran
-    publish results/metaworld-tokens.md $(with results.json "$RUNS"/metaworld-quick-seed*) -- --tokens
+    publish results/metaworld-tokens.md $(for d in "$RUNS"/metaworld-quick-seed*; do  # the seeds that ran it
+      ls "$d"/results-L*.json > /dev/null 2>&1 && echo "$d"; done; true) -- --tokens
   fi
   exit 0
 fi

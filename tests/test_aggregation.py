@@ -185,6 +185,13 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert list(res) == ["L2", "L8"] and res["L2"]["cells"]["hypformer|average-unseen"]["mean"] == 5.0
     assert "parent|average-seen" not in res["L2"]["cells"]  # L2 ran without baselines
     assert (tmp_path / "tokens" / "tokens.png").stat().st_size > 5_000
+    pairs = agg.token_pairs(res)  # L = 2 minus L = 8 per seed: seen 10 - 50, 20 - 70; unseen 0 - 20, 10 - 30
+    assert pairs["L2 - L8 (seen)"]["per_seed"] == [-40.0, -50.0] and pairs["L2 - L8 (seen)"]["mean"] == -45.0
+    assert pairs["L2 - L8 (unseen)"]["mean"] == -20.0 and pairs["L2 - L8 (unseen)"]["ci95"] == 0.0
+    assert "| L2 - L8 (seen) | -45.00 ± 63.53 | -40.00, -50.00 |" in (tmp_path / "tokens" / "results.md").read_text()
+    fake_mw_results(tmp_path / "s3", 3, {"hypformer": (60.0, 20.0)})  # seed 3 without L = 2: rows over other seeds
+    with pytest.raises(SystemExit, match="token counts were run on different seeds"):
+        agg.main(agg.Args(runs=[*runs, str(tmp_path / "s3")], tokens=True, out=str(tmp_path / "tokens")))
     fake_mw_results(tmp_path / "s2", 2, {"hypformer": (20.0, 10.0)}, L=8, tag="L8")  # L = 8 twice for seed 2
     with pytest.raises(SystemExit, match="two evaluations of seed 2 for L = 8"):
         agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
