@@ -27,8 +27,9 @@
 #
 # The first call creates .venv and installs requirements.txt into it (again whenever that file changes);
 # AMT_NO_VENV=1 uses the python on PATH instead. RUNS=DIR puts the run directories in DIR (default runs/).
-# THREADS=N gives every stage N torch threads and stage 0 N workers: THREADS=1 for each of two chains run side
-# by side on 2 cores (two threads on cores another process keeps busy run several times slower; docs/speed.md).
+# THREADS=N gives every stage N torch threads, stage 0 and the MetaWorld evaluation N worker processes:
+# THREADS=1 for each of two chains run side by side on 2 cores (two threads on cores another process keeps busy
+# run several times slower, docs/speed.md; two MetaWorld evaluations with two workers each outgrow 24 GB).
 # The stage commands below can be copied out and run one by one (inside .venv).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -68,7 +69,7 @@ FROM=${FROM_STAGE:-0}  # FROM_STAGE=N (1-4): stages before N are taken as they a
 DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
 if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
 TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
-JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0: one worker per thread
+JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0 and the MetaWorld evaluation: one worker process per thread
 
 if [ "$SCALE" = test ]; then
   shift
@@ -195,7 +196,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
         C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
         stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
           --out "hypformer-L$L.pt"
-        stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" --hypformer "hypformer-L$L.pt" \
+        stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" "${JOBS[@]}" --hypformer "hypformer-L$L.pt" \
           --tag "L$L" --no-baselines --diffusion ""
       done
     fi
@@ -243,7 +244,7 @@ fi
 run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
-run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${JOBS[@]}" "${DONE[@]}"
 
 echo "== $SUITE $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
 cat "$RUN/results.md"
