@@ -272,16 +272,23 @@ def size_pairs(agg: dict) -> dict:
     return out
 
 
+def check_same_seeds(agg: dict, what: str, unit: str = "") -> None:
+    """Rows compared seed by seed (training sets, token counts) must hold the same seeds, in the same order."""
+    seeds = {k: g["seeds"] for k, g in agg.items()}
+    if len({tuple(v) for v in seeds.values()}) > 1:
+        raise SystemExit(f"error: the {what} were run on different seeds ("
+                         + "; ".join(f"{k}{unit}: {v}" for k, v in seeds.items())
+                         + f"): give every one of the {what} the same seeds")
+
+
 def token_pairs(agg: dict, ref: int = 8) -> dict:
     """The token ablation: HypFormer with each L against the chain's own L = `ref`, seen and unseen success,
     paired by seed (one chain per seed). {"L<L> - L<ref> (<split>)": {per_seed, mean, ci95, verdict}}."""
-    out = {}
-    if f"L{ref}" not in agg:
-        return out
+    out, base = {}, agg.get(f"L{ref}")
     for k, g in agg.items():
         for split in ("seen", "unseen"):
-            a, b = g["cells"].get(f"hypformer|average-{split}"), agg[f"L{ref}"]["cells"].get(f"hypformer|average-{split}")
-            if k != f"L{ref}" and a and b:
+            a, b = g["cells"].get(f"hypformer|average-{split}"), base and base["cells"].get(f"hypformer|average-{split}")
+            if g is not base and a and b:
                 d = np.array(a["seeds"]) - np.array(b["seeds"])
                 mean, h = mean_ci(d)
                 out[f"{k} - L{ref} ({split})"] = {"per_seed": d.tolist(), "mean": mean, "ci95": h,
@@ -796,11 +803,7 @@ def main(args: Args) -> None:
     if suite == "cheetah-vel":
         agg = {str(len(k)): {"train_velocities": list(k), **aggregate_group(rs)} for k, rs in groups.items()}
         if len(groups) > 1:  # the velocity ablation: every training set over the same seeds, compared by seed
-            seeds = {k: g["seeds"] for k, g in agg.items()}
-            if len({tuple(v) for v in seeds.values()}) > 1:
-                raise SystemExit("error: the training sets were run on different seeds ("
-                                 + "; ".join(f"{k} velocities: {v}" for k, v in seeds.items())
-                                 + "): give every training set of the same seeds")
+            check_same_seeds(agg, "training sets", " velocities")
             sizes_md = size_table(size_pairs(agg))
             md += ["## More training velocities, seed by seed", "",
                    "Average test return of each training set minus that of the smallest (the sets are nested, "
@@ -816,11 +819,7 @@ def main(args: Args) -> None:
                        ranges[k], ""]
     else:
         agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in sorted(groups.items())}
-        seeds = {k: g["seeds"] for k, g in agg.items()}
-        if len({tuple(v) for v in seeds.values()}) > 1:  # every L over the same seeds, compared by seed
-            raise SystemExit("error: the token counts were run on different seeds ("
-                             + "; ".join(f"{k}: {v}" for k, v in seeds.items())
-                             + "): give run directories that hold every L")
+        check_same_seeds(agg, "token counts")  # every L over the same seeds, compared by seed
         pairs = token_pairs(agg)
         if pairs:
             md += ["## HypFormer's success with L tokens against the chain's own L = 8, seed by seed", "",
