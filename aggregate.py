@@ -347,6 +347,17 @@ def fmt_rate(c: dict) -> str:
     return f"{c['mean']:.2f} [{max(0.0, c['mean'] - c['ci95']):.1f}, {min(100.0, c['mean'] + c['ci95']):.1f}] (clipped)"
 
 
+def fmt_prediction(c: dict, rate: bool = False) -> str:
+    """The 95% prediction interval of one new run (from 3 seeds on); a success rate's is clipped to [0, 100]
+    where it leaves it, as `fmt_rate` does its confidence interval."""
+    if np.isnan(c["pi95"]) or len(c["seeds"]) < 3:
+        return "-"
+    lo, hi = c["mean"] - c["pi95"], c["mean"] + c["pi95"]
+    if rate and (lo < 0 or hi > 100):
+        return f"{max(0.0, lo):.2f} to {min(100.0, hi):.2f} (clipped)"
+    return f"{lo:.2f} to {hi:.2f}"
+
+
 def metaworld_table(g: dict) -> str:
     """Table II (methods x seen/unseen average success) and Tables I/III (tasks x methods): mean ± CI
     (`fmt_rate`)."""
@@ -534,8 +545,7 @@ def headline(agg: dict, suite: str) -> str:
             for t in tasks:
                 c = g["cells"].get(f"{m}|{t}")
                 cells += ["-", "-"] if c is None else [fmt(c["mean"], c["ci95"]) if suite == "cheetah-vel" else fmt_rate(c),
-                                                       "-" if np.isnan(c["pi95"]) or len(c["seeds"]) < 3 else
-                                                       f"{c['mean'] - c['pi95']:.2f} to {c['mean'] + c['pi95']:.2f}"]
+                                                       fmt_prediction(c, rate=suite != "cheetah-vel")]
             out.append(f"| {(LABELS if suite == 'cheetah-vel' else MW_LABELS)[m]} | " + " | ".join(cells) + " |")
         out += pairs_table(g, None if suite == "cheetah-vel" else MW_HEADLINE_PAIRS) + [""]
     return "\n".join(out).rstrip()
@@ -603,7 +613,7 @@ def components_table(g: dict) -> str:
     for tag, label in COMPONENTS:
         hl, hf = g["cells"][f"hyplatent|{tag}"], g["cells"][f"hypformer|{tag}"]
         lines.append(f"| {label} | {fmt(hl['mean'], hl['ci95'])} | {fmt(hf['mean'], hf['ci95'])} | "
-                     + ("-" if n < 3 else f"{hf['mean'] - hf['pi95']:.2f} to {hf['mean'] + hf['pi95']:.2f}") + " |")
+                     + fmt_prediction(hf) + " |")
     ie = g["cells"]["interpolated-expert|"]
     lines.append(f"| interpolated expert (no generator) | {fmt(ie['mean'], ie['ci95'])} | | |")
     return "\n".join(lines + pairs_table(g))

@@ -177,6 +177,10 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert "| 60.00 (seeds 50.0, 70.0) |" in (tmp_path / "seeds" / "results.md").read_text()  # 2 seeds: no interval
     assert agg.fmt_rate({"seeds": [90.0, 100.0, 100.0], "mean": 96.67, "ci95": 14.34}) == "96.67 [82.3, 100.0] (clipped)"
     assert agg.fmt_rate({"seeds": [40.0, 50.0, 60.0], "mean": 50.0, "ci95": 24.84}) == "50.00 ± 24.84"
+    # one new run: 90 +- 4.303 * 10 * sqrt(4/3) = 90 +- 49.69, clipped for a rate, not for a return
+    c = {"seeds": [80.0, 90.0, 100.0], "mean": 90.0, "ci95": 24.84, "pi95": agg.prediction_halfwidth([80.0, 90.0, 100.0])}
+    assert agg.fmt_prediction(c, rate=True) == "40.31 to 100.00 (clipped)"
+    assert agg.fmt_prediction(c) == "40.31 to 139.69" and agg.fmt_prediction({**c, "seeds": [80.0, 100.0]}) == "-"
     assert g["shared_stage0"] and "One stage 0 for every run" in (tmp_path / "seeds" / "results.md").read_text()
     g["stage0s"] = 2  # two parents: each seed its own stage 0, intervals over whole chains
     assert agg.stage0_note(g) == agg.OWN_NOTE and agg.stage0_note({**g, "n_seeds": 3}).startswith(" 2 stage 0s for 3")
