@@ -651,6 +651,7 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
     its seed, the commits and dates of its stages and each stage's wall time (pipeline.sh's
     provenance.jsonl, summed over invocations; only `stages` where given); the machines; the chain and
     stage commands."""
+    runs = list({r["dir"]: r for r in runs}.values())  # --tokens: several evaluations of one run directory
     seeds = sorted({r["seed"] for r in runs})
     lines = ["## Provenance", "", f"- Page: `python aggregate.py {shlex.join(argv)}` at commit "
              f"{commit}, {provenance.utc_now()}.",
