@@ -9,6 +9,7 @@ imported inside the functions that need it (aggregate.py runs without it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -92,23 +93,26 @@ def write_atomic(path: str | Path, write) -> None:
         raise SystemExit(f"error: {path}: cannot write it: {(e.strerror or str(e)).lower()}{kept}") from None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def remove_dead_temps(folder: Path) -> list[Path]:
     """Delete the temp files that killed writers of this host left in `folder` (a running writer's, or another
     host's, as a job array's node sharing the folder, are kept)."""
     removed = []
     for p in folder.glob(".*.tmp*"):
         m = re.fullmatch(r"\..+\.tmp(\d+)-([A-Za-z0-9-]*)(\.[^.]*)?", p.name)
-        if not m or m.group(2) != HOST:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # its writer is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        p.unlink(missing_ok=True)
-        removed.append(p)
+        if m and m.group(2) == HOST and not pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
@@ -232,7 +236,6 @@ def check_made_from(path, art: dict, inputs: dict) -> None:
                          "re-run the stage that wrote it")
 
 
-
 def prepare_run_dir(path: str | Path) -> Path:
     """Create the run directory and check that it can be written, before the work starts."""
     path = Path(path)
@@ -247,19 +250,6 @@ def prepare_run_dir(path: str | Path) -> Path:
         print(f"removed {p} (temp file of an interrupted save)")
     return path
 
-def pid_alive(line: str) -> bool:
-    """Whether the process of a lock-file line `pid N, who` still runs (shared holders leave their lines)."""
-    m = re.match(r"pid (\d+)", line)
-    if not m:
-        return False
-    try:
-        os.kill(int(m.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
 
 def lock_run_dir(path: str | Path, who: str, shared: bool = False, name: str = ".lock"):
     """Hold the advisory lock `<path>/<name>` (flock) while this process lives (the kernel releases it when it
@@ -273,7 +263,8 @@ def lock_run_dir(path: str | Path, who: str, shared: bool = False, name: str = "
         fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holders = "; ".join(line.strip() for line in f if pid_alive(line)) or "pid unknown"
+        holders = "; ".join(line.strip() for line in f  # shared holders leave their lines: the live ones
+                            if (m := re.match(r"pid (\d+)", line)) and pid_alive(int(m[1]))) or "pid unknown"
         raise SystemExit(f"error: {path / name if name != '.lock' else path}: in use by another process ({holders}); "
                          "wait for it to finish or stop it") from None
     if not shared:
@@ -294,15 +285,27 @@ def _die_with_parent(initializer, initargs) -> None:
         initializer(*initargs)
 
 
+@contextlib.contextmanager
 def process_pool(workers: int, initializer=None, initargs=()):
     """A ProcessPoolExecutor of `workers` spawned processes that die with this one (PR_SET_PDEATHSIG), so
     a killed run leaves no orphans holding its locks or stepping environments; `initializer(*initargs)` runs
-    in each (stage 0's tasks, the MetaWorld evaluation's episodes)."""
+    in each (stage 0's tasks, the MetaWorld evaluation's episodes). An exception inside the `with` block (a
+    failed task, Ctrl-C) cancels the waiting tasks and kills the running ones at once, instead of waiting for
+    them to finish as the executor's own exit does."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent,
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent,
                                initargs=(initializer, initargs))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list((pool._processes or {}).values()):  # CPython's worker table (3.14: pool.kill_workers())
+            proc.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def open_run_dir(path: str | Path, who: str):

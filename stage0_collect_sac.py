@@ -686,13 +686,12 @@ def main(args: Args) -> None:
         print(parent_line)
     if args.parent_only:
         return
-    for t in tasks:  # check this run's resumable states before the work starts (others may come and go)
-        p = stage_dir / f"{common.task_name(args.suite, t)}.partial.pt"
-        if p.exists():
-            artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]})
-    todo = []
+    todo = []  # the tasks to train; finished shards and resumable states are checked before the work starts
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
+        if path.with_suffix(".partial.pt").exists():
+            artifacts.check_partial(path.with_suffix(".partial.pt"), PARTIAL_FORMAT, shard_settings(args),
+                                    {"parent.pt": parent["uid"]})
         if path.exists():
             check_shard(args, path, parent)  # finished: it must belong to this run
         else:
@@ -719,11 +718,7 @@ def main(args: Args) -> None:
                     pass
                 for f in [f for f in pending if f.done()]:
                     pending.discard(f)
-                    try:
-                        bar.write(f.result())
-                    except BaseException:  # a task failed: stop the others now, not when they finish
-                        pool.shutdown(cancel_futures=True)
-                        raise
+                    bar.write(f.result())  # a failed task raises here: process_pool kills the others
         while not q.empty():
             bar.update(q.get())
     bar.close()

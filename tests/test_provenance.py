@@ -230,3 +230,30 @@ def test_the_commit_is_dirty_for_code_changes_not_for_publish_outputs(tmp_path):
     assert provenance.git_commit(tmp_path, outputs=("results", "README.md")) == head
     (tmp_path / "code.py").write_text("b\n")
     assert provenance.git_commit(tmp_path, outputs=("results", "README.md")) == head + "+dirty"
+
+
+def _mark_after(folder: str, seconds: float) -> None:  # a pool task: runs `seconds`, then leaves a file
+    Path(folder, "started").write_text("")
+    import time
+
+    time.sleep(seconds)
+    Path(folder, "finished").write_text("")
+
+
+def _fail() -> None:  # a pool task that fails
+    raise ValueError("this task failed")
+
+
+def test_a_failed_task_kills_the_running_ones(tmp_path):
+    """A failed task stops the pool at once: the task still running is killed, not waited for (the
+    executor's own exit would let it finish and leave `finished`)."""
+    import time
+
+    with pytest.raises(ValueError, match="this task failed"):
+        with artifacts.process_pool(2) as pool:
+            pool.submit(_mark_after, str(tmp_path), 15)
+            while not (tmp_path / "started").exists():
+                time.sleep(0.05)
+            pool.submit(_fail).result()
+    time.sleep(1)
+    assert (tmp_path / "started").exists() and not (tmp_path / "finished").exists()
