@@ -92,7 +92,7 @@ class Psi(nn.Module):
 def behaviour_loss(h: torch.Tensor, v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the logits h_i^T W v_j with the matching pair j = i as the label."""
     logits = h @ W @ v.T  # logits[i, j] = h_i^T W v_j
-    return F.cross_entropy(logits, torch.arange(len(h)))  # Eq. 2
+    return F.cross_entropy(logits, torch.arange(len(h), device=h.device))  # Eq. 2
 
 
 def fit_scaling(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

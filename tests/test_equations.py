@@ -86,6 +86,16 @@ def test_eq6_to_eq9_hypformer_losses():
     assert parts["c"].item() == pytest.approx(0.5) and parts["res"].item() == pytest.approx(0.5)
 
 
+def test_every_equation_runs_off_the_cpu():
+    """Each loss on tensors of another device (meta: shapes only) makes no tensor of its own on the CPU, so it
+    runs where --device puts the models."""
+    t = lambda *shape: torch.randn(*shape, device="meta")  # noqa: E731
+    losses = [s1a.autoencoder_loss(t(4, 3), t(4, 3)), s1b.behaviour_loss(t(4, 2), t(4, 2), t(2, 2)),  # Eq. 1, 2
+              s2.generator_loss(t(4)), s2.discriminator_objective(t(4), t(4)), s2.reg_loss(t(4, 2), t(4, 2), 0.5),
+              s3.hypformer_loss(t(4, 3), t(4, 3), t(4, 3))["total"]]  # Eq. 3, 4, 5, 9 (6-8 inside)
+    assert all(x.device.type == "meta" and x.shape == () for x in losses)
+
+
 # ------------------------------------------------- models -------------------------------------------------
 
 
