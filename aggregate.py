@@ -119,7 +119,7 @@ def verdict(m: float, h: float, a: str, b: str) -> str:
     """Higher return is better: a wins where the interval of a - b lies above 0, loses where below."""
     if np.isnan(h):
         return "one seed: no call"
-    if h == 0:  # every seed gave the same difference: rows no seed changes (runs that share a stage 0)
+    if h <= 1e-9 * max(1.0, abs(m)):  # every seed gave the same difference (up to rounding): rows no seed changes
         return "the same in every seed (not varied by the seeds): no call"
     return "no difference shown (interval contains 0)" if abs(m) <= h else (f"{a} better" if m > 0 else f"{b} better")
 
@@ -182,6 +182,38 @@ def upstream_difference(a: dict, b: dict) -> list[str]:
             if k not in UPSTREAM_FREE and ua.get(art, {}).get(k) != ub.get(art, {}).get(k)]
 
 
+FREE = {"seed", "tag", "hypformer", "baselines"}  # evaluation settings that may differ between a group's runs
+
+
+def differences(a: dict, b: dict, free: set = FREE, upstream_free: tuple[str, ...] = ()) -> list[str]:
+    """Where two evaluations differ beyond `free`: evaluation settings, and upstream settings (`artifact:
+    setting`) other than those starting with one of `upstream_free`."""
+    diff = [k for k in sorted(set(a["settings"]) | set(b["settings"])) if k not in free
+            and a["settings"].get(k) != b["settings"].get(k)]
+    return diff + [d for d in upstream_difference(a, b) if not d.startswith(upstream_free)]
+
+
+def check_comparable(groups: dict, what, upstream_free: tuple[str, ...]) -> None:
+    """Groups compared seed by seed (training sets, token counts, loss variants) differ in nothing but what
+    makes them groups (upstream settings starting with `upstream_free`; MAA's, which no pair across groups
+    reads; file names), and each seed's runs come from one stage 0 (one parent.pt)."""
+    keys = list(groups)
+    ref = groups[keys[0]][0]
+    for k in keys[1:]:
+        diff = differences(ref, groups[k][0], FREE | {"diffusion", "hyplatent"}, (*upstream_free, "diffusion: "))
+        if diff:
+            raise SystemExit(f"error: {groups[k][0]['dir']} ({what(k)}) and {ref['dir']} ({what(keys[0])}): made or "
+                             f"evaluated with other settings ({', '.join(diff[:6])}); rows compared seed by seed "
+                             "must differ in nothing else")
+    parents: dict = {}
+    for rs in groups.values():
+        for r in rs:
+            parents.setdefault(r["seed"], set()).add(r["made_from"].get("parent.pt"))
+    if bad := sorted(s for s, p in parents.items() if len(p) > 1):
+        raise SystemExit(f"error: seed {bad[0]}: its {', '.join(map(what, keys))} come from different stage-0 parents; "
+                         "compared seed by seed, each seed's runs must share one stage 0")
+
+
 def group_runs(runs: list[dict]) -> dict:
     """{key: runs}. Runs pool as seeds of one method only when they differ in nothing but the seed: the
     evaluation's settings (but, for the token ablation, its file names and baselines), and the settings of
@@ -193,28 +225,29 @@ def group_runs(runs: list[dict]) -> dict:
             raise SystemExit(f"error: {r['dir']}: its results record no upstream settings; "
                              "evaluate it again (FROM_STAGE=4 bash pipeline.sh ..., or python evaluate.py)")
         groups.setdefault(group_key(r), []).append(r)
-    free = {"seed", "tag", "hypformer", "baselines"}  # a results-L<L>.json and a results.json may share a group
+    what = lambda key: f"{len(key)} training velocities" if isinstance(key, tuple) else f"L = {key}"  # noqa: E731
     for key, rs in groups.items():
-        ref = {k: v for k, v in rs[0]["settings"].items() if k not in free}
-        for r in rs[1:]:
-            diff = sorted(k for k in set(ref) | set(r["settings"]) if k not in free and ref.get(k) != r["settings"].get(k))
+        for r in rs[1:]:  # a results-L<L>.json and a results.json may share a group (FREE)
+            diff = differences(rs[0], r, upstream_free=())
             if diff:
-                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: evaluated with other settings ({', '.join(diff)})")
-            diff = upstream_difference(rs[0], r)
-            if diff:
-                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made with other settings upstream "
+                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made or evaluated with other settings "
                                  f"({', '.join(diff[:6])}): not seeds of one method")
         seeds = [r["seed"] for r in rs]
-        what = f"{len(key)} training velocities" if isinstance(key, tuple) else f"L = {key}"
         if len(set(seeds)) < len(seeds):
-            raise SystemExit(f"error: two evaluations of seed {max(seeds, key=seeds.count)} for {what}: "
+            raise SystemExit(f"error: two evaluations of seed {max(seeds, key=seeds.count)} for {what(key)}: "
                              f"{', '.join(r['dir'] for r in rs)}")
         aes = [r["made_from"].get("autoencoder.pt") for r in rs]
         if len(set(aes)) < len(aes):
             same = [r["dir"] for r in rs if aes.count(r["made_from"].get("autoencoder.pt")) > 1]
             raise SystemExit(f"error: {', '.join(same)}: evaluations of one chain (the same autoencoder.pt), not "
-                             f"seeds, for {what}")
+                             f"seeds, for {what(key)}")
     groups = {k: sorted(rs, key=lambda r: r["seed"]) for k, rs in groups.items()}  # per-seed columns in seed order
+    sizes = [len(k) for k in groups if isinstance(k, tuple)]
+    if len(set(sizes)) < len(sizes):  # the velocity ablation names a training set by its size
+        raise SystemExit(f"error: two different training sets of {max(sizes, key=sizes.count)} velocities among "
+                         "these runs; give one set of each size")
+    if len(groups) > 1:
+        check_comparable(groups, what, ("hypformer: num_tokens",))
     return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 
@@ -567,6 +600,11 @@ def load_components(paths: list[str]) -> dict[str, list[dict]]:
         if len(groups) > 1:
             raise SystemExit("error: --components: the run directories were trained on different velocities")
         by[tag] = next(iter(groups.values()))
+    for tag, rs in by.items():
+        if [r["seed"] for r in rs] != [r["seed"] for r in by[""]]:
+            raise SystemExit(f"error: --components: variant '{tag}' has seeds {[r['seed'] for r in rs]}, the default "
+                             f"{[r['seed'] for r in by['']]}: every variant needs every seed")
+    check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ",))
     for tag, rs in by.items():
         for r, ref in zip(rs, by[""]):
             if r["made_from"].get("autoencoder.pt") != ref["made_from"].get("autoencoder.pt"):

@@ -31,6 +31,7 @@ def test_t_interval_by_hand():
     assert agg.verdict(1.0, 0.5, "a", "b") == "a better" and agg.verdict(-1.0, 0.5, "a", "b") == "b better"
     assert agg.verdict(0.3, 0.5, "a", "b").startswith("no difference")
     assert agg.verdict(4.6, 0.0, "a", "b").endswith("no call")  # a zero-width interval is not a precise one
+    assert agg.verdict(*agg.mean_ci([0.1] * 3), "a", "b").startswith("the same in every seed")  # s = 4e-17, not 0
 
 
 def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), name="results.json", hyplatent=None,
@@ -102,6 +103,13 @@ def test_component_ablation_pairs_each_variant_with_the_default_by_seed(tmp_path
     (tmp_path / "s2" / "results-regressor.json").write_text(json.dumps(res_b))
     with pytest.raises(SystemExit, match="s2: results-regressor.json and results.json come from different autoencoders"):
         agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), components=True))
+    res_b["made_from"]["autoencoder.pt"] = "ae2"
+    (tmp_path / "s2" / "results-regressor.json").write_text(json.dumps(res_b))
+    for seed in (1, 2, 3):  # a variant evaluated otherwise than the default is not compared with it
+        f = tmp_path / f"s{seed}" / "results-regressor.json"
+        f.write_text(f.read_text().replace('"episodes": 1', '"episodes": 50'))
+    with pytest.raises(SystemExit, match="\\(variant regressor\\) and .*other settings \\(episodes\\)"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), components=True))
 
 
 def test_aggregate_refuses_mixed_settings_and_repeated_seeds(tmp_path):
@@ -126,7 +134,7 @@ def test_aggregate_pools_only_seeds_of_one_method(tmp_path):
     res = json.loads((tmp_path / "b" / "results.json").read_text())
     res["upstream"]["hyplatent"]["paired_weight"] = 0.0
     (tmp_path / "b" / "results.json").write_text(json.dumps(res))
-    with pytest.raises(SystemExit, match="other settings upstream \\(hyplatent: paired_weight\\)"):
+    with pytest.raises(SystemExit, match="other settings \\(hyplatent: paired_weight\\): not seeds of one method"):
         agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
     res["upstream"]["hyplatent"]["paired_weight"], res["made_from"]["autoencoder.pt"] = 1000.0, "ae1"
     (tmp_path / "b" / "results.json").write_text(json.dumps(res))
@@ -219,6 +227,20 @@ def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
     assert d["ci95"] == pytest.approx(12.706 * np.std([4.5, 4.0], ddof=1) / np.sqrt(2))
     assert "| HypLatent: 3 - 2 | 4.25 ± 3.18 | 4.50, 4.00 | 3 velocities better |" in \
         (tmp_path / "out" / "results.md").read_text()
+    # training sets compared seed by seed differ in nothing but the set, and share each seed's stage 0
+    runs, kept = [str(p) for p in sorted(tmp_path.glob("n*"))], {f: f.read_text() for f in tmp_path.glob("n3-*/*.json")}
+    for old, new, message in (('"episodes": 1', '"episodes": 5', "other settings \\(episodes\\); rows compared seed by seed"),
+                              ('"parent.pt": "parent', '"parent.pt": "another', "seed 1: .* different stage-0 parents")):
+        for f, text in kept.items():  # every seed of the 3-velocity set
+            f.write_text(text.replace(old, new))
+        with pytest.raises(SystemExit, match=message):
+            agg.main(agg.Args(runs=runs, out=str(tmp_path / "out2")))
+    for f, text in kept.items():
+        f.write_text(text)
+    fake_results(tmp_path / "m2-1", 3, {"hyplatent": (-1, -2)}, train=(0.3, 0.9))  # a second set of 2 velocities
+    with pytest.raises(SystemExit, match="two different training sets of 2 velocities"):
+        agg.main(agg.Args(runs=[*runs, str(tmp_path / "m2-1")], out=str(tmp_path / "out2")))
+    shutil.rmtree(tmp_path / "m2-1")
     # a training set run on fewer seeds than another is refused: every row over the same seeds
     shutil.rmtree(tmp_path / "n3-2")
     with pytest.raises(SystemExit, match="different seeds"):
