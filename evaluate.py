@@ -171,7 +171,8 @@ def load_oracles(run: Path, args: Args, chain: dict, vels: list[float]) -> dict:
 @torch.no_grad()
 def generate(args: Args, chain: dict, vels: list[float]) -> dict:
     """Every policy to evaluate: params [N, P] with its method and target velocity."""
-    shards, ae, G, hl_art, hf = chain["shards"], chain["ae"], chain["G"], chain["hl_art"], chain["hf"]
+    ae, G, hl_art, hf = chain["ae"], chain["G"], chain["hl_art"], chain["hf"]
+    shards = [s for s in chain["shards"] if s["task"] in chain["ae_art"]["train_tasks"]]  # what stages 1-2 trained on
     train_vels = [s["target_velocity"] for s in shards]
     best = torch.stack([s["params"][s["return"].argmax()] for s in shards])
     decode = lambda zn: decode_generated(zn, hl_art, ae)  # noqa: E731

@@ -74,13 +74,12 @@ def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = 
     if workers == 1 or len(chunks) == 1:
         out = [_lockstep_chunk(*a) for a in tqdm(args, **bar)]
     else:
-        with artifacts.process_pool(workers) as pool:
+        with artifacts.process_pool(workers, torch.set_num_threads, (1,)) as pool:  # one thread per worker
             out = list(tqdm(pool.map(_lockstep_chunk, *zip(*args)), **bar))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
 def _lockstep_chunk(params: torch.Tensor, jobs: list, record: bool) -> dict:
-    torch.set_num_threads(1)
     envs = [common.make_eval_env("metaworld", t, episode=i, goal_seed=s) for t, s, i in jobs]
     return common.run_lockstep(params, envs, common.suite_spec("metaworld"), record=record, stop_when_decided=True)
 
@@ -134,14 +133,15 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
     first = np.cumsum([0] + [len(s["step"]) for s in shards.values()])
     unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
     cond = conditioning_rollouts(shards, unused, chain["phi"], be, workers, conditions, success_only, progress)
-    g, g_maa = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)  # MAA: its own stream
+    # each generator its own noise stream: HypLatent's policies do not depend on HypFormer's L, nor either on MAA
+    g_hl, g_hf, g_maa = (torch.Generator().manual_seed(seed + i) for i in (0, 1, 0))
     params, method, task = [], [], []
     for name in shards:
         h = cond[name]["h"]
         if h:
             c = (torch.stack(h) - hl_art["cond_mean"]) / hl_art["cond_std"]
-            z_hl = G(c, torch.randn(len(c), G.noise_dim, generator=g))
-            z_pred, grad_pred = hf(sample_latents(G, c, chain["hf_art"]["num_tokens"], generator=g), c)
+            z_hl = G(c, torch.randn(len(c), G.noise_dim, generator=g_hl))
+            z_pred, grad_pred = hf(sample_latents(G, c, chain["hf_art"]["num_tokens"], generator=g_hf), c)
             generated = [("hyplatent", decode(z_hl)), ("hypformer", decode(z_pred + grad_pred))]
             if chain.get("maa") is not None:  # the same conditions, raw (its artifact standardises them)
                 z = diffusion_sample(chain["maa"], chain["maa_art"], torch.stack(h), generator=g_maa)
@@ -159,6 +159,9 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
         else:  # the oracle bound of zero-shot: the unseen task's own SAC checkpoints (no stage trained on them)
             params.append(s["params"]), method.extend(["checkpoints"] * len(s["params"])), task.extend([name] * len(s["params"]))
         params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
+    if not params:  # --no-baselines, and no task got a conditioning embedding
+        raise SystemExit("error: no task got a conditioning rollout" + (" that succeeded (try --no-success-only)"
+                         if success_only else "") + ": no policy to generate or evaluate")
     return {"format": artifacts.GENERATED_FORMAT, "suite": "metaworld", "policy": spec, "params": torch.cat(params).float(),
             "method": method, "task": task, "seen": list(be["train_tasks"]), "goals": goals,
             "select_goals": select_goals, "single_policy_goals": single_policy_goals, "tie_seed": seed,

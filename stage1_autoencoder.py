@@ -155,6 +155,9 @@ def validate(args: Args) -> None:
     common.check_options(args, positive=("token_dim", "steps", "batch_size", "lr", "threads"),
                          nonnegative=("weight_decay", "input_noise", "latent_noise", "lam", "eval_policies"),
                          fraction=("holdout",))
+    if args.holdout == 0 and args.suite == "metaworld":
+        raise SystemExit("error: --holdout 0 holds out no checkpoint, and the MetaWorld evaluation conditions seen "
+                         "tasks on the rollouts of held-out ones")
     if args.holdout == 0 and args.eval_policies:
         raise SystemExit("error: --holdout 0 holds out no checkpoint for the functional check; give --eval-policies 0 "
                          "with it")

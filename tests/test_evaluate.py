@@ -100,6 +100,20 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
         assert cells == want, m
 
 
+def test_expert_baselines_use_only_the_training_tasks(cheetah_chain):
+    """The nearest and interpolated experts come from the velocities stages 1-2 trained on, not from every
+    shard in stage0/ (a shard that --train-tasks leaves out is no training expert)."""
+    run, _ = cheetah_chain
+    args = common.parse_args(ev.Args, ev.SCALES, "", argv=["--scale", "smoke", "--run-dir", str(run)])
+    chain = ev.load_chain(args)
+    chain["ae_art"]["train_tasks"] = ["vel-0.3"]  # as if stage 1 had trained on 0.3 alone (the smoke run has 0.3, 1.5)
+    gen = ev.generate(args, chain, [1.2])
+    only = next(s for s in chain["shards"] if s["task"] == "vel-0.3")
+    best = only["params"][only["return"].argmax()]
+    for m in ("nearest-expert", "interpolated-expert"):
+        assert torch.equal(gen["params"][gen["method"].index(m)], best), m
+
+
 def test_top_k_picks_on_selection_rates_and_breaks_ties_at_random():
     select = np.array([1.0, 0.0, 1.0, 0.5, 0.0, 0.5, 0.5])
     rng = np.random.default_rng(0)
@@ -338,6 +352,30 @@ def test_run_episodes_chunks_keep_the_order(monkeypatch):
     for k in ("return", "success", "traj", "post_success"):
         np.testing.assert_allclose(out[k], ref[k], rtol=1e-6, atol=1e-6)
     assert len(set(np.round(out["return"], 3))) == 5  # five different episodes
+
+
+def test_metaworld_hyplatent_does_not_depend_on_hypformers_tokens(metaworld_chain, monkeypatch):
+    """HypLatent's policies are the same whatever L HypFormer samples (Fig. 5 compares L against one HypLatent);
+    HypFormer's change with L."""
+    run, _ = metaworld_chain
+    args = common.parse_args(ev.Args, ev.SCALES, "", argv=["--suite", "metaworld", "--scale", "smoke", "--run-dir", str(run)])
+    chain = ev.load_chain(args)
+    torch.manual_seed(0)
+    h = {t: [torch.randn(chain["hl_art"]["cond_mean"].shape[-1]) for _ in range(2)] for t in ("door-open-v3", "drawer-close-v3")}
+    monkeypatch.setattr(mw, "conditioning_rollouts", lambda shards, unused, *a: {
+        t: {"h": h.get(t, []), "step": [], "goal": [], "attempts": 0, "successes": 0} for t in unused})
+    out = {}
+    for L in (2, 3):
+        chain["hf_art"]["num_tokens"] = L
+        gen = mw.generate_metaworld(chain, 1, conditions=2, success_only=False, seed=1, baselines=False, goals=2,
+                                    select_goals=2, single_policy_goals=2, progress=False, config={})
+        out[L] = {m: gen["params"][[i for i, x in enumerate(gen["method"]) if x == m]] for m in ("hyplatent", "hypformer")}
+    assert out[2]["hyplatent"].shape[0] == 4 and torch.equal(out[2]["hyplatent"], out[3]["hyplatent"])
+    assert not torch.equal(out[2]["hypformer"], out[3]["hypformer"])
+    h.clear()  # no task with a conditioning embedding and no baselines: one line, not a traceback
+    with pytest.raises(SystemExit, match="no task got a conditioning rollout: no policy to generate"):
+        mw.generate_metaworld(chain, 1, conditions=2, success_only=False, seed=1, baselines=False, goals=2,
+                              select_goals=2, single_policy_goals=2, progress=False, config={})
 
 
 def test_metaworld_tables(metaworld_chain):

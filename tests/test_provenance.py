@@ -134,6 +134,7 @@ def test_bad_options_one_line_error(smoke_copy, script, flags, message):
 @pytest.mark.parametrize("module, flags, message", [
     (s1a, ["--holdout", "1.0"], "--holdout must be in [0, 1); got 1.0"),
     (s1a, ["--holdout", "0", "--eval-policies", "2"], "--holdout 0 holds out no checkpoint for the functional check"),
+    (s1a, ["--suite", "metaworld", "--holdout", "0"], "the MetaWorld evaluation conditions seen tasks on the rollouts"),
     (s2, ["--batch-size", "0"], "--batch-size must be > 0; got 0"),
     (s2, ["--widths", "64"], "--widths needs at least two positive widths"),
     (s3, ["--steps", "-1"], "--steps must be > 0; got -1"),
