@@ -51,7 +51,9 @@ class Args:
     lr: float = 1e-3
     weight_decay: float = 2e-6
     input_noise: float = 0.001
+    """std of the Gaussian noise added to the raw parameters before encoding (MAA's input noise)"""
     latent_noise: float = 0.01
+    """std of the Gaussian noise added to the latent tokens (after their LayerNorm) before decoding"""
     lam: float = 1e3
     """lambda of Eq. 1"""
     normalize: bool = True
@@ -207,7 +209,7 @@ def main(args: Args) -> None:
     from tqdm import tqdm
 
     writer = SummaryWriter(str(run / "tb" / "stage1_autoencoder"))
-    # the loss is taken in the normalised space the model works in (the scale the noise levels refer to)
+    # the loss is taken in the normalised space the model works in (every parameter on one scale)
     norm = lambda x: (x - model.mean) / model.std  # noqa: E731
     bar = tqdm(range(args.steps), disable=not args.progress, desc="autoencoder")
     for step in bar:
