@@ -375,7 +375,7 @@ def fmt_rate(c: dict) -> str:
     errors wide: no use), else mean ± interval, the interval clipped to [0, 100] where it leaves it."""
     if len(c["seeds"]) == 2:
         return f"{c['mean']:.2f} (seeds {c['seeds'][0]:.1f}, {c['seeds'][1]:.1f})"
-    if np.isnan(c["ci95"]) or (c["mean"] - c["ci95"] >= 0 and c["mean"] + c["ci95"] <= 100):
+    if np.isnan(c["ci95"]) or (c["mean"] - c["ci95"] >= -1e-6 and c["mean"] + c["ci95"] <= 100 + 1e-6):  # rounding aside
         return fmt(c["mean"], c["ci95"])
     return f"{c['mean']:.2f} [{max(0.0, c['mean'] - c['ci95']):.1f}, {min(100.0, c['mean'] + c['ci95']):.1f}] (clipped)"
 
@@ -386,7 +386,7 @@ def fmt_prediction(c: dict, rate: bool = False) -> str:
     if np.isnan(c["pi95"]) or len(c["seeds"]) < 3:
         return "-"
     lo, hi = c["mean"] - c["pi95"], c["mean"] + c["pi95"]
-    if rate and (lo < 0 or hi > 100):
+    if rate and (lo < -1e-6 or hi > 100 + 1e-6):  # rounding aside
         return f"{max(0.0, lo):.2f} to {min(100.0, hi):.2f} (clipped)"
     return f"{lo:.2f} to {hi:.2f}"
 

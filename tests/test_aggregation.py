@@ -185,6 +185,8 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert "| 60.00 (seeds 50.0, 70.0) |" in (tmp_path / "seeds" / "results.md").read_text()  # 2 seeds: no interval
     assert agg.fmt_rate({"seeds": [90.0, 100.0, 100.0], "mean": 96.67, "ci95": 14.34}) == "96.67 [82.3, 100.0] (clipped)"
     assert agg.fmt_rate({"seeds": [40.0, 50.0, 60.0], "mean": 50.0, "ci95": 24.84}) == "50.00 ± 24.84"
+    x = [100.0, 100.0, 100.0000000000001]  # 100 up to float rounding: not an interval to clip
+    assert agg.fmt_rate(dict(zip(("mean", "ci95"), agg.mean_ci(x)), seeds=x)) == "100.00 ± 0.00"
     # one new run: 90 +- 4.303 * 10 * sqrt(4/3) = 90 +- 49.69, clipped for a rate, not for a return
     c = {"seeds": [80.0, 90.0, 100.0], "mean": 90.0, "ci95": 24.84, "pi95": agg.prediction_halfwidth([80.0, 90.0, 100.0])}
     assert agg.fmt_prediction(c, rate=True) == "40.31 to 100.00 (clipped)"
