@@ -13,6 +13,11 @@ tau_e, predicts the clean latent x_0 from a noised one x_t:
     x_t'   = sqrt(abar_t') x0_hat + sqrt(1 - abar_t') (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)
                                                                                        DDIM step (eta = 0), t' < t
 
+x0_hat is clipped to [-1, 1] before the step and the noise re-estimated from the clipped x0_hat (diffusers'
+`use_clipped_model_output=True`); MAA's diffusers default re-estimates it from the unclipped prediction. The
+two differ only at steps where the prediction leaves [-1, 1], and the last step returns the clipped x0_hat
+in both.
+
 MAA's settings (its policy_generator.yaml; used at paper scale): down widths 512/1024/2048, kernel 5, 8
 groups, step embedding 128; 100 training steps, 10 DDIM sampling steps, samples clipped to [-1, 1]; AdamW lr
 1e-4, betas (0.95, 0.999), weight decay 3e-4, cosine schedule after 500 warm-up steps, batch 128; sampling
@@ -123,7 +128,8 @@ def noised(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, abar: torch.Ten
 
 
 def ddim_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t: float, abar_prev: float) -> torch.Tensor:
-    """One deterministic DDIM step from t to t' given the predicted clean sample (clipped to [-1, 1])."""
+    """One deterministic DDIM step from t to t' given the predicted clean sample, clipped to [-1, 1] before the
+    noise is re-estimated from it (see the module docstring for how this differs from MAA's sampler)."""
     x0_hat = x0_hat.clamp(-1, 1)
     eps = (x_t - abar_t ** 0.5 * x0_hat) / (1 - abar_t) ** 0.5
     return abar_prev ** 0.5 * x0_hat + (1 - abar_prev) ** 0.5 * eps  # DDIM, eta = 0
