@@ -32,7 +32,9 @@
 # run several times slower, docs/speed.md; two MetaWorld evaluations with two workers each outgrow 24 GB).
 # The stage commands below can be copied out and run one by one (inside .venv).
 set -euo pipefail
-cd "$(dirname "$0")"
+if [ -n "${RUNS:-}" ]; then RUNS=$(realpath -m -- "$RUNS"); fi  # a relative RUNS is the caller's, not the repository's
+SELF=$(realpath -- "$0")  # the targets that run chains call this script again, from the repository
+cd "$(dirname "$SELF")"
 SCALE=${1:-quick}
 RUNS=${RUNS:-runs}
 
@@ -79,7 +81,7 @@ if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like t
   AB=${2:-quick}  # bash pipeline.sh seeds smoke: the same at smoke scale
   DIRS=()
   for s in ${SEEDS:-1 2 3}; do
-    SEED=$s AMT_NO_VENV=1 bash "$0" "$AB"
+    SEED=$s AMT_NO_VENV=1 bash "$SELF" "$AB"
     DIRS+=("$RUNS/cheetah-vel-$AB-seed$s")
   done
   exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-$AB-aggregate"
@@ -134,7 +136,7 @@ if [ "$SCALE" = ablation ]; then
   for s in ${SEEDS:-1 2 3}; do
     BASE="$RUNS/cheetah-vel-$AB-seed$s"
     DIRS+=("$BASE") BASES+=("$BASE")
-    SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$0" "$AB"
+    SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$SELF" "$AB"
     stage_in "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
       --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress "${JOBS[@]}" --shard-dir oracle --velocities $(nested 10:)
     stage_in "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
@@ -149,7 +151,7 @@ if [ "$SCALE" = ablation ]; then
       for f in $(shard_files $(python -c 'import common; print(*common.CHEETAH_TEST)')); do
         ln -sfn "../../oracle/$f" "$BASE/n$n/oracle/$f"
       done
-      SEED=$s RUN_DIR="$BASE/n$n" VELOCITIES="$(nested ":$n")" AMT_NO_VENV=1 bash "$0" "$AB"
+      SEED=$s RUN_DIR="$BASE/n$n" VELOCITIES="$(nested ":$n")" AMT_NO_VENV=1 bash "$SELF" "$AB"
       DIRS+=("$BASE/n$n")
     done
   done
@@ -165,7 +167,7 @@ if [ "$SCALE" = components ]; then
   DIRS=()
   for s in ${SEEDS:-1 2 3 4 5}; do
     RUN="$RUNS/cheetah-vel-$AB-seed$s"
-    SEED=$s AMT_NO_VENV=1 bash "$0" "$AB"
+    SEED=$s AMT_NO_VENV=1 bash "$SELF" "$AB"
     python provenance.py chain "$RUN" "SEEDS=$s" bash pipeline.sh components "$AB"  # the study, in the run's provenance
     C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
     for v in "${VARIANTS[@]}"; do
@@ -186,7 +188,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
   DIRS=()
   for s in ${MW_SEEDS:-1 2 3}; do  # each seed a whole chain, stage 0 included (DESIGN.md section 13)
     DIR="$RUNS/metaworld-$AB-seed$s"
-    SEED=$s AMT_NO_VENV=1 bash "$0" "mw-$AB"
+    SEED=$s AMT_NO_VENV=1 bash "$SELF" "mw-$AB"
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
       python provenance.py chain "$DIR" "MW_SEEDS=$s" bash pipeline.sh mw-tokens "$AB"

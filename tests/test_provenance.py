@@ -259,3 +259,12 @@ def test_a_failed_task_kills_the_running_ones(tmp_path):
             pool.submit(_fail).result()
     time.sleep(1)
     assert (tmp_path / "started").exists() and not (tmp_path / "finished").exists()
+
+
+def test_pipeline_runs_its_chains_when_called_by_a_relative_path():
+    """`bash <dir>/pipeline.sh seeds` from another directory: the per-seed chains it starts find the script
+    (here each stops at the unknown scale, with the usage line)."""
+    env = {**__import__("os").environ, "AMT_NO_VENV": "1", "SEEDS": "1"}
+    r = subprocess.run(["bash", str(Path(ROOT.name) / "pipeline.sh"), "seeds", "nonsense"], cwd=ROOT.parent,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert "usage: bash pipeline.sh" in r.stderr + r.stdout and "No such file" not in r.stderr
