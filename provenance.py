@@ -55,9 +55,10 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Host, cores, CPU, the versions that move RL numbers, and the accelerator torch sees."""
-    info = {"host": platform.node(), "cores": os.cpu_count(), "cpu": cpu_model(), "os": platform.platform(),
-            "python": platform.python_version()}
+    """Host, the cores this process may use, CPU, the versions that move RL numbers, and the accelerator torch
+    sees."""
+    info = {"host": platform.node(), "cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(),
+            "os": platform.platform(), "python": platform.python_version()}
     for p in PACKAGES:
         try:
             info[p] = metadata.version(p)

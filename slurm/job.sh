@@ -39,6 +39,6 @@ case "${1:-}" in
     else
       python stage0_collect_sac.py "${C[@]}" --shard-dir oracle --velocities "${ORACLES[$((i - ${#TASKS[@]}))]}"
     fi ;;
-  chain) STAGE0_DONE=1 SEED=$SEED RUN_DIR=$RUN AMT_NO_VENV=1 bash pipeline.sh "$([ "$SUITE" = metaworld ] && echo mw-)$SCALE" ;;
+  chain) THREADS=${THREADS:-${SLURM_CPUS_PER_TASK:-1}} STAGE0_DONE=1 SEED=$SEED RUN_DIR=$RUN AMT_NO_VENV=1 bash pipeline.sh "$([ "$SUITE" = metaworld ] && echo mw-)$SCALE" ;;
   *) echo "usage: bash slurm/job.sh parent|shard|chain|count" >&2; exit 2 ;;
 esac

@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 N=$(bash slurm/job.sh count)
 PARENT=$(sbatch --parsable slurm/job.sh parent)
 SHARDS=$(sbatch --parsable --dependency="afterok:$PARENT" --array="0-$((N - 1))" slurm/job.sh shard)
-sbatch --dependency="afterok:$SHARDS" --gres=gpu:1 --cpus-per-task=8 slurm/job.sh chain
+sbatch --dependency="afterok:$SHARDS" --gres=gpu:1 --cpus-per-task=8 --mem=48G slurm/job.sh chain
