@@ -193,10 +193,11 @@ def differences(a: dict, b: dict, free: set = FREE, upstream_free: tuple[str, ..
     return diff + [d for d in upstream_difference(a, b) if not d.startswith(upstream_free)]
 
 
-def check_comparable(groups: dict, what, upstream_free: tuple[str, ...]) -> None:
+def check_comparable(groups: dict, what, upstream_free: tuple[str, ...], shared: tuple[str, ...]) -> None:
     """Groups compared seed by seed (training sets, token counts, loss variants) differ in nothing but what
     makes them groups (upstream settings starting with `upstream_free`; MAA's, which no pair across groups
-    reads; file names), and each seed's runs come from one stage 0 (one parent.pt)."""
+    reads; file names), and each seed's runs are made from the same `shared` artifacts (made_from uids: at
+    least its one stage 0, parent.pt)."""
     keys = list(groups)
     ref = groups[keys[0]][0]
     for k in keys[1:]:
@@ -205,13 +206,15 @@ def check_comparable(groups: dict, what, upstream_free: tuple[str, ...]) -> None
             raise SystemExit(f"error: {groups[k][0]['dir']} ({what(k)}) and {ref['dir']} ({what(keys[0])}): made or "
                              f"evaluated with other settings ({', '.join(diff[:6])}); rows compared seed by seed "
                              "must differ in nothing else")
-    parents: dict = {}
-    for rs in groups.values():
-        for r in rs:
-            parents.setdefault(r["seed"], set()).add(r["made_from"].get("parent.pt"))
-    if bad := sorted(s for s, p in parents.items() if len(p) > 1):
-        raise SystemExit(f"error: seed {bad[0]}: its {', '.join(map(what, keys))} come from different stage-0 parents; "
-                         "compared seed by seed, each seed's runs must share one stage 0")
+    for art in shared:
+        uids: dict = {}
+        for rs in groups.values():
+            for r in rs:
+                uids.setdefault(r["seed"], set()).add(r["made_from"].get(art))
+        if bad := sorted(s for s, u in uids.items() if len(u) > 1):
+            raise SystemExit(f"error: seed {bad[0]}: its {', '.join(map(what, keys))} come from different {art} "
+                             f"artifacts; compared seed by seed, each seed's runs must share its {art} (made again "
+                             "since? evaluate the others again too)")
 
 
 def group_runs(runs: list[dict]) -> dict:
@@ -247,7 +250,8 @@ def group_runs(runs: list[dict]) -> dict:
         raise SystemExit(f"error: two different training sets of {max(sizes, key=sizes.count)} velocities among "
                          "these runs; give one set of each size")
     if len(groups) > 1:
-        check_comparable(groups, what, ("hypformer: num_tokens",))
+        shared = ("parent.pt",) if sizes else ("parent.pt", "autoencoder.pt", "hyplatent.pt")  # sets; token counts
+        check_comparable(groups, what, ("hypformer: num_tokens",), shared)
     return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 
@@ -604,11 +608,7 @@ def load_components(paths: list[str]) -> dict[str, list[dict]]:
         if [r["seed"] for r in rs] != [r["seed"] for r in by[""]]:
             raise SystemExit(f"error: --components: variant '{tag}' has seeds {[r['seed'] for r in rs]}, the default "
                              f"{[r['seed'] for r in by['']]}: every variant needs every seed")
-    check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ",))
-    for tag, rs in by.items():
-        for r, ref in zip(rs, by[""]):
-            if r["made_from"].get("autoencoder.pt") != ref["made_from"].get("autoencoder.pt"):
-                raise SystemExit(f"error: {r['dir']}: {r['file']} and results.json come from different autoencoders")
+    check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ",), ("parent.pt", "autoencoder.pt"))
     return by
 
 

@@ -101,7 +101,7 @@ def test_component_ablation_pairs_each_variant_with_the_default_by_seed(tmp_path
     res_b = json.loads((tmp_path / "s2" / "results-regressor.json").read_text())
     res_b["made_from"]["autoencoder.pt"] = "another"
     (tmp_path / "s2" / "results-regressor.json").write_text(json.dumps(res_b))
-    with pytest.raises(SystemExit, match="s2: results-regressor.json and results.json come from different autoencoders"):
+    with pytest.raises(SystemExit, match="seed 2: .*variant regressor come from different autoencoder.pt artifacts"):
         agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), components=True))
     res_b["made_from"]["autoencoder.pt"] = "ae2"
     (tmp_path / "s2" / "results-regressor.json").write_text(json.dumps(res_b))
@@ -203,6 +203,11 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert pairs["L2 - L8 (seen)"]["per_seed"] == [-40.0, -50.0] and pairs["L2 - L8 (seen)"]["mean"] == -45.0
     assert pairs["L2 - L8 (unseen)"]["mean"] == -20.0 and pairs["L2 - L8 (unseen)"]["ci95"] == 0.0
     assert "| L2 - L8 (seen) | -45.00 ± 63.53 | -40.00, -50.00 |" in (tmp_path / "tokens" / "results.md").read_text()
+    f = tmp_path / "s1" / "results-L2.json"  # L = 2 of a seed whose stage 1 was made again since: not comparable
+    f.write_text(f.read_text().replace('"autoencoder.pt": "ae1"', '"autoencoder.pt": "ae1, made again"'))
+    with pytest.raises(SystemExit, match="seed 1: .* come from different autoencoder.pt artifacts"):
+        agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
+    f.write_text(f.read_text().replace('"autoencoder.pt": "ae1, made again"', '"autoencoder.pt": "ae1"'))
     fake_mw_results(tmp_path / "s3", 3, {"hypformer": (60.0, 20.0)})  # seed 3 without L = 2: rows over other seeds
     with pytest.raises(SystemExit, match="token counts were run on different seeds"):
         agg.main(agg.Args(runs=[*runs, str(tmp_path / "s3")], tokens=True, out=str(tmp_path / "tokens")))
@@ -232,7 +237,7 @@ def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
     # training sets compared seed by seed differ in nothing but the set, and share each seed's stage 0
     runs, kept = [str(p) for p in sorted(tmp_path.glob("n*"))], {f: f.read_text() for f in tmp_path.glob("n3-*/*.json")}
     for old, new, message in (('"episodes": 1', '"episodes": 5', "other settings \\(episodes\\); rows compared seed by seed"),
-                              ('"parent.pt": "parent', '"parent.pt": "another', "seed 1: .* different stage-0 parents")):
+                              ('"parent.pt": "parent', '"parent.pt": "another', "seed 1: .* come from different parent.pt artifacts")):
         for f, text in kept.items():  # every seed of the 3-velocity set
             f.write_text(text.replace(old, new))
         with pytest.raises(SystemExit, match=message):
