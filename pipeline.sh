@@ -14,7 +14,10 @@
 #   bash pipeline.sh publish    # every result page under results/ from runs/ and the runs kept beside it
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
 #   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are, stages 2, 3
-#                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=0..4)
+#                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=1..4;
+#                               # the studies below too). The up-to-date test cannot see a code change: an
+#                               # interrupted FROM_STAGE run is started again with the same FROM_STAGE (it makes
+#                               # the stages again for every seed), never without it (that would keep old ones)
 #   bash pipeline.sh seeds [smoke]  # the quick (or smoke) chain for SEEDS (default "1 2 3"), then aggregate.py
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12; SIZES="20 25 35")
@@ -68,6 +71,16 @@ stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall ti
 }
 
 FROM=${FROM_STAGE:-0}  # FROM_STAGE=N (1-4): stages before N are taken as they are, stages N.. are made again
+case "$FROM" in
+  [0-4]) ;;
+  *) echo "error: FROM_STAGE=$FROM: give 1, 2, 3 or 4 (the first stage to make again), or leave it unset" >&2; exit 2 ;;
+esac
+study_in() {  # study_in N RUN NAME COMMAND...: a study's stage N (stage_in), unless FROM_STAGE is past it
+  local n=$1
+  shift
+  if [ "$n" -lt "$FROM" ]; then echo "== $2: taken as it is (FROM_STAGE=$FROM)"; return; fi
+  REMAKE=$(( FROM > 0 )) stage_in "$@"
+}
 DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
 if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
 TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
@@ -137,9 +150,9 @@ if [ "$SCALE" = ablation ]; then
     BASE="$RUNS/cheetah-vel-$AB-seed$s"
     DIRS+=("$BASE") BASES+=("$BASE")
     SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$SELF" "$AB"
-    stage_in "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
+    study_in 0 "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
       --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress "${JOBS[@]}" --shard-dir oracle --velocities $(nested 10:)
-    stage_in "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
+    study_in 4 "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
       --no-progress "${TH[@]}" "${DONE[@]}" --tag sweep \
       --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
     for n in ${SIZES:-20 25 35}; do  # SIZES=35: one nested set (another process or machine can take the others)
@@ -173,10 +186,10 @@ if [ "$SCALE" = components ]; then
     for v in "${VARIANTS[@]}"; do
       tag=${v%%:*}
       read -r -a flags <<< "${v#*:}"
-      stage_in "$RUN" "stage 2 ($tag)" python stage2_hyplatent.py "${C[@]}" --out "hyplatent-$tag.pt" "${flags[@]}"
-      stage_in "$RUN" "stage 3 ($tag)" python stage3_hypformer.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
+      study_in 2 "$RUN" "stage 2 ($tag)" python stage2_hyplatent.py "${C[@]}" --out "hyplatent-$tag.pt" "${flags[@]}"
+      study_in 3 "$RUN" "stage 3 ($tag)" python stage3_hypformer.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
         --out "hypformer-$tag.pt"
-      stage_in "$RUN" "evaluation ($tag)" python evaluate.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
+      study_in 4 "$RUN" "evaluation ($tag)" python evaluate.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
         --hypformer "hypformer-$tag.pt" --tag "$tag" --diffusion ""  # MAA is the same in every variant
     done
     DIRS+=("$RUN")
@@ -196,9 +209,9 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
       # (TOKENS="2 4 16 32" for more points)
       for L in ${TOKENS:-$([ "$AB" = paper ] && echo 16 32 64 128 256 512 || echo 2 32)}; do
         C=(--suite metaworld --scale "$AB" --run-dir "$DIR" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
-        stage_in "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
+        study_in 3 "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
           --out "hypformer-L$L.pt"
-        stage_in "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" "${JOBS[@]}" --hypformer "hypformer-L$L.pt" \
+        study_in 4 "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" "${JOBS[@]}" --hypformer "hypformer-L$L.pt" \
           --tag "L$L" --no-baselines --diffusion ""
       done
     fi
@@ -222,14 +235,7 @@ COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" -
 
 T0=$(date +%s)
 python provenance.py chain "$RUN" bash pipeline.sh "$@"
-stage() { stage_in "$RUN" "$@"; }
-
-run_from() {  # run_from N NAME COMMAND...: stage N, unless FROM_STAGE is past it
-  local n=$1
-  shift
-  if [ "$n" -lt "$FROM" ]; then echo "== $1: taken as it is (FROM_STAGE=$FROM)"; return; fi
-  REMAKE=$(( FROM > 0 )) stage "$@"
-}
+run_from() { local n=$1; shift; study_in "$n" "$RUN" "$@"; }  # run_from N NAME COMMAND...: stage N of the chain
 if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere, by a job array (slurm/)
   echo "== stage 0: already made (by a job array); using $RUN/stage0"
 else

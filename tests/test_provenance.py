@@ -264,7 +264,27 @@ def test_a_failed_task_kills_the_running_ones(tmp_path):
 def test_pipeline_runs_its_chains_when_called_by_a_relative_path():
     """`bash <dir>/pipeline.sh seeds` from another directory: the per-seed chains it starts find the script
     (here each stops at the unknown scale, with the usage line)."""
-    env = {**__import__("os").environ, "AMT_NO_VENV": "1", "SEEDS": "1"}
+    env = {**__import__("os").environ, "AMT_NO_VENV": "1", "SEEDS": "1"}  # the usage line comes before any python
     r = subprocess.run(["bash", str(Path(ROOT.name) / "pipeline.sh"), "seeds", "nonsense"], cwd=ROOT.parent,
                        env=env, capture_output=True, text=True, timeout=60)
     assert "usage: bash pipeline.sh" in r.stderr + r.stdout and "No such file" not in r.stderr
+
+
+def test_from_stage_remakes_only_the_later_stages_and_says_so(smoke_copy):
+    """FROM_STAGE=4: stages 0-3 taken as they are, the evaluation made again and logged as a remake; a
+    FROM_STAGE that names no stage is refused before any work."""
+    import json
+    import os
+
+    env = {**os.environ, "AMT_NO_VENV": "1", "RUN_DIR": str(smoke_copy), "FROM_STAGE": "4",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "== stage 3 (HypFormer, Eqs. 6-9): taken as it is (FROM_STAGE=4)" in r.stdout
+    assert "== evaluation (Table IV or Tables I-III): done" in r.stdout
+    last = json.loads((smoke_copy / "provenance.jsonl").read_text().splitlines()[-1])
+    assert (last["stage"], last["remake"], last["exit"]) == ("evaluation (Table IV or Tables I-III)", 1, 0)
+    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env={**env, "FROM_STAGE": "9"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "error: FROM_STAGE=9: give 1, 2, 3 or 4" in r.stderr
