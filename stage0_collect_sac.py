@@ -9,8 +9,8 @@ later learns the distribution of these checkpoints, so all experts of a suite de
    `first_checkpoint` on, every `checkpoint_every` steps, the actor's flat vector is saved and one
    deterministic episode recorded (return, success, first-success step, MAA's `traj` and `post_success`).
 3. MetaWorld quick: half of each batch comes from 50 noisy scripted-expert episodes, with a behaviour-
-   cloning term on that half weighted by the batch's mean |Q| as in TD3+BC (`bc_weight` 2.5;
-   docs/metaworld-experts.md).
+   cloning term on that half weighted by `bc_weight` (2.5) x the batch's mean |Q|: TD3+BC's normalisation,
+   with more weight on cloning (TD3+BC's alpha = 2.5 is `bc_weight` 0.4; docs/metaworld-experts.md).
 
 The file reads: options, environments, SAC (networks, `sac_update`, the training loop, set beside CleanRL's
 `sac_continuous_action.py`), then resume, demonstrations, parent and children, the process pool.
@@ -92,7 +92,7 @@ class Args:
     critic_hidden: int = 128
     """width of the twin critics (CleanRL and the paper scale: 256; quick: 128, 3.7x fewer multiply-adds)"""
     alpha: float = 0.2
-    """initial entropy temperature (tuned automatically towards -act_dim entropy)"""
+    """initial entropy temperature, tuned automatically towards -act_dim entropy (CleanRL's autotune starts at 1)"""
 
     # scripted demonstrations (MetaWorld, DESIGN.md section 4)
     demo_episodes: int = 0
@@ -102,7 +102,7 @@ class Args:
     demo_noise: float = 0.1
     """std of the Gaussian noise added to scripted actions"""
     bc_weight: float = 0.0
-    """BC term weight relative to the batch's mean |Q| (TD3+BC's is 2.5)"""
+    """BC term weight, times the batch's mean |Q| (TD3+BC's alpha = 2.5 is 0.4 here)"""
 
     save_every: float = 60.0
     """seconds between saves of the resumable training state"""
@@ -330,13 +330,14 @@ def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n
             a, logp, mean = sample_action(actor, obs)
             q = qf(obs, a).min(0).values
             actor_loss = (alpha * logp - q).mean()
-            if n_demo:  # BC on the demonstrations, TD3+BC's scale
+            if n_demo:  # BC on the demonstrations, scaled by the batch's mean |Q| as in TD3+BC
                 w = args.bc_weight * q.abs().mean().detach()
                 actor_loss = actor_loss + w * (torch.tanh(mean[:n_demo]) - act[:n_demo]).pow(2).mean()
             agent["actor_opt"].zero_grad(set_to_none=True)
             actor_loss.backward()
             agent["actor_opt"].step()
-            alpha_loss = -(log_alpha * (logp.detach() + agent["target_entropy"])).mean()  # entropy tuning
+            # entropy tuning, on log alpha with the actor step's own sample (CleanRL: alpha, a fresh sample)
+            alpha_loss = -(log_alpha * (logp.detach() + agent["target_entropy"])).mean()
             agent["alpha_opt"].zero_grad(set_to_none=True)
             alpha_loss.backward()
             agent["alpha_opt"].step()
