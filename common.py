@@ -68,11 +68,11 @@ def flatten(actor: Actor) -> torch.Tensor:
 
 
 def unflatten(vec: torch.Tensor, actor: Actor) -> Actor:
-    """Load a flat vector into `actor` (in place) and return it."""
+    """Load a copy of a flat vector into `actor` (in place) and return it (training it leaves `vec` as it is)."""
     n = sum(p.numel() for p in actor.parameters())
     if vec.numel() != n:
         raise ValueError(f"flat policy has {vec.numel()} values, the actor needs {n}")
-    torch.nn.utils.vector_to_parameters(vec.to(next(actor.parameters())), actor.parameters())
+    torch.nn.utils.vector_to_parameters(vec.to(next(actor.parameters()), copy=True), actor.parameters())
     return actor
 
 

@@ -22,6 +22,9 @@ def test_flatten_unflatten_round_trip():
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     assert torch.equal(common.flatten(b), vec)
+    with torch.no_grad():
+        b.fc1.weight.add_(1.0)  # the actor holds a copy: changing it leaves the vector as it was
+    assert torch.equal(vec, common.flatten(a))
     # the layout is fc1.weight [out, in] row-major first, then fc1.bias, ...
     assert torch.equal(vec[:17], a.fc1.weight[0])
     assert torch.equal(vec[128 * 17 : 128 * 17 + 128], a.fc1.bias)
