@@ -218,5 +218,5 @@ def test_the_chain_stages_are_those_pipeline_sh_logs():
 
     logged = re.findall(r'^\s*run_from \d "([^"]+)"', (ROOT / "pipeline.sh").read_text(), re.M)
     assert tuple(logged) == provenance.CHAIN_STAGES
-    ablation = re.findall(r'^\s*stage_in "\$BASE" "([^"]+)"', (ROOT / "pipeline.sh").read_text(), re.M)
+    ablation = re.findall(r'^\s*study_in \d "\$BASE" "([^"]+)"', (ROOT / "pipeline.sh").read_text(), re.M)
     assert tuple(ablation) == provenance.ABLATION_STAGES
