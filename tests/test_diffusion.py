@@ -102,7 +102,7 @@ def test_diffusion_learns_two_conditions(one_thread):
     assert ((out_b - z_b).flatten(1).norm(dim=1) < 0.5 * (out_b - z_a).flatten(1).norm(dim=1)).all()
 
 
-def test_diffusion_stage_resumes_to_the_uninterrupted_result(cheetah_chain, tmp_path, monkeypatch):
+def test_diffusion_stage_resumes_to_the_uninterrupted_result(cheetah_chain, tmp_path, monkeypatch, capsys):
     """Stopped after its step-20 save, stage 2 (diffusion) resumes there and ends with the weights of an
     uninterrupted run; the chain's artifact and its MAA row exist."""
     run, _ = cheetah_chain
@@ -125,9 +125,17 @@ def test_diffusion_stage_resumes_to_the_uninterrupted_result(cheetah_chain, tmp_
     monkeypatch.setattr(sd, "denoising_loss", stop_after_25)
     with pytest.raises(KeyboardInterrupt):
         sd.main(replace(smoke, **args, out="d-cut.pt"))
-    assert (run / "d-cut.partial.pt").exists()
-    monkeypatch.setattr(sd, "denoising_loss", real)
+    assert torch.load(run / "d-cut.partial.pt", weights_only=True)["step"] == 20  # the last save before the stop
+    resumed = {"n": 0}
+
+    def count(*a):
+        resumed["n"] += 1
+        return real(*a)
+
+    monkeypatch.setattr(sd, "denoising_loss", count)
+    capsys.readouterr()
     sd.main(replace(smoke, **args, out="d-cut.pt"))
+    assert "at step 20" in capsys.readouterr().out and resumed["n"] == 20  # steps 20-39 only, not 0-39 again
     full, cut = (torch.load(run / f, weights_only=True) for f in ("d-full.pt", "d-cut.pt"))
     for k in full["model"]:
         assert torch.equal(full["model"][k], cut["model"][k]), k

@@ -84,6 +84,7 @@ def test_eq6_to_eq9_hypformer_losses():
     ref = 1e3 * parts["sim"] + 2e3 * parts["res"] + 3e3 * parts["c"]  # Eq. 9
     assert parts["total"].item() == pytest.approx(ref.item())
     assert parts["c"].item() == pytest.approx(0.5) and parts["res"].item() == pytest.approx(0.5)
+    assert parts["sim"].item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)  # cos((0, 1), (1, 1)) = 1/sqrt(2)
 
 
 def test_every_equation_runs_off_the_cpu():
@@ -341,12 +342,22 @@ def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path
     import evaluate as ev
 
     chain = ev.load_chain(args_at(ev, run_dir=str(tmp_path)))
-    assert not chain["G"].training
+    before = {k: v.clone() for k, v in chain["G"].state_dict().items()}
     outs = []
     for _ in range(2):
         torch.manual_seed(0)
         outs.append(ev.generate(args_at(ev, run_dir=str(tmp_path)), chain, [0.6])["params"])
-    assert torch.equal(outs[0], outs[1])  # deterministic given the noise: no dropout, fixed BatchNorm
+    assert torch.equal(outs[0], outs[1])  # deterministic given the noise
+    assert not chain["G"].training  # generating left G in eval mode, its state (running statistics) unchanged
+    assert all(torch.equal(v, before[k]) for k, v in chain["G"].state_dict().items())
+    # MAA is sampled last, with its own generator: the other methods' policies are the same without it
+    torch.manual_seed(0)
+    gen = ev.generate(args_at(ev, run_dir=str(tmp_path)), chain, [0.6])
+    torch.manual_seed(0)
+    no_maa = ev.generate(args_at(ev, run_dir=str(tmp_path)), {**chain, "maa": None}, [0.6])
+    assert "maa" in gen["method"] and "maa" not in no_maa["method"]
+    keep = [i for i, m in enumerate(gen["method"]) if m != "maa"]
+    assert no_maa["method"] == [gen["method"][i] for i in keep] and torch.equal(no_maa["params"], gen["params"][keep])
 
 
 def test_hyplatent_short_run(cheetah_chain, tmp_path):
@@ -375,7 +386,7 @@ def test_wrong_suite_or_policy_size_one_line_error(cheetah_chain, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "policy is" in r.stderr
 
 
-def test_hyplatent_stops_on_nan_keeping_a_partial_state_and_resumes(cheetah_chain, tmp_path, monkeypatch):
+def test_hyplatent_stops_on_nan_keeping_a_partial_state_and_resumes(cheetah_chain, tmp_path, monkeypatch, capsys):
     """A NaN stop leaves hyplatent.partial.pt, never hyplatent.pt; a re-run resumes from it and finishes."""
     run, _ = cheetah_chain
     (tmp_path / "autoencoder.pt").write_bytes((run / "autoencoder.pt").read_bytes())
@@ -396,7 +407,9 @@ def test_hyplatent_stops_on_nan_keeping_a_partial_state_and_resumes(cheetah_chai
     with pytest.raises(SystemExit, match="hyplatent.pt: file not found"):  # later stages cannot use it
         s2.load_generator(tmp_path / "hyplatent.pt", "cheetah-vel", "smoke")
     monkeypatch.setattr(s2, "generator_loss", real)
+    capsys.readouterr()
     s2.main(args)
+    assert "hyplatent.partial.pt at step 4" in capsys.readouterr().out  # resumed there, not started over
     _, hl_art = s2.load_generator(tmp_path / "hyplatent.pt", "cheetah-vel", "smoke")
     assert hl_art["step"] == 20 and hl_art["history"]["step"][0] == 0 and not (tmp_path / "hyplatent.partial.pt").exists()
     hl_art["step"] = 12  # an artifact that records fewer steps than it was asked for is refused

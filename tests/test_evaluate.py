@@ -407,6 +407,7 @@ def test_metaworld_tables(metaworld_chain):
     # (the row of all policies: 3 x 2 episodes), and the top-10 picks (here all 3) then on the rest: 3 x 3
     assert by[("hyplatent", "drawer-close-v3")]["n_episodes"] == 6
     assert by[("hyplatent@top10", "drawer-close-v3")]["n_episodes"] == 9
+    assert sum("goal_weights" in x for x in res["rows"]) >= 10  # the per-task rows carry their goal weights
     for x in res["rows"]:  # every row of every task weighs each of its 3 goals 1/3
         if "goal_weights" in x:
             np.testing.assert_allclose(x["goal_weights"], [1 / 3] * 3, err_msg=f"{x['method']} {x['task']}")

@@ -253,8 +253,9 @@ def test_a_failed_task_kills_the_running_ones(tmp_path):
 
     with pytest.raises(ValueError, match="this task failed"):
         with artifacts.process_pool(2) as pool:
-            pool.submit(_mark_after, str(tmp_path), 15)
+            slow = pool.submit(_mark_after, str(tmp_path), 15)
             while not (tmp_path / "started").exists():
+                assert not slow.done(), slow.exception()  # a worker that dies fails the test, not hangs it
                 time.sleep(0.05)
             pool.submit(_fail).result()
     time.sleep(1)

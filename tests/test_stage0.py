@@ -252,6 +252,27 @@ def test_sac_update_moves_q_to_the_bellman_target_and_alpha_the_right_way():
             torch.testing.assert_close(t1, t0 + args.tau * (p.detach() - t0))
 
 
+def test_behaviour_cloning_term_on_the_demonstration_rows(monkeypatch):
+    """With demonstrations (MetaWorld quick) the actor loss adds bc_weight x mean |Q| x the MSE between
+    tanh(mean) and the demonstrated action, on the first n_demo rows only; here the sample is made
+    deterministic (the tanh of the mean, log-probability 0) so the loss can be written out by hand."""
+    import copy
+
+    args = s0.Args(critic_hidden=16, policy_frequency=1, bc_weight=2.5)
+    torch.manual_seed(0)
+    obs, act = torch.randn(8, 3), torch.rand(8, 2) * 2 - 1
+    batch = (obs, act, torch.randn(8), torch.zeros(8), torch.randn(8, 3))
+    monkeypatch.setattr(s0, "sample_action", lambda actor, o: (torch.tanh(actor(o)[0]), torch.zeros(len(o)), actor(o)[0]))
+    agent = s0.new_agent(args, 3, 2)
+    actor_before = copy.deepcopy(agent["actor"])
+    out = s0.sac_update(agent, args, batch, step=0, alpha=0.2, n_demo=3)
+    with torch.no_grad():  # the critics the actor step saw are the updated ones (its own step changes only the actor)
+        mean = actor_before(obs)[0]
+        q = agent["qf"](obs, torch.tanh(mean)).min(0).values
+        want = -q.mean() + 2.5 * q.abs().mean() * (torch.tanh(mean[:3]) - act[:3]).pow(2).mean()
+    assert out["actor_loss"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
 def test_goal_seeds_of_training_never_equal_the_evaluation_seed():
     args = s0.Args(suite="metaworld", seed=1)
     seeds = s0.goal_seeds(args)
