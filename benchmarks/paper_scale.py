@@ -126,13 +126,17 @@ def diffusion_step(a, cond_dim: int, token_dim: int, batch: int):
     return run
 
 
-def hypformer_step(cond_dim: int, latent_dim: int, batch: int, tokens: int):
+def hypformer_step(cond_dim: int, noise_dim: int, latent_dim: int, batch: int, tokens: int):
+    """A stage-3 step: `tokens` samples per condition from the frozen generator, then HypFormer's step."""
+    G = s2.Generator(cond_dim, noise_dim, latent_dim).eval().requires_grad_(False)
     model = s3.HypFormer(latent_dim, cond_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    z_hat, c, z = torch.randn(batch, tokens, latent_dim), torch.randn(batch, cond_dim), torch.randn(batch, latent_dim)
+    c, z = torch.randn(batch, cond_dim), torch.randn(batch, latent_dim)
 
     def run(n):
         for _ in range(n):
+            with torch.no_grad():
+                z_hat = s3.sample_latents(G, c, tokens)
             z_pred, grad_pred = model(z_hat, c)
             loss = s3.hypformer_loss(z_pred, grad_pred, z)["total"]  # Eq. 9
             opt.zero_grad(set_to_none=True)
@@ -169,14 +173,17 @@ def main(args: Args) -> None:
         rows.append(("stage 2 MAA's diffusion (the baseline)", ad.steps,
                      per_step(diffusion_step(ad, cond_dim, a1.token_dim, ad.batch_size), max(args.steps // 100, 2), 1)))  # slow on a CPU
         rows.append(("stage 3 HypFormer (Eqs. 6-9)", a3.steps,
-                     per_step(hypformer_step(cond_dim, latent, a3.batch_size, a3.num_tokens), args.steps)))
+                     per_step(hypformer_step(cond_dim, a2.noise_dim, latent, a3.batch_size, a3.num_tokens), args.steps)))
         print(f"\n## {suite}: `bash pipeline.sh {'paper' if suite == 'cheetah-vel' else 'mw-paper'}` "
               f"(measured per step on this machine, {args.threads} torch thread(s))\n")
         print("| stage | steps at paper scale | seconds per step | " + " | ".join(f"{c} cores" for c in args.cores) + " |")
         print("|---|---|---|" + "---|" * len(args.cores))
-        stage0 = lambda c: parent + -(-n_children // c) * one_child  # noqa: E731 - experts in waves of c
+        # experts in waves of c; Cheetah-Vel's two stage-0 calls (training velocities, then the oracles) wait
+        # for each other, so their waves add
+        pools = [len(a0.velocities), len(common.CHEETAH_TEST)] if suite == "cheetah-vel" else [len(a0.tasks)]
+        stage0 = lambda c: parent + sum(-(-n // c) for n in pools) * one_child  # noqa: E731
         print(f"| stage 0: parent + {n_children} experts x ({child:,} SAC steps + {a0.num_checkpoints} checkpoint "
-              f"episodes) | {a0.parent_steps + n_children * child:,} | {sac:.4f} (+ {episode:.2f} s per episode) | "
+              f"episodes) | {(a0.parent_steps if suite == 'cheetah-vel' else 0) + n_children * child:,} | {sac:.4f} (+ {episode:.2f} s per episode) | "
               + " | ".join(fmt_time(stage0(c)) for c in args.cores) + " |")
         total = {c: stage0(c) for c in args.cores}
         for name, steps, s in rows:
