@@ -273,12 +273,13 @@ def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
 
 
 def memorisation_table(mem: dict) -> str:
-    lines = ["| policies | to nearest training checkpoint (median) | (10th percentile) | to interpolated expert (median) | "
+    lines = ["| policies | to nearest stage-0 checkpoint (median) | (10th percentile) | to interpolated expert (median) | "
              "mean action difference to the nearest checkpoint |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {d['to nearest checkpoint']:.2f} | {d['to nearest checkpoint, 10th pct']:.2f} | "
               f"{d['to interpolated expert']:.2f} | {d['action difference to nearest checkpoint']:.3f} |"
               for m, d in mem.items() if isinstance(d, dict)]
-    lines += ["", "L2 distances of the acting parameters (the unused log-std head left out). The floor of every decoded "
+    lines += ["", "L2 distances of the acting parameters (the unused log-std head left out), to every checkpoint of "
+              "stage0/ (the autoencoder's held-out ones included). The floor of every decoded "
               f"policy: the autoencoder's round trip of its own training checkpoints, "
               f"{mem['autoencoder round trip of a training checkpoint']:.2f}. The spacing of the training data: best "
               f"checkpoints of neighbouring training velocities {mem['neighbouring velocities (best checkpoints)']:.2f}; "
