@@ -1,7 +1,8 @@
 """Videos of generated policies (the paper's Fig. 1 for MetaWorld and Fig. 3 for Cheetah-Vel).
 
-Renders one episode (evaluation episode 0 / goal 0) of the first `per_task` policies of each generating
-method per task of a `generated.pt` to animated GIFs, headless: set `MUJOCO_GL=egl` (with Mesa this works
+Renders one episode (Cheetah-Vel: evaluation episode 0, the reset every method is scored on; MetaWorld:
+evaluation goal 0, on which the evaluation runs only some policies) of the first `per_task` policies of each
+generating method per task of a `generated.pt` to animated GIFs, headless: set `MUJOCO_GL=egl` (with Mesa this works
 on a CPU machine; `osmesa` is the slower fallback). Each frame carries the method, the task and, for
 Cheetah-Vel, the target and the achieved velocity (running mean of the x velocity); for MetaWorld whether
 the task has succeeded so far. Writes `<out>/<method>-<task>-<i>.gif` and `<out>/index.md` listing them
@@ -94,7 +95,7 @@ def render(generated: dict, out: Path, per_task: int, tasks=(), methods=METHODS,
                 artifacts.write_atomic(path, lambda p: frames[0].save(p, format="GIF", save_all=True,
                                                                    append_images=frames[1:], duration=40, loop=0))
                 made.append({"file": path.name, "method": m, "task": t, **res})
-    lines = [f"# Videos of {len(made)} policies (evaluation episode 0)", "",
+    lines = [f"# Videos of {len(made)} policies (evaluation episode 0, or goal 0 on MetaWorld)", "",
              "| video | method | task | return | " + ("achieved velocity |" if suite == "cheetah-vel" else "success |"),
              "|---|---|---|---|---|"]
     lines += [f"| [{v['file']}]({v['file']}) | {v['method']} | {v['task']} | {v['return']:.1f} | "
