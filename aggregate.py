@@ -374,12 +374,17 @@ def pairs_table(g: dict, keep=None) -> list[str]:
                     f"{d['verdict']} |" for k, d in g["pairs"].items() if keep is None or k.split(" (")[0] in keep]
 
 
+def leaves_0_100(lo: float, hi: float) -> bool:
+    """Whether an interval of a success rate leaves [0, 100] (by more than float rounding)."""
+    return lo < -1e-6 or hi > 100 + 1e-6
+
+
 def fmt_rate(c: dict) -> str:
     """A success rate over seeds: with 2 seeds the two values (a 95% t interval from 2 is 12.7 standard
     errors wide: no use), else mean ± interval, the interval clipped to [0, 100] where it leaves it."""
     if len(c["seeds"]) == 2:
         return f"{c['mean']:.2f} (seeds {c['seeds'][0]:.1f}, {c['seeds'][1]:.1f})"
-    if np.isnan(c["ci95"]) or (c["mean"] - c["ci95"] >= -1e-6 and c["mean"] + c["ci95"] <= 100 + 1e-6):  # rounding aside
+    if np.isnan(c["ci95"]) or not leaves_0_100(c["mean"] - c["ci95"], c["mean"] + c["ci95"]):
         return fmt(c["mean"], c["ci95"])
     return f"{c['mean']:.2f} [{max(0.0, c['mean'] - c['ci95']):.1f}, {min(100.0, c['mean'] + c['ci95']):.1f}] (clipped)"
 
@@ -390,7 +395,7 @@ def fmt_prediction(c: dict, rate: bool = False) -> str:
     if np.isnan(c["pi95"]) or len(c["seeds"]) < 3:
         return "-"
     lo, hi = c["mean"] - c["pi95"], c["mean"] + c["pi95"]
-    if rate and (lo < -1e-6 or hi > 100 + 1e-6):  # rounding aside
+    if rate and leaves_0_100(lo, hi):
         return f"{max(0.0, lo):.2f} to {min(100.0, hi):.2f} (clipped)"
     return f"{lo:.2f} to {hi:.2f}"
 
@@ -604,10 +609,7 @@ def load_components(paths: list[str]) -> dict[str, list[dict]]:
         if len(groups) > 1:
             raise SystemExit("error: --components: the run directories were trained on different velocities")
         by[tag] = next(iter(groups.values()))
-    for tag, rs in by.items():
-        if [r["seed"] for r in rs] != [r["seed"] for r in by[""]]:
-            raise SystemExit(f"error: --components: variant '{tag}' has seeds {[r['seed'] for r in rs]}, the default "
-                             f"{[r['seed'] for r in by['']]}: every variant needs every seed")
+    check_same_seeds({tag or "default": {"seeds": [r["seed"] for r in rs]} for tag, rs in by.items()}, "loss variants")
     check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ",), ("parent.pt", "autoencoder.pt"))
     return by
 

@@ -134,7 +134,7 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
     unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
     cond = conditioning_rollouts(shards, unused, chain["phi"], be, workers, conditions, success_only, progress)
     # each generator its own noise stream: HypLatent's policies do not depend on HypFormer's L, nor either on MAA
-    g_hl, g_hf, g_maa = (torch.Generator().manual_seed(seed + i) for i in (0, 1, 0))
+    g_hl, g_hf, g_maa = (torch.Generator().manual_seed(s) for s in (seed, seed + 1, seed))
     params, method, task = [], [], []
     for name in shards:
         h = cond[name]["h"]

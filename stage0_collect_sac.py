@@ -690,9 +690,9 @@ def main(args: Args) -> None:
     todo = []  # the tasks to train; finished shards and resumable states are checked before the work starts
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
-        if path.with_suffix(".partial.pt").exists():
-            artifacts.check_partial(path.with_suffix(".partial.pt"), PARTIAL_FORMAT, shard_settings(args),
-                                    {"parent.pt": parent["uid"]})
+        partial = path.with_suffix(".partial.pt")
+        if partial.exists():
+            artifacts.check_partial(partial, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]})
         if path.exists():
             check_shard(args, path, parent)  # finished: it must belong to this run
         else:
