@@ -45,10 +45,6 @@ import artifacts
 import provenance
 from methods import LABELS, METHODS, MW_LABELS, MW_METHODS, MW_ROWS, task_name
 
-# 0.975 quantiles of Student's t by degrees of freedom (a df between two entries takes the smaller df's,
-# which is the larger, conservative value)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 # (a, b): the differences a - b reported with intervals
 PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("hyplatent", "maa"), ("hypformer", "maa"),
          ("maa", "interpolated-expert"), ("decoded-expert", "nearest-expert"),
@@ -69,6 +65,15 @@ MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("
 # the MetaWorld comparisons a headline shows (the others, top-k and the seen-task chain, are in the full tables)
 MW_HEADLINE_PAIRS = {"hyplatent - parent", "hypformer - hyplatent", "hyplatent - maa", "hypformer - maa",
                      "checkpoints - hyplatent"}
+# The primary comparisons of each suite (DESIGN.md section 12, named before the runs): Holm's correction runs
+# over them alone, which keeps their power; every other difference on a page is one exploratory family,
+# corrected over its own size. A comparison absent from a page (a system not run) leaves the family.
+PRIMARY_CV = {"hyplatent - interpolated-expert", "hyplatent - maa", "hypformer - hyplatent",
+              "hyplatent - mt-bc", "hyplatent - prompt-dt"}
+PRIMARY_MW = {f"{a} - {b} ({split})" for split in ("seen", "unseen")
+              for a, b in (("hyplatent", "parent"), ("hyplatent", "maa"), ("hypformer", "hyplatent"),
+                           ("hyplatent", "mt-bc"), ("hyplatent", "prompt-dt"))}
+ALPHA = 0.05  # a call: Holm-adjusted p below this
 
 @dataclass
 class Args:
@@ -89,6 +94,15 @@ class Args:
     """the page's title (default: from the suite, scale and tag)"""
     readme: str = "README.md"
     """with --publish: the README whose `<!-- headline: <page> -->` block is replaced by the page's headline"""
+    mixed_code: bool = False
+    """pool seeds made by different stage code (refused otherwise); the page then lists which seeds ran which code"""
+
+
+def t975(df: float) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom, exact (scipy)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
 
 
 def mean_ci(x) -> tuple[float, float]:
@@ -96,32 +110,89 @@ def mean_ci(x) -> tuple[float, float]:
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return float(x.mean()) if len(x) else float("nan"), float("nan")
-    df = len(x) - 1
-    t = T975[max(k for k in T975 if k <= df)]
-    return float(x.mean()), float(t * x.std(ddof=1) / np.sqrt(len(x)))
+    return float(x.mean()), float(t975(len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def prediction_halfwidth(x) -> float:
-    """Half-width of the 95% prediction interval for one new run: t(0.975, n-1) s sqrt(1 + 1/n), centred on
-    the mean (nan with fewer than 2). What a user's own run of the chain should land in, 19 times in 20."""
+    """Half-width of the 95% prediction interval for one new value: t(0.975, n-1) s sqrt(1 + 1/n), centred on
+    the mean (nan with fewer than 2). Used for paired differences, which are close to normal from seed to
+    seed; a method's own scores are not (a seed whose parent runs on its back sits far below the others),
+    and get the seeds' range instead (`fmt_range`)."""
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return float("nan")
-    t = T975[max(k for k in T975 if k <= len(x) - 1)]
-    return float(t * x.std(ddof=1) * np.sqrt(1 + 1 / len(x)))
+    return float(t975(len(x) - 1) * x.std(ddof=1) * np.sqrt(1 + 1 / len(x)))
+
+
+def range_coverage(n: int) -> float:
+    """The probability that one new run lands between the lowest and highest of n exchangeable seeds,
+    whatever their distribution: (n - 1) / (n + 1)."""
+    return (n - 1) / (n + 1)
+
+
+def paired_p(d) -> float:
+    """Two-sided p of the paired t-test of mean difference 0 (nan with fewer than 2 seeds or no spread)."""
+    from scipy import stats
+
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2 or d.std(ddof=1) <= 1e-9 * max(1.0, abs(d.mean())):
+        return float("nan")
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: sorted ascending, the i-th (from 0) of m is
+    multiplied by m - i, made non-decreasing, capped at 1. A nan (no test) takes no place in the family."""
+    idx = sorted((i for i, p in enumerate(ps) if not np.isnan(p)), key=lambda i: ps[i])
+    out, run = [float("nan")] * len(ps), 0.0
+    for rank, i in enumerate(idx):
+        run = max(run, min(1.0, (len(idx) - rank) * ps[i]))
+        out[i] = run
+    return out
+
+
+def paired(d, a: str, b: str, family: str) -> dict:
+    """One paired comparison a - b over seeds: the per-seed differences, mean, 95% interval, 95% prediction
+    interval of one new run's difference, the t-test's p and its family; `apply_holm` adds the call."""
+    d = np.asarray(d, dtype=float)
+    m, h = mean_ci(d)
+    return {"per_seed": d.tolist(), "mean": m, "ci95": h, "pi95": prediction_halfwidth(d),
+            "p": paired_p(d) if len(d) >= 3 else float("nan"),  # no test from fewer than 3 seeds
+            "family": family, "a": a, "b": b}
+
+
+def apply_holm(pairs: list[dict]) -> None:
+    """Holm's correction over each family of a page's comparisons (in place): `p_holm`, `family_size` (the
+    tests in the family) and the call. Comparisons from fewer than 3 seeds are never called and take no
+    place in a family."""
+    for fam in sorted({d["family"] for d in pairs}):
+        members = [d for d in pairs if d["family"] == fam]
+        ps = [d["p"] for d in members]
+        for d, q in zip(members, holm(ps)):
+            d["p_holm"], d["family_size"] = q, int(np.isfinite(ps).sum())
+            d["verdict"] = verdict(d)
+
+
+def verdict(d: dict) -> str:
+    """Higher is better: a wins where the Holm-adjusted p of a - b is below ALPHA and the mean is above 0,
+    loses where below 0; never from fewer than 3 seeds."""
+    n, m, h = len(d["per_seed"]), d["mean"], d["ci95"]
+    if n < 3:
+        return f"no call ({n} seed{'s' if n > 1 else ''})"
+    if h <= 1e-9 * max(1.0, abs(m)):  # every seed gave the same difference (up to rounding): rows no seed changes
+        return "the same in every seed (not varied by the seeds): no call"
+    if d["p_holm"] >= ALPHA:
+        return "no call"
+    return f"{d['a']} better" if m > 0 else f"{d['b']} better"
 
 
 def fmt(m: float, h: float) -> str:
     return f"{m:.2f}" if np.isnan(h) else f"{m:.2f} ± {h:.2f}"
 
 
-def verdict(m: float, h: float, a: str, b: str) -> str:
-    """Higher return is better: a wins where the interval of a - b lies above 0, loses where below."""
-    if np.isnan(h):
-        return "one seed: no call"
-    if h <= 1e-9 * max(1.0, abs(m)):  # every seed gave the same difference (up to rounding): rows no seed changes
-        return "the same in every seed (not varied by the seeds): no call"
-    return "no difference shown (interval contains 0)" if abs(m) <= h else (f"{a} better" if m > 0 else f"{b} better")
+def fmt_p(p: float) -> str:
+    return "-" if np.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def load_runs(paths: list[str], tag: str, tokens: bool = False) -> list[dict]:
@@ -141,9 +212,13 @@ def load_runs(paths: list[str], tag: str, tokens: bool = False) -> list[dict]:
                 raise SystemExit(f"error: {f}: not found (run evaluate.py{' --tag ' + tag if tag else ''} there first)") from None
             except ValueError:
                 raise SystemExit(f"error: {f}: not JSON") from None
+            # a results file that records its code carries a checksum too; only older ones (kept under
+            # results/data/) have neither, and their code is read from their provenance (`run_code`)
+            res = artifacts.read_results(f, legacy_ok=isinstance(res, dict) and "code" not in res)
             if "train_velocities" not in res and "num_tokens" not in res:
                 raise SystemExit(f"error: {f}: not an evaluation of this version (no train_velocities or num_tokens)")
             res["dir"], res["file"] = str(p), name
+            res["code"] = run_code(res)
             runs.append(res)
     if not runs:
         raise SystemExit(f"error: no results.json or results-L<L>.json in {', '.join(paths)}")
@@ -151,6 +226,33 @@ def load_runs(paths: list[str], tag: str, tokens: bool = False) -> list[dict]:
     if len(suites) > 1:
         raise SystemExit(f"error: the run directories hold evaluations of several suites ({', '.join(suites)})")
     return runs
+
+
+LEGACY_CODE = "unrecorded (the commits in provenance.jsonl)"  # the code key of results written before `code`
+
+
+def run_code(r: dict) -> dict:
+    """{stage: code fingerprint} of a run's results (evaluate.py's `code`); for results written before
+    fingerprints were recorded, the commits its provenance.jsonl logs for its stages (runs made at different
+    commits then count as different code, the same code or not)."""
+    if "code" in r:
+        return r["code"]
+    commits = sorted({rec.get("commit", "?") for rec in provenance.read_records(r["dir"]) if rec.get("event") == "stage"})
+    return {LEGACY_CODE: ", ".join(commits) or "unknown"}
+
+
+def code_label(code: dict) -> str:
+    """A run's code in one word for the run table: 8 hex digits over every stage's fingerprint, or `unrecorded`."""
+    import hashlib
+
+    if LEGACY_CODE in code:
+        return "unrecorded"
+    return hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def code_difference(a: dict, b: dict) -> list[str]:
+    """The stages whose code differs between two runs."""
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def group_key(r: dict):
@@ -217,7 +319,7 @@ def check_comparable(groups: dict, what, upstream_free: tuple[str, ...], shared:
                              "since? evaluate the others again too)")
 
 
-def group_runs(runs: list[dict]) -> dict:
+def group_runs(runs: list[dict], mixed_code: bool = False) -> dict:
     """{key: runs}. Runs pool as seeds of one method only when they differ in nothing but the seed: the
     evaluation's settings (but, for the token ablation, its file names and baselines), and the settings of
     every artifact upstream (stage 0 to HypFormer). Two evaluations of one chain (one autoencoder.pt) are
@@ -235,6 +337,9 @@ def group_runs(runs: list[dict]) -> dict:
             if diff:
                 raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made or evaluated with other settings "
                                  f"({', '.join(diff[:6])}): not seeds of one method")
+            if (diff := code_difference(rs[0]["code"], r["code"])) and not mixed_code:
+                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made by other code ({', '.join(diff[:4])}); a "
+                                 "table pools runs of one code (--mixed-code pools them and lists which seed ran which)")
         seeds = [r["seed"] for r in rs]
         if len(set(seeds)) < len(seeds):
             raise SystemExit(f"error: two evaluations of seed {max(seeds, key=seeds.count)} for {what(key)}: "
@@ -255,16 +360,18 @@ def group_runs(runs: list[dict]) -> dict:
     return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 
-def aggregate_group(rs: list[dict]) -> dict:
+def aggregate_group(rs: list[dict], primary: set = frozenset()) -> dict:
     """Per method and task (velocity names and `average`): the seeds' scores, mean and interval; paired
-    differences of the averages; memorisation distances averaged over seeds."""
+    differences of the averages (those named in `primary` in the primary family, the others exploratory;
+    `apply_holm` calls them once the page's families are complete); memorisation distances averaged over
+    seeds."""
     scores: dict = {}
     for r in rs:
         for row in r["rows"]:
             if not row["method"].startswith("paper:"):
                 scores.setdefault((row["method"], row["task"]), []).append(row["score"])
     n = len(rs)
-    cells = {f"{m}|{t}": {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v))), "pi95": prediction_halfwidth(v)}
+    cells = {f"{m}|{t}": {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v)))}
              for (m, t), v in scores.items() if len(v) == n}
     pairs = {}
     todo = [(a, b, "average") for a, b in PAIRS] if rs[0]["suite"] == "cheetah-vel" else \
@@ -273,9 +380,8 @@ def aggregate_group(rs: list[dict]) -> dict:
         ka, kb = (a, t), (b, t)
         if ka in scores and kb in scores and len(scores[ka]) == n == len(scores[kb]):
             d = np.array(scores[ka]) - np.array(scores[kb])  # paired by seed (same stage 0, same envs)
-            m, h = mean_ci(d)
             key = f"{a} - {b}" if t == "average" else f"{a} - {b} ({t.removeprefix('average-')})"
-            pairs[key] = {"per_seed": d.tolist(), "mean": m, "ci95": h, "verdict": verdict(m, h, a, b)}
+            pairs[key] = paired(d, pair_label(a), pair_label(b), "primary" if key in primary else "exploratory")
     mem = {}
     for r in rs:
         for k, v in (r.get("memorisation") or {}).items():
@@ -295,7 +401,7 @@ SIZE_METHODS = ("hyplatent", "hypformer", "interpolated-expert", "nearest-expert
 
 def size_pairs(agg: dict) -> dict:
     """The velocity ablation: each training set against the smallest, per method, paired by seed (the sets are
-    nested: one stage 0 per seed). {"<method>: <N> - <n>": {per_seed, mean, ci95, verdict}}."""
+    nested: one stage 0 per seed); HypLatent's are the page's primary family. {"<method>: <N> - <n>": paired}."""
     keys = sorted(agg, key=int)
     base, out = agg[keys[0]], {}
     for k in keys[1:]:
@@ -303,9 +409,8 @@ def size_pairs(agg: dict) -> dict:
             a, b = agg[k]["cells"].get(f"{m}|average"), base["cells"].get(f"{m}|average")
             if a and b:
                 d = np.array(a["seeds"]) - np.array(b["seeds"])
-                mean, h = mean_ci(d)
-                out[f"{m}: {k} - {keys[0]}"] = {"per_seed": d.tolist(), "mean": mean, "ci95": h,
-                                                "verdict": verdict(mean, h, f"{k} velocities", f"{keys[0]} velocities")}
+                out[f"{m}: {k} - {keys[0]}"] = paired(d, f"{k} velocities", f"{keys[0]} velocities",
+                                                      "primary" if m == "hyplatent" else "exploratory")
     return out
 
 
@@ -320,23 +425,39 @@ def check_same_seeds(agg: dict, what: str, unit: str = "") -> None:
 
 def token_pairs(agg: dict, ref: int = 8) -> dict:
     """The token ablation: HypFormer with each L against the chain's own L = `ref`, seen and unseen success,
-    paired by seed (one chain per seed). {"L<L> - L<ref> (<split>)": {per_seed, mean, ci95, verdict}}."""
+    paired by seed (one chain per seed); the page's primary family. {"L<L> - L<ref> (<split>)": paired}."""
     out, base = {}, agg.get(f"L{ref}")
     for k, g in agg.items():
         for split in ("seen", "unseen"):
             a, b = g["cells"].get(f"hypformer|average-{split}"), base and base["cells"].get(f"hypformer|average-{split}")
             if g is not base and a and b:
                 d = np.array(a["seeds"]) - np.array(b["seeds"])
-                mean, h = mean_ci(d)
-                out[f"{k} - L{ref} ({split})"] = {"per_seed": d.tolist(), "mean": mean, "ci95": h,
-                                                 "verdict": verdict(mean, h, k, f"L{ref}")}
+                out[f"{k} - L{ref} ({split})"] = paired(d, k, f"L{ref}", "primary")
     return out
 
 
+PAIR_HEAD = ["| {what} | family | mean ± 95% CI | one new run (95% prediction) | per seed | p | Holm p | call |",
+             "|---|---|---|---|---|---|---|---|"]
+
+
+def family_note(pairs) -> str:
+    """What a page's calls are corrected over: the size of each family its comparisons belong to."""
+    sizes = {d["family"]: d["family_size"] for d in pairs}
+    fams = " and ".join(f"{sizes[f]} {f}" for f in ("primary", "exploratory") if f in sizes)
+    return (f"Holm-adjusted over {fams} comparisons (each family corrected on its own; primary: DESIGN.md "
+            "section 12). p: two-sided paired t-test; a call where the Holm-adjusted p is below 0.05, never from "
+            "fewer than 3 seeds; the intervals are unadjusted 95% t intervals.")
+
+
+def pair_row(label: str, d: dict) -> str:
+    pred = "-" if len(d["per_seed"]) < 3 else f"{d['mean'] - d['pi95']:.2f} to {d['mean'] + d['pi95']:.2f}"
+    return (f"| {label} | {d['family']} | {fmt(d['mean'], d['ci95'])} | {pred} | "
+            f"{', '.join(f'{x:.2f}' for x in d['per_seed'])} | {fmt_p(d['p'])} | {fmt_p(d['p_holm'])} | {d['verdict']} |")
+
+
 def size_table(pairs: dict) -> str:
-    lines = ["| method: training velocities a - b | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
-    return "\n".join(lines + [f"| {pair_label(k.split(': ')[0])}: {k.split(': ')[1]} | {fmt(d['mean'], d['ci95'])} | "
-                               f"{', '.join(f'{x:.2f}' for x in d['per_seed'])} | {d['verdict']} |" for k, d in pairs.items()])
+    lines = [PAIR_HEAD[0].format(what="method: training velocities a - b"), PAIR_HEAD[1]]
+    return "\n".join(lines + [pair_row(f"{pair_label(k.split(': ')[0])}: {k.split(': ')[1]}", d) for k, d in pairs.items()])
 
 
 def group_table(g: dict, vels: list[float]) -> str:
@@ -351,8 +472,13 @@ def group_table(g: dict, vels: list[float]) -> str:
         lines += [f"| {t.removeprefix('vel-')} | " + " | ".join(cell(m, t) for m in methods) + " |" for t in tasks]
     lines += pairs_table(g)
     if g["memorisation"]:
-        lines += ["", "Memorisation (L2 distance in parameter space, medians per run, averaged over seeds):", "",
-                  "| quantity | distance |", "|---|---|"]
+        lines += ["", "Memorisation (each run's medians, averaged over seeds). Rows `action difference to nearest "
+                  "checkpoint`: the mean absolute difference of actions on visited states; every other row: the L2 "
+                  "distance of the acting parameters (the unused log-std head left out), to every stage-0 checkpoint "
+                  "(held-out ones included). `autoencoder round trip of a training checkpoint` is the floor every "
+                  "decoded policy sits on. Runs whose code is `unrecorded` computed the distances with torch.cdist's "
+                  "matrix-multiply path, off by up to about 0.014 (the nearest expert's distance to itself); later "
+                  "runs compute them exactly, in float64.", "", "| quantity | distance |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in g["memorisation"].items()]
     return "\n".join(lines)
 
@@ -367,11 +493,13 @@ def pair_label(key: str) -> str:
 
 
 def pairs_table(g: dict, keep=None) -> list[str]:
-    """The paired differences of group `g` (those whose `a - b` is in `keep`, when given)."""
-    lines = ["", "Paired differences of the averages (a - b, per seed, then mean ± 95% t interval):", "",
-             "| a - b | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
-    return lines + [f"| {pair_label(k)} | {fmt(d['mean'], d['ci95'])} | {', '.join(f'{x:.2f}' for x in d['per_seed'])} | "
-                    f"{d['verdict']} |" for k, d in g["pairs"].items() if keep is None or k.split(" (")[0] in keep]
+    """The paired differences of group `g` (those whose `a - b` is in `keep`, when given), primary first."""
+    rows = sorted((kv for kv in g["pairs"].items() if keep is None or kv[0].split(" (")[0] in keep),
+                  key=lambda kv: kv[1]["family"] != "primary")
+    if not rows:
+        return []
+    return ["", "Paired differences of the averages (a - b per seed). " + family_note(g["pairs"].values()), "",
+            PAIR_HEAD[0].format(what="a - b"), PAIR_HEAD[1], *(pair_row(pair_label(k), d) for k, d in rows)]
 
 
 def leaves_0_100(lo: float, hi: float) -> bool:
@@ -389,15 +517,17 @@ def fmt_rate(c: dict) -> str:
     return f"{c['mean']:.2f} [{max(0.0, c['mean'] - c['ci95']):.1f}, {min(100.0, c['mean'] + c['ci95']):.1f}] (clipped)"
 
 
-def fmt_prediction(c: dict, rate: bool = False) -> str:
-    """The 95% prediction interval of one new run (from 3 seeds on); a success rate's is clipped to [0, 100]
-    where it leaves it, as `fmt_rate` does its confidence interval."""
-    if np.isnan(c["pi95"]) or len(c["seeds"]) < 3:
+def fmt_range(c: dict) -> str:
+    """What one new run of a method shows, from the seeds themselves: the lowest to the highest seed (from 3
+    seeds on; a new run lands inside with probability `range_coverage(n)`, whatever the distribution)."""
+    if len(c["seeds"]) < 3:
         return "-"
-    lo, hi = c["mean"] - c["pi95"], c["mean"] + c["pi95"]
-    if rate and leaves_0_100(lo, hi):
-        return f"{max(0.0, lo):.2f} to {min(100.0, hi):.2f} (clipped)"
-    return f"{lo:.2f} to {hi:.2f}"
+    return f"{min(c['seeds']):.2f} to {max(c['seeds']):.2f}"
+
+
+def range_head(n: int) -> str:
+    return (f"one new run: the {n} seeds' range (inside with probability {range_coverage(n):.0%})" if n >= 3
+            else "one new run (from 3 seeds)")
 
 
 def metaworld_table(g: dict) -> str:
@@ -565,9 +695,9 @@ HEADLINE = ("<!-- headline -->", "<!-- /headline -->")
 
 
 def headline(agg: dict, suite: str) -> str:
-    """The averages of every method (mean ± 95% CI, the 95% prediction interval of one new run, the seeds'
-    values) and the paired differences with their calls, per group: what the README copies. MetaWorld: the
-    methods without their top-k rows, and the comparisons of MW_HEADLINE_PAIRS."""
+    """The averages of every method (mean ± 95% CI, the seeds' range: what one new run shows) and the paired
+    differences with their calls, per group: what the README copies. MetaWorld: the methods without their
+    top-k rows, and the comparisons of MW_HEADLINE_PAIRS."""
     out = []
     for g in agg.values():
         if len(agg) > 1:
@@ -580,14 +710,14 @@ def headline(agg: dict, suite: str) -> str:
             tasks, names = ["average-seen", "average-unseen"], ["seen success %", "unseen success %"]
             rows = [m for m in MW_METHODS if any(f"{m}|{t}" in g["cells"] for t in tasks)]  # top-k: full tables
         over = f"mean ± 95% CI over {n} seeds" if n > 1 else "one seed (no interval)"
-        head = "| method | " + " | ".join(f"{x}, {over} | one new run (95% prediction)" for x in names)
+        head = "| method | " + " | ".join(f"{x}, {over} | {range_head(n)}" for x in names)
         out += [head + " |", "|---" * (1 + 2 * len(tasks)) + "|"]
         for m in rows:
             cells = []
             for t in tasks:
                 c = g["cells"].get(f"{m}|{t}")
                 cells += ["-", "-"] if c is None else [fmt(c["mean"], c["ci95"]) if suite == "cheetah-vel" else fmt_rate(c),
-                                                       fmt_prediction(c, rate=suite != "cheetah-vel")]
+                                                       fmt_range(c)]
             out.append(f"| {(LABELS if suite == 'cheetah-vel' else MW_LABELS)[m]} | " + " | ".join(cells) + " |")
         out += pairs_table(g, None if suite == "cheetah-vel" else MW_HEADLINE_PAIRS) + [""]
     return "\n".join(out).rstrip()
@@ -600,12 +730,12 @@ COMPONENTS = [("", "(a) Eqs. 3-5 + paired term (the chain's default)"),
               ("regressor", "(d) deterministic regressor (no noise, no discriminator)")]
 
 
-def load_components(paths: list[str]) -> dict[str, list[dict]]:
+def load_components(paths: list[str], mixed_code: bool = False) -> dict[str, list[dict]]:
     """{variant tag: runs}, every variant's evaluations checked like seeds, and paired by seed: each seed's
     variants share its stage 0-1 (one autoencoder.pt), so their differences are paired."""
     by = {}
     for tag, _ in COMPONENTS:
-        groups = group_runs(load_runs(paths, tag))
+        groups = group_runs(load_runs(paths, tag), mixed_code)
         if len(groups) > 1:
             raise SystemExit("error: --components: the run directories were trained on different velocities")
         by[tag] = next(iter(groups.values()))
@@ -623,17 +753,17 @@ def aggregate_components(by: dict[str, list[dict]]) -> dict:
 
     rows = {f"{m}|{tag}": per_seed(rs, m) for tag, rs in by.items() for m in ("hyplatent", "hypformer")}
     rows["interpolated-expert|"] = per_seed(by[""], "interpolated-expert")
-    cells = {k: {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v))), "pi95": prediction_halfwidth(v)}
-             for k, v in rows.items()}
+    cells = {k: {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v)))} for k, v in rows.items()}
     pairs = {}
     for m in ("hyplatent", "hypformer"):
         todo = [(f"{m}|", f"{m}|{tag}") for tag, _ in COMPONENTS[1:]]
         todo += [(f"{m}|{tag}", "interpolated-expert|") for tag, _ in COMPONENTS]
         for a, b in todo:
-            d = np.array(rows[a]) - np.array(rows[b])
-            mm, h = mean_ci(d)
             la, lb = component_label(a), component_label(b)
-            pairs[f"{la} - {lb}"] = {"per_seed": d.tolist(), "mean": mm, "ci95": h, "verdict": verdict(mm, h, la, lb)}
+            # primary: HypLatent's default against each variant (what stage 2's loss owes to each part)
+            fam = "primary" if m == "hyplatent" and a == f"{m}|" and b != "interpolated-expert|" else "exploratory"
+            pairs[f"{la} - {lb}"] = paired(np.array(rows[a]) - np.array(rows[b]), la, lb, fam)
+    apply_holm(list(pairs.values()))
     return {"n_seeds": len(by[""]), "seeds": [r["seed"] for r in by[""]], "dirs": [r["dir"] for r in by[""]],
             "cells": cells, "pairs": pairs, "shared_stage0": False, "stage0s": len(by[""])}
 
@@ -648,12 +778,12 @@ def component_label(key: str) -> str:
 
 def components_table(g: dict) -> str:
     n = g["n_seeds"]
-    lines = [f"| stage 2 | HypLatent, {f'mean ± 95% CI over {n} seeds' if n > 1 else 'one seed (no interval)'} | HypFormer | one new run of HypFormer "
-             "(95% prediction) |", "|---|---|---|---|"]
+    lines = [f"| stage 2 | HypLatent, {f'mean ± 95% CI over {n} seeds' if n > 1 else 'one seed (no interval)'} | HypFormer | "
+             f"HypFormer, {range_head(n)} |", "|---|---|---|---|"]
     for tag, label in COMPONENTS:
         hl, hf = g["cells"][f"hyplatent|{tag}"], g["cells"][f"hypformer|{tag}"]
         lines.append(f"| {label} | {fmt(hl['mean'], hl['ci95'])} | {fmt(hf['mean'], hf['ci95'])} | "
-                     + fmt_prediction(hf) + " |")
+                     + fmt_range(hf) + " |")
     ie = g["cells"]["interpolated-expert|"]
     lines.append(f"| interpolated expert (no generator) | {fmt(ie['mean'], ie['ci95'])} | | |")
     return "\n".join(lines + pairs_table(g))
@@ -719,20 +849,21 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
         commits = sorted({rec.get("commit", "?") for rec in recs})
         dates = sorted(rec["date"] for rec in recs if "date" in rec)
         table.append((r, secs, commits, dates))
+    lines.append(code_note(runs))
     if not stage_names:
         lines.append("- The run directories hold no provenance.jsonl (not made by pipeline.sh): commits, machine and "
                      "wall times unknown.")
         return "\n".join(lines)
-    lines += ["", "| run directory | seed | commit(s) | dates (UTC) | " + " | ".join(stage_names) + " | total |",
-              "|---" * (5 + len(stage_names)) + "|"]
+    lines += ["", "| run directory | seed | code | commit(s) | dates (UTC) | " + " | ".join(stage_names) + " | total |",
+              "|---" * (6 + len(stage_names)) + "|"]
     for r, secs, commits, dates in table:
         span = f"{dates[0][:16]} to {dates[-1][:16]}".replace("T", " ") if dates else "?"
-        lines.append(f"| {r['dir']} | {r['seed']} | {', '.join(commits)} | {span} | "
+        lines.append(f"| {r['dir']} | {r['seed']} | {code_label(r['code'])} | {', '.join(commits)} | {span} | "
                      + " | ".join(fmt_seconds(secs[s]) if s in secs else "-" for s in stage_names)
                      + f" | {fmt_seconds(sum(secs.values()))} |")
     if len(table) > 1:
         med = lambda s: float(np.median([secs[s] for _, secs, _, _ in table if s in secs]))  # noqa: E731
-        lines.append("| median over the runs | | | | " + " | ".join(fmt_seconds(med(s)) for s in stage_names)
+        lines.append("| median over the runs | | | | | " + " | ".join(fmt_seconds(med(s)) for s in stage_names)
                      + f" | {fmt_seconds(float(np.median([sum(secs.values()) for _, secs, _, _ in table])))} |")
     lines += ["", "Wall time of each stage: the sum over its invocations since it was last made again (a resumed "
               "stage counts every part; a stage skipped as up to date adds its few seconds of checks).", ""]
@@ -742,6 +873,29 @@ def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tup
     lines += ["- Chains: " + "; ".join(f"`{c}`" for c in dict.fromkeys(chains)) + ".", "- Stage commands (per run "
               "directory `<run>` and seed `<s>`):", "", "```", *dict.fromkeys(stage_cmds), "```"]
     return "\n".join(lines)
+
+
+def code_note(runs: list[dict]) -> str:
+    """Which seeds ran which code (the `code` column): one line when every run ran one code, else the seeds
+    of each code and, for fingerprinted runs, the stages in which the codes differ."""
+    by: dict = {}
+    for r in runs:
+        by.setdefault(json.dumps(r["code"], sort_keys=True), []).append(r)
+    if len(by) == 1:
+        code = runs[0]["code"]
+        return ("- Code: every run made by one stage code, `" + code_label(code) + "` (per stage: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(code.items())) + ")." if LEGACY_CODE not in code else
+                "- Code: fingerprints not recorded (results of an older version); every run made at commits "
+                + code[LEGACY_CODE] + ".")
+    parts = []
+    for rs in by.values():
+        code = rs[0]["code"]
+        what = f"commits {code[LEGACY_CODE]}" if LEGACY_CODE in code else f"`{code_label(code)}`"
+        parts.append(f"seed{'s' if len(rs) > 1 else ''} {', '.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))}: {what}")
+    stages = sorted({k for a in runs for b in runs for k in code_difference(a["code"], b["code"]) if k != LEGACY_CODE})
+    return (f"- **Mixed code** (pooled with --mixed-code): the seeds were made by {len(by)} different stage codes"
+            + (f", differing in {', '.join(stages)}" if stages else " (fingerprints not recorded: told apart by commit)")
+            + "; " + "; ".join(parts) + ".")
 
 
 def archive_name(run_dir: str) -> str:
@@ -839,26 +993,43 @@ def sync_readme(readme: Path, page: Path) -> bool:
     return False
 
 
+def check_out(out: str, runs: list[str]) -> None:
+    """--out must be a folder of its own: never empty, never a run directory (its results.json would be
+    overwritten by the aggregate's)."""
+    if not out.strip():
+        raise SystemExit("error: --out is empty; name the folder for the aggregated tables")
+    o = Path(out).resolve()
+    if any(o == Path(r).resolve() for r in runs) or any((o / f).exists() for f in ("stage0", "autoencoder.pt", "provenance.jsonl")):
+        raise SystemExit(f"error: --out {out}: a run directory; name a folder of its own for the aggregate")
+
+
 def main(args: Args) -> None:
     if not args.runs:
         raise SystemExit("error: name at least one run directory")
     if (args.tokens or args.components) and args.tag:
         raise SystemExit("error: --tokens and --components read their results files themselves; give no --tag")
+    check_out(args.out, args.runs)
     if args.components:
         return main_components(args)
-    groups = group_runs(load_runs(args.runs, args.tag, args.tokens))
+    groups = group_runs(load_runs(args.runs, args.tag, args.tokens), args.mixed_code)
     out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
     suite = next(iter(groups.values()))[0]["suite"]
     md, sizes_md, ranges = [], "", {}
     if suite == "cheetah-vel":
-        agg = {str(len(k)): {"train_velocities": list(k), **aggregate_group(rs)} for k, rs in groups.items()}
+        primary = PRIMARY_CV if len(groups) == 1 else set()  # the velocity ablation's: its size comparisons
+        agg = {str(len(k)): {"train_velocities": list(k), **aggregate_group(rs, primary)} for k, rs in groups.items()}
+        sizes = {}
         if len(groups) > 1:  # the velocity ablation: every training set over the same seeds, compared by seed
             check_same_seeds(agg, "training sets", " velocities")
-            sizes_md = size_table(size_pairs(agg))
+            sizes = size_pairs(agg)
+        apply_holm([*sizes.values(), *(d for g in agg.values() for d in g["pairs"].values())])
+        if sizes:
+            sizes_md = size_table(sizes)
             md += ["## More training velocities, seed by seed", "",
                    "Average test return of each training set minus that of the smallest (the sets are nested, "
-                   "one stage 0 per seed), mean ± 95% t interval over seeds:", "", sizes_md, ""]
+                   "one stage 0 per seed). " + family_note([*sizes.values(), *agg[min(agg, key=int)]["pairs"].values()]),
+                   "", sizes_md, ""]
         for k, g in agg.items():
             md += [f"## {k} training velocities: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
                    f"Mean return over 200 steps, mean ± 95% Student-t interval over seeds; run directories: "
@@ -869,16 +1040,18 @@ def main(args: Args) -> None:
                 md += ["Inside and beyond the training velocities (average return over each part of the sweep):", "",
                        ranges[k], ""]
     else:
-        agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs)} for k, rs in sorted(groups.items())}
+        primary = PRIMARY_MW if len(groups) == 1 else set()  # the token ablation's: its token comparisons
+        agg = {f"L{k}": {"num_tokens": k, "seen": rs[0]["seen"], **aggregate_group(rs, primary)}
+               for k, rs in sorted(groups.items())}
         check_same_seeds(agg, "token counts")  # every L over the same seeds, compared by seed
         pairs = token_pairs(agg)
+        apply_holm([*pairs.values(), *(d for g in agg.values() for d in g["pairs"].values())])
         if pairs:
             md += ["## HypFormer's success with L tokens against the chain's own L = 8, seed by seed", "",
-                   "Success rate % of each L minus that of L = 8 (the same chain up to stage 2), mean ± 95% t "
-                   "interval over seeds:", "",
-                   "| L a - L b (goals) | mean ± 95% CI | per seed | call |", "|---|---|---|---|"]
-            md += [f"| {k} | {fmt(d['mean'], d['ci95'])} | {', '.join(f'{x:.2f}' for x in d['per_seed'])} | "
-                   f"{d['verdict']} |" for k, d in pairs.items()] + [""]
+                   "Success rate % of each L minus that of L = 8 (the same chain up to stage 2). "
+                   + family_note([*pairs.values(), *agg["L8"]["pairs"].values()]), "",
+                   PAIR_HEAD[0].format(what="L a - L b (goals)"), PAIR_HEAD[1],
+                   *(pair_row(k, d) for k, d in pairs.items()), ""]
         for k, g in agg.items():
             md += [f"## HypFormer with L = {g['num_tokens']}: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})",
                    "", f"Success rate % (mean ± 95% Student-t interval over seeds); run directories: "
@@ -923,7 +1096,7 @@ def main(args: Args) -> None:
                      "autoencoder latents of all the task's stage-0 checkpoints (blue) against the generated policies' "
                      "latents (red; HypLatent left, HypFormer right), the axes fit on both sets of the panel.")
         text += (f"\n\nThe results file and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
-                 f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens)) if v)}"
+                 f"`python aggregate.py {data}/* {' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in (('tag', args.tag), ('tokens', args.tokens), ('mixed-code', args.mixed_code)) if v)}"
                  + (f' --title "{args.title}"' if args.title else "") + " "
                  f"--publish {page}` makes this page again from them, and more seeds can join them.")
         # a page shows the stages its results come from: the chain's, and for the velocity ablation and the dense
@@ -940,7 +1113,7 @@ def main(args: Args) -> None:
 
 
 def main_components(args: Args) -> None:
-    by = load_components(args.runs)
+    by = load_components(args.runs, args.mixed_code)
     if by[""][0]["suite"] != "cheetah-vel":
         raise SystemExit("error: --components is the Cheetah-Vel component ablation; these are MetaWorld runs")
     g = aggregate_components(by)
@@ -960,7 +1133,8 @@ def main_components(args: Args) -> None:
         data, commit = page.parent / "data" / page.stem, page_commit(page, args.readme)
         archive_runs(runs, data)
         text += (f"\n\nThe results files and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
-                 f"`python aggregate.py {data}/* --components --publish {page}` makes this page again from them.")
+                 f"`python aggregate.py {data}/* --components{' --mixed-code' if args.mixed_code else ''} --publish {page}` "
+                 "makes this page again from them.")
         title = args.title or "Cheetah-Vel: which part of stage 2's loss does the work"
         write_page(page, title, by[""], sys.argv[1:], components_table(g), text,
                    {"components.png": lambda p: plot_components(g, p)}, commit)

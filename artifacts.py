@@ -1,8 +1,9 @@
 """Artifacts (DESIGN.md section 10), what every stage uses to save, load and check what it reads and writes:
 atomic saves, loads with `weights_only=True` and one-line checks (format, suite, scale, policy shape,
 checksum), the settings and inputs (`made_from`) an artifact was made with, the up-to-date test of
-`--skip-done`, partial-state resume, the stage-0 shards, the run directory's lock and temp-file clean-up,
-and the process pool whose workers die with their parent (no orphan keeps a lock or steps environments).
+`--skip-done`, the evaluation's results.json (with its checksum), partial-state resume, the stage-0 shards,
+the run directory's lock and temp-file clean-up, and the process pool whose workers die with their parent (no
+orphan keeps a lock or steps environments).
 The run directory's record of how it was made (commit, machine, commands) is provenance.py. torch is
 imported inside the functions that need it (aggregate.py runs without it).
 """
@@ -60,14 +61,20 @@ def content_hash(obj) -> str:
 
 def save_artifact(obj: dict, path: str | Path) -> None:
     """torch.save through `write_atomic`, serialised in memory first (a full disk fails in one plain write).
-    Every artifact gets a `uid` (later artifacts name their inputs by uid, `made_from`) and a `sha256`."""
+    Every artifact gets a `uid` (later artifacts name their inputs by uid, `made_from`), the fingerprint of the
+    code that made it (`code`) and a `sha256`."""
     import io
 
     import torch
 
+    import provenance
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj.setdefault("uid", uuid.uuid4().hex)
+    if "code" not in obj:  # the fingerprint of the code that made it (provenance.code_fingerprint)
+        script = provenance.running_script()
+        obj["code"] = provenance.code_fingerprint(script) if script else "unknown"
     obj["sha256"] = content_hash(obj)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -135,7 +142,10 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
         raise SystemExit(f"error: {path}: no 'format' key; expected a '{fmt}' artifact")
     if obj["format"] != fmt:
         raise SystemExit(f"error: {path}: format is '{obj['format']}', expected '{fmt}'")
-    if "sha256" in obj and content_hash(obj) != obj["sha256"]:
+    if "sha256" not in obj:
+        raise SystemExit(f"error: {path}: no checksum recorded (not saved by this version, or edited); re-run the "
+                         "stage that writes it")
+    if content_hash(obj) != obj["sha256"]:
         raise SystemExit(f"error: {path}: its content does not match the checksum recorded when it was saved "
                          "(edited since?); re-run the stage that writes it")
     missing = [k for k in keys if k not in obj]
@@ -153,6 +163,42 @@ def load_artifact(path: str | Path, fmt: str, keys: tuple[str, ...] = (), spec: 
             raise SystemExit(f"error: {path}: params have {obj['params'].shape[-1]} values per policy, "
                              f"expected {num_params(spec)}")
     return obj
+
+
+def results_checksum(res: dict) -> str:
+    """sha256 of a results file's content as JSON (keys sorted), its `sha256` key left out."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps({k: v for k, v in res.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
+
+
+def write_results(path: str | Path, res: dict) -> None:
+    """An evaluation's results.json, atomically, with the checksum of its content (`sha256`) that
+    `read_results` and the up-to-date test check: a file edited after it was written is refused."""
+    res = json.loads(json.dumps(res))  # as it will read back (tuples as lists, keys as strings)
+    res["sha256"] = results_checksum(res)
+    write_atomic(path, lambda p: p.write_text(json.dumps(res, indent=1)))
+
+
+def read_results(path: str | Path, legacy_ok: bool = False) -> dict:
+    """A results file, its checksum checked; any problem stops with one line naming the file. `legacy_ok`:
+    a file written before results carried a checksum (runs kept under results/data/) is taken as it is."""
+    path = Path(path)
+    try:
+        res = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path}: not found (run evaluate.py there first)") from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path}: not a readable results file ({type(e).__name__}); evaluate it again") from None
+    if not isinstance(res, dict):
+        raise SystemExit(f"error: {path}: not a results file (no JSON object); evaluate it again")
+    if "sha256" not in res:
+        if not legacy_ok:
+            raise SystemExit(f"error: {path}: no checksum (written by an older version); evaluate it again")
+    elif res["sha256"] != results_checksum(res):
+        raise SystemExit(f"error: {path}: its content does not match the checksum recorded when it was written "
+                         "(edited since?); evaluate again")
+    return res
 
 
 def settings(args, ignore: tuple[str, ...] = ()) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import random
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -166,6 +167,9 @@ MW_GOALS = 50  # goal configurations metaworld.MT1 draws per task and seed
 # Goal seeds that stage 0 never trains or records on (it refuses a --seed whose goal seeds would equal one):
 EVAL_GOAL_SEED = 2024  # the evaluation's goals, so they never appear in training or conditioning
 SELECT_GOAL_SEED = 2025  # the goals on which evaluate.py's top-k picks its k best policies (never scored)
+# The seeds whose goals are candidates for top-k's selection goals, in this order (goal 0..49 of each):
+# evaluate_metaworld.selection_goals keeps those far enough from every scored goal; at most 400 candidates
+SELECT_GOAL_SEEDS = tuple(SELECT_GOAL_SEED + 100_000 * k for k in range(8))
 VALIDATION_GOAL_SEED = 2026  # the goals on which stage 0's settings are chosen (benchmarks/stage0_goals.py)
 
 
@@ -195,6 +199,18 @@ def metaworld_goals(task: str, seed: int) -> list:
     import metaworld
 
     return metaworld.MT1(task, seed=seed).train_tasks
+
+
+@functools.lru_cache(maxsize=None)
+def metaworld_goal_vectors(task: str, seed: int) -> np.ndarray:
+    """The vector each goal configuration of `metaworld_goals(task, seed)` fixes [50, d] (MetaWorld's
+    `rand_vec`, drawn in the task's `_random_reset_space`): the object's position (d = 3; the goal is then
+    a fixed offset from it), or the object's and the goal's (d = 6: plate-slide, reach-wall), in metres."""
+    import pickle
+
+    out = np.array([pickle.loads(g.data)["rand_vec"] for g in metaworld_goals(task, seed)], dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 def make_metaworld(task: str, render: bool = False):
@@ -317,14 +333,23 @@ def parse_args(Args, scales: dict, doc: str, argv: list[str] | None = None):
 
 
 def check_options(args, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = (),
-                  fraction: tuple[str, ...] = ()) -> None:
-    """One-line errors for numeric options out of range, before any work starts."""
+                  fraction: tuple[str, ...] = (), seeds: tuple[str, ...] = ()) -> None:
+    """One-line errors for numeric options out of range, before any work starts; `seeds`: what numpy's
+    global seed takes, [0, 2**32)."""
     for kind, names, ok in (("> 0", positive, lambda v: v > 0), (">= 0", nonnegative, lambda v: v >= 0),
-                            ("in [0, 1)", fraction, lambda v: 0 <= v < 1)):
+                            ("in [0, 1)", fraction, lambda v: 0 <= v < 1),
+                            ("in [0, 2**32)", seeds, lambda v: 0 <= v < 2**32)):
         for name in names:
             v = getattr(args, name)
             if v is None or not ok(v):
                 raise SystemExit(f"error: --{name.replace('_', '-')} must be {kind}; got {v}")
+
+
+def check_tag(tag: str) -> str:
+    """A name for outputs (results-<tag>.json, videos-<tag>/): letters, digits, '.', '_' and '-', no '..'."""
+    if tag and (not re.fullmatch(r"[A-Za-z0-9._-]+", tag) or ".." in tag):
+        raise SystemExit(f"error: --tag {tag!r}: use letters, digits, '.', '_' and '-' only (no '..'); it names files")
+    return tag
 
 
 def pick_device(name: str) -> torch.device:

@@ -41,9 +41,10 @@ import torch
 
 import artifacts
 import common
+import provenance
 from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
-from evaluate_metaworld import (evaluate_metaworld, generate_metaworld, goal_weights_table, metaworld_rows,
-                                metaworld_tables, pca_figure)
+from evaluate_metaworld import (SELECT_MIN_DISTANCE, evaluate_metaworld, generate_metaworld, goal_weights_table,
+                                metaworld_rows, metaworld_tables, pca_figure)
 from stage2_diffusion import diffusion_sample, load_diffusion
 from stage2_hyplatent import decode_generated, load_generator, load_inputs
 from stage3_hypformer import load_hypformer, sample_latents
@@ -91,9 +92,11 @@ class Args:
     jobs: int = 0
     """MetaWorld: processes stepping the environments (0 = all cores)"""
     tag: str = ""
-    """name the outputs results-<tag>.md/json, generated-<tag>.pt, ... (e.g. `sweep`), leaving Table IV's alone"""
+    """name the outputs results-<tag>.md/json, generated-<tag>.pt, ... (e.g. `sweep`; letters, digits, ., _, -),
+    leaving Table IV's alone"""
     videos: int = 0
-    """render this many policies per task and generating method to GIFs under videos[-<tag>]/ (0 = none)"""
+    """render this many policies per task and generating method to GIFs under videos[-<tag>]/ (0 = none; needs
+    OpenGL, e.g. MUJOCO_GL=egl, which is checked before the evaluation starts)"""
     skip_done: bool = False
     """do nothing if results.json was made with these settings from these artifacts (pipeline.sh sets it)"""
     threads: int = 2
@@ -232,16 +235,24 @@ def trajectory_states(shards: list[dict], spec: dict, n: int = 512, seed: int = 
 
 
 @torch.no_grad()
+def exact_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances [len(a), len(b)] in float64 from the differences of the vectors themselves: a
+    vector is exactly 0 from itself. torch.cdist's default takes its matrix-multiply path here
+    (|a|^2 + |b|^2 - 2 a.b, in float32), which left a policy of quick size 0.005-0.014 from itself."""
+    return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
     """Are the generated policies new, or copies of training checkpoints? Each generated policy against
     its nearest stage-0 checkpoint (any training velocity) and the interpolated expert of its target
-    velocity: the L2 distance in parameter space (the acting part: the log-std head left out) and the mean
+    velocity: the L2 distance in parameter space (the acting part: the log-std head left out; exact, in
+    float64, `exact_distances`) and the mean
     absolute difference of their actions on a fixed batch of visited states. Beside them, the data's own
     spacing (best checkpoints of neighbouring velocities, consecutive checkpoints of one expert) and the
     floor every decoded policy sits on: the autoencoder's round trip of its own training checkpoints.
     Medians (and the 10th percentile of the distance to the nearest checkpoint)."""
     spec = generated["policy"]
-    act = lambda p: acting_params(p.float(), spec)  # noqa: E731
+    act = lambda p: acting_params(p, spec).double()  # noqa: E731 - distances in float64
     ckpts = torch.cat([s["params"] for s in shards]).float()
     best = torch.stack([s["params"][s["return"].argmax()] for s in shards]).float()
     method, params = np.array(generated["method"]), generated["params"]
@@ -250,24 +261,24 @@ def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
                                                        params[method == "interpolated-expert"])}
     train = ckpts[ae_art["train"]]
     states = trajectory_states(shards, spec)
-    out = {"neighbouring velocities (best checkpoints)": float(torch.linalg.norm(act(best[1:] - best[:-1]), dim=1).median())
+    out = {"neighbouring velocities (best checkpoints)": float(torch.linalg.norm(act(best[1:]) - act(best[:-1]), dim=1).median())
            if len(best) > 1 else float("nan"),
            "consecutive checkpoints of one expert": float(torch.cat(
-               [torch.linalg.norm(act(s["params"][1:] - s["params"][:-1]), dim=1) for s in shards]).median()),
+               [torch.linalg.norm(act(s["params"][1:]) - act(s["params"][:-1]), dim=1) for s in shards]).median()),
            "autoencoder round trip of a training checkpoint": float(
-               torch.linalg.norm(act(ae.decode(ae.encode(train)) - train), dim=1).median())}
+               torch.linalg.norm(act(ae.decode(ae.encode(train))) - act(train), dim=1).median())}
     for m in ("hyplatent", "hypformer", "maa", "nearest-expert", "interpolated-expert", "oracle-expert"):
         sel = torch.as_tensor(method == m)
         if not sel.any():
             continue
         p = params[sel].float()
-        d_all = torch.cdist(act(p), act(ckpts))
+        d_all = exact_distances(act(p), act(ckpts))
         d_ckpt, nearest = d_all.min(1)
         interp = torch.stack([interp_at[round(float(v), 6)] for v in vel_of[sel]]).float()
         a_gen = common.batched_act(p, states.expand(len(p), -1, -1), spec)
         a_near = common.batched_act(ckpts[nearest], states.expand(len(p), -1, -1), spec)
         out[m] = {"to nearest checkpoint": float(d_ckpt.median()), "to nearest checkpoint, 10th pct":
-                  float(d_ckpt.quantile(0.1)), "to interpolated expert": float(torch.linalg.norm(act(p - interp), dim=1).median()),
+                  float(d_ckpt.quantile(0.1)), "to interpolated expert": float(torch.linalg.norm(act(p) - act(interp), dim=1).median()),
                   "action difference to nearest checkpoint": float((a_gen - a_near).abs().mean((1, 2)).median())}
     return out
 
@@ -361,13 +372,21 @@ def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
         res = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(res, dict):
+        return False
+    if res.get("sha256") != artifacts.results_checksum(res):
+        why = "does not match its checksum (edited since?)" if "sha256" in res else "has no checksum (older version)"
+        print(f"evaluation: {path} {why}; evaluating again")
+        return False
     return res.get("settings") == settings and res.get("made_from") == made_from
 
 
 def validate(args: Args) -> list[float]:
     """Every option checked before any work starts; returns the Cheetah-Vel target velocities."""
     common.check_options(args, positive=("policies_per_task", "episodes", "conditions", "goals", "select_goals",
-                                          "single_policy_goals", "threads"), nonnegative=("jobs",))
+                                          "single_policy_goals", "threads"), nonnegative=("jobs", "videos"),
+                         seeds=("seed",))
+    common.check_tag(args.tag)
     for name in ("goals", "select_goals", "single_policy_goals"):
         if getattr(args, name) > common.MW_GOALS:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)}: MetaWorld has {common.MW_GOALS} "
@@ -376,7 +395,12 @@ def validate(args: Args) -> list[float]:
         raise SystemExit(f"error: --goals {args.goals} is more than --single-policy-goals {args.single_policy_goals}")
     if args.suite == "cheetah-vel" and not args.baselines:
         raise SystemExit("error: --no-baselines is a MetaWorld option (Cheetah-Vel's baselines are cheap)")
-    return common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
+    vels = common.check_velocities(args.velocities) if args.suite == "cheetah-vel" else []
+    if args.videos:  # no OpenGL: refused now, not after the evaluation
+        import videos
+
+        videos.check_rendering(args.suite)
+    return vels
 
 
 def upstream_settings(chain: dict) -> dict:
@@ -389,6 +413,15 @@ def upstream_settings(chain: dict) -> dict:
     if chain.get("be") is not None:
         out["behavior_embed.pt"] = chain["be"]["settings"]
     return out
+
+
+def upstream_code(chain: dict) -> dict:
+    """The code fingerprint of every stage the evaluated policies come from, and the evaluation's own:
+    aggregate.py pools runs as seeds of one method only where these agree."""
+    arts = {"stage0": chain["shards"][0], "autoencoder.pt": chain["ae_art"], "hyplatent": chain["hl_art"],
+            "hypformer": chain["hf_art"], "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be")}
+    out = {k: a.get("code", "unrecorded") for k, a in arts.items() if a is not None}
+    return {**out, "evaluation": provenance.code_fingerprint(Path(__file__))}
 
 
 def cheetah_report(generated: dict, chain: dict | None):
@@ -424,14 +457,16 @@ def metaworld_report(generated: dict, chain: dict | None, workers: int, progress
               f"embedding (up to {max(generated['n_conditions'].values(), default=0)} per task), each on at least "
               f"{goals} of the task's {width} fixed evaluation goal configurations (the policies of a method "
               f"cover the list; every row weighs each goal 1/{width}); top-k picks its k on {select_goals} other "
-              f"goal configurations, never scored (ties broken at random, seed {generated.get('tie_seed', 0)}), "
+              f"goal configurations, never scored, each at least {SELECT_MIN_DISTANCE} m from every scored goal (ties "
+              f"broken at random, seed {generated.get('tie_seed', 0)}), "
               f"and runs them on all {width}; the one-policy baselines (parent, expert, decoded expert) on all "
               f"{single}; {len(generated['method'])} policies, {int(np.isfinite(success).sum() + np.isfinite(select).sum())} "
               "episodes. Conditions: embeddings of rollouts of checkpoints no stage trained on, on stage 0's goals; "
               "`n (s/a)` = n used, s of a such rollouts successful. At quick scale the experts (and so the "
               "training data) come from SAC with scripted demonstrations; the paper's data was SAC alone.")
     figure = ("pca_latents.png", lambda p: pca_figure(chain["ae"], chain["ae_art"], generated, p)) if chain else None
-    extra = {"seen": generated["seen"], "num_tokens": chain["hf_art"]["num_tokens"]} if chain else {}
+    extra = {"seen": generated["seen"], "num_tokens": chain["hf_art"]["num_tokens"],  # what aggregate.py groups by
+             "select_goal_min_distance": generated.get("select_goal_min_distance")} if chain else {}
     return rows, header, metaworld_tables(rows, generated), figure, extra
 
 
@@ -469,6 +504,8 @@ def main(args: Args) -> None:
                                        progress=args.progress, config=asdict(args))
         rows, header, md, figure, extra = metaworld_report(generated, chain, workers, args.progress)
     print(header + "\n\n" + md)
+    # first: a failure below (--videos) leaves no results.json for --skip-done to take beside new outputs
+    (run / out_name("results.json")).unlink(missing_ok=True)
     artifacts.save_artifact(generated, run / out_name("generated.pt"))
     artifacts.write_atomic(run / out_name("results.md"), lambda p: p.write_text(f"{header}\n\n{md}\n"))
     artifacts.write_atomic(run / out_name(figure[0]), figure[1])
@@ -477,9 +514,9 @@ def main(args: Args) -> None:
 
         videos.render(generated, run / out_name("videos"), args.videos)
     res = {"suite": args.suite, "rows": rows, "settings": settings, "made_from": chain["made_from"],
-           "upstream": upstream_settings(chain), "config": asdict(args), "seed": args.seed,
+           "upstream": upstream_settings(chain), "code": upstream_code(chain), "config": asdict(args), "seed": args.seed,
            **extra}  # seen, num_tokens: what aggregate.py groups by
-    artifacts.write_atomic(run / out_name("results.json"), lambda p: p.write_text(json.dumps(res, indent=1)))  # last: the chain checks it
+    artifacts.write_results(run / out_name("results.json"), res)  # last: the chain checks it
     print(f"\nevaluation: {time.time() - t0:.0f}s; wrote {', '.join(out_name(n) for n in ('generated.pt', 'results.md', figure[0], 'results.json'))} in {run}")
 
 

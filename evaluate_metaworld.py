@@ -12,7 +12,8 @@ stage-0 checkpoint (`expert`) and its autoencoder round trip (`decoded-expert`),
 stage loses success; on unseen tasks the task's own stage-0 checkpoints (`checkpoints`, SAC on the task
 itself, which no stage trained on): the oracle. Every row weighs each of the task's evaluation goals equally
 (`goal_balanced`). Top-k: the k best policies of a task, picked on `select_goals` other goal configurations
-that are never scored (ties broken at random with the evaluation's seed), then run on the whole goal list.
+that are never scored, each at least SELECT_MIN_DISTANCE from every scored one (`selection_goals`; ties
+broken at random with the evaluation's seed), then run on the whole goal list.
 (The paper picks and scores on the same episodes, which rewards the luck of the scored episodes.) The envs are spread over `--jobs` processes, each
 stepping its share in lockstep; an episode stops once its success (and, for a conditioning rollout, its
 recorded features) is decided.
@@ -20,6 +21,7 @@ recorded features) is decided.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 import numpy as np
@@ -34,6 +36,14 @@ from stage2_hyplatent import decode_generated
 from stage3_hypformer import sample_latents
 
 TOP_K = (5, 10)  # the paper's top-k rows
+# Top-k's selection goals lie at least this far (metres) from every scored goal of their task, Euclidean, on
+# the vector `set_task` fixes (common.metaworld_goal_vectors: the object's position, or the object's and the
+# goal's). The first goals of the selection seed came as close as 0.04 mm (window-close: 4 of 5 within 0.9 mm).
+# 1 cm cannot be met at quick scale: window-close randomises a 15 cm line, and no point of it lies more than
+# 1.05 cm from its 20 scored goals (0.7% of it at 1 cm or more, 15% at 5 mm); drawer-open/-close's 20 cm line:
+# 7% at 1 cm, 34% at 5 mm; every other task has over 70% of its box at 5 mm. So selection goals stay within
+# about a centimetre of a scored goal on such tasks, whatever this is: a 1-d box holds no goal far from 20.
+SELECT_MIN_DISTANCE = 0.005
 
 
 def pick_top(select_rate: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -121,6 +131,43 @@ def conditioning_rollouts(shards: dict, unused: dict, phi, be: dict, workers: in
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _task_selection_goals(task: str, n: int, width: int) -> tuple[tuple[tuple[int, int], ...], float]:
+    scored = common.metaworld_goal_vectors(task, common.EVAL_GOAL_SEED)[:width]
+    kept, dist = [], []
+    for seed in common.SELECT_GOAL_SEEDS:
+        d = np.linalg.norm(common.metaworld_goal_vectors(task, seed)[:, None] - scored[None], axis=-1).min(1)
+        for e in np.flatnonzero(d >= SELECT_MIN_DISTANCE)[:n - len(kept)]:
+            kept.append((seed, int(e))), dist.append(float(d[e]))
+        if len(kept) == n:
+            return tuple(kept), min(dist)
+    raise SystemExit(f"error: {task}: only {len(kept)} of {n} top-k selection goals lie {SELECT_MIN_DISTANCE} m or "
+                     f"more from each of its {width} scored goals among {len(common.SELECT_GOAL_SEEDS) * common.MW_GOALS} "
+                     "candidates; lower --select-goals or --single-policy-goals")
+
+
+def selection_goals(tasks, n: int, width: int) -> dict:
+    """Top-k's `n` selection goals of each task: the first candidates (goals 0..49 of each seed of
+    common.SELECT_GOAL_SEEDS, in order) at least SELECT_MIN_DISTANCE from each of the task's `width` scored
+    goals (goals 0..width-1 of common.EVAL_GOAL_SEED, unchanged); deterministic. Returns
+    {"select_goal_ids": {task: [[seed, goal], ...]}, "select_goal_min_distance": {task: metres to the nearest
+    scored goal}}; a task without n such goals among the candidates stops the evaluation with one line."""
+    out = {t: _task_selection_goals(t, n, width) for t in tasks}
+    return {"select_goal_ids": {t: [list(g) for g in ids] for t, (ids, _) in out.items()},
+            "select_goal_min_distance": {t: d for t, (_, d) in out.items()}}
+
+
+def selection_goal_table(generated: dict) -> str:
+    """One line per task: its selection goals' distance to the nearest scored goal, and which they are."""
+    n = len(next(iter(generated["select_goal_ids"].values()), []))
+    lines = [f"Top-k selection goals ({n} per task, each >= {SELECT_MIN_DISTANCE} m from "
+             f"every scored goal; distance on the object/goal position vector set_task fixes):"]
+    for t, d in generated["select_goal_min_distance"].items():
+        ids = " ".join(f"{s}:{e}" for s, e in generated["select_goal_ids"][t])
+        lines.append(f"  {t:<22} min distance to a scored goal {d:.4f} m  (seed:goal {ids})")
+    return "\n".join(lines)
+
+
 @torch.no_grad()
 def generate_metaworld(chain: dict, workers: int, conditions: int, success_only: bool, seed: int, baselines: bool,
                        goals: int, select_goals: int, single_policy_goals: int, progress: bool, config: dict) -> dict:
@@ -129,6 +176,8 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
     spec = common.suite_spec("metaworld")
     ae, ae_art, G, hl_art, hf, be = (chain[k] for k in ("ae", "ae_art", "G", "hl_art", "hf", "be"))
     shards = {s["task"]: s for s in chain["shards"]}
+    # before any rollout: a task without enough selection goals far from its scored ones stops here
+    select = selection_goals(shards, select_goals, max(goals, single_policy_goals))
     decode = lambda zn: decode_generated(zn, hl_art, ae)  # noqa: E731
     first = np.cumsum([0] + [len(s["step"]) for s in shards.values()])
     unused = {t: (~ae_art["train"][first[i]:first[i + 1]]).nonzero().squeeze(1) for i, t in enumerate(shards)}
@@ -168,7 +217,7 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
             "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
                                  "successes": c["successes"]} for t, c in cond.items()},
-            "made_from": chain["made_from"], "config": config}
+            "made_from": chain["made_from"], "config": config, **select}
 
 
 def first_pass_goals(generated: dict, goals: int, width: int, single_goals: int) -> list[tuple[int, int]]:
@@ -203,12 +252,21 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
     the first pass [N, G] (the rows of all policies are scored on those alone). Two lockstep passes:
     every policy on its first-pass goals (`first_pass_goals`) and the generated ones on the selection
     goals; then the max(TOP_K) picked policies of each group on the rest of the list, so top-k is scored
-    on the same goals as every other row."""
+    on the same goals as every other row. The selection goals are those `generated` records
+    (`selection_goals`, printed); one made before they were recorded used goals 0.. of SELECT_GOAL_SEED."""
     n, width = len(generated["method"]), max(goals, single_goals or goals)
     ranked = [i for i in range(n) if generated["method"][i] in GENERATORS]
     first = first_pass_goals(generated, goals, width, single_goals or goals)
+    if "select_goal_ids" in generated:
+        ids = {t: [tuple(g) for g in v] for t, v in generated["select_goal_ids"].items()}
+        if any(len(v) != select_goals for v in ids.values()):
+            raise ValueError(f"generated records {sorted({len(v) for v in ids.values()})} selection goals per task, "
+                             f"not {select_goals}")
+        print(selection_goal_table(generated))
+    else:
+        ids = {t: [(common.SELECT_GOAL_SEED, e) for e in range(select_goals)] for t in generated["task"]}
     jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in first]
-    jobs += [(generated["task"][i], common.SELECT_GOAL_SEED, e) for e in range(select_goals) for i in ranked]
+    jobs += [(generated["task"][i], *ids[generated["task"][i]][e]) for e in range(select_goals) for i in ranked]
     order = [i for i, _ in first] + [i for _ in range(select_goals) for i in ranked]
     out = run_episodes(generated["params"][order], jobs, workers, desc="evaluation" if progress else "")
     success = np.full((n, width), np.nan)

@@ -12,6 +12,7 @@
 #   bash pipeline.sh mw-paper   # MetaWorld at MAA's size                                  -> runs/metaworld-paper
 #   bash pipeline.sh test       # the test suite (extra arguments go to pytest; -m "not slow": the fast tier)
 #   bash pipeline.sh publish    # every result page under results/ from runs/ and the runs kept beside it
+#                               # (MIXED_CODE=1: pool seeds made by different stage code, each page listing which)
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
 #   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are, stages 2, 3
 #                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=1..4;
@@ -41,6 +42,51 @@ cd "$(dirname "$SELF")"
 SCALE=${1:-quick}
 RUNS=${RUNS:-runs}
 
+# refused in one line before anything runs or is written: a seed no stage takes, a thread count that is none,
+# a RUNS that cannot be written
+check_seeds() {  # check_seeds NAME VALUE...: each an integer in [0, 2**32), the seeds every stage takes
+  local name=$1 s
+  shift
+  for s in "$@"; do
+    if ! [[ $s =~ ^[0-9]{1,10}$ ]] || (( 10#$s >= 4294967296 )); then
+      echo "error: $name=$s: a seed is an integer in [0, 2**32)" >&2; exit 2
+    fi
+  done
+}
+set -f  # the lists of seeds unquoted below: split into words, never globbed
+check_seeds SEED ${SEED:+"$SEED"}
+check_seeds SEEDS ${SEEDS:-}
+check_seeds MW_SEEDS ${MW_SEEDS:-}
+set +f
+if [ -n "${THREADS:-}" ] && ! [[ $THREADS =~ ^[1-9][0-9]{0,4}$ ]]; then
+  echo "error: THREADS=$THREADS: give a positive integer (threads and worker processes of each stage)" >&2; exit 2
+fi
+if [ "$SCALE" != test ] && ! { mkdir -p -- "$RUNS" && probe=$(mktemp -p "$RUNS" .write-test.XXXXXX) \
+    && rm -f -- "$probe"; } 2> /dev/null; then
+  echo "error: RUNS=$RUNS: cannot create or write to that directory" >&2; exit 2
+fi
+
+# A TERM, INT or HUP to this script stops the stage (or the chain of a study) it runs, which would otherwise
+# run on, orphaned: each runs in the background (run_child), the trap passes the signal on as TERM (a
+# background command ignores INT) and waits for it to end.
+CHILD=
+run_child() {  # run_child COMMAND...: run it and return its exit status, the traps below able to stop it
+  local rc=0
+  "$@" &
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=
+  return $rc
+}
+stop_child() {  # stop_child EXIT_STATUS
+  trap - TERM INT HUP
+  if [ -n "$CHILD" ]; then kill -TERM "$CHILD" 2> /dev/null || true; wait "$CHILD" 2> /dev/null || true; fi
+  exit "$1"
+}
+trap 'stop_child 143' TERM
+trap 'stop_child 130' INT
+trap 'stop_child 129' HUP
+
 if [ -z "${AMT_NO_VENV:-}" ]; then
   if [ ! -f .venv/.installed ] || ! cmp -s requirements.txt .venv/.installed; then
     echo "== installing requirements.txt into .venv"
@@ -58,7 +104,7 @@ stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall ti
   shift 2
   t=$(date +%s)
   echo "== $name: $*"
-  "$@" || rc=$?
+  run_child "$@" || rc=$?
   s=$(( $(date +%s) - t ))
   echo "== $name: $([ $rc -eq 0 ] && echo done || echo "failed (exit $rc)") in ${s}s"
   mkdir -p "$run"
@@ -94,7 +140,7 @@ if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like t
   AB=${2:-quick}  # bash pipeline.sh seeds smoke: the same at smoke scale
   DIRS=()
   for s in ${SEEDS:-1 2 3}; do
-    SEED=$s AMT_NO_VENV=1 bash "$SELF" "$AB"
+    run_child env SEED="$s" AMT_NO_VENV=1 bash "$SELF" "$AB"
     DIRS+=("$RUNS/cheetah-vel-$AB-seed$s")
   done
   exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-$AB-aggregate"
@@ -115,7 +161,8 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
     done
     if [ ${#dirs[@]} -eq 0 ]; then echo "== $page: no run directory with results; skipped"; return 0; fi
     echo "== $page: ${dirs[*]}"
-    python aggregate.py "${dirs[@]}" "${flags[@]}" --out "$RUNS/aggregate-$(basename "$page" .md)" --publish "$page"
+    python aggregate.py "${dirs[@]}" "${flags[@]}" ${MIXED_CODE:+--mixed-code} --out "$RUNS/aggregate-$(basename "$page" .md)" \
+      --publish "$page"
   }
   publish results/cheetah-vel.md $(with results.json "$RUNS"/cheetah-vel-quick-seed*) --
   bases=$(for b in "$RUNS"/cheetah-vel-quick-seed*; do  # the seeds whose ablation finished: all three nested sets
@@ -149,7 +196,7 @@ if [ "$SCALE" = ablation ]; then
   for s in ${SEEDS:-1 2 3}; do
     BASE="$RUNS/cheetah-vel-$AB-seed$s"
     DIRS+=("$BASE") BASES+=("$BASE")
-    SEED=$s VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$SELF" "$AB"
+    run_child env SEED="$s" VELOCITIES="$(nested :10)" AMT_NO_VENV=1 bash "$SELF" "$AB"
     study_in 0 "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
       --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress "${JOBS[@]}" --shard-dir oracle --velocities $(nested 10:)
     study_in 4 "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
@@ -164,7 +211,7 @@ if [ "$SCALE" = ablation ]; then
       for f in $(shard_files $(python -c 'import common; print(*common.CHEETAH_TEST)')); do
         ln -sfn "../../oracle/$f" "$BASE/n$n/oracle/$f"
       done
-      SEED=$s RUN_DIR="$BASE/n$n" VELOCITIES="$(nested ":$n")" AMT_NO_VENV=1 bash "$SELF" "$AB"
+      run_child env SEED="$s" RUN_DIR="$BASE/n$n" VELOCITIES="$(nested ":$n")" AMT_NO_VENV=1 bash "$SELF" "$AB"
       DIRS+=("$BASE/n$n")
     done
   done
@@ -180,7 +227,7 @@ if [ "$SCALE" = components ]; then
   DIRS=()
   for s in ${SEEDS:-1 2 3 4 5}; do
     RUN="$RUNS/cheetah-vel-$AB-seed$s"
-    SEED=$s AMT_NO_VENV=1 bash "$SELF" "$AB"
+    run_child env SEED="$s" AMT_NO_VENV=1 bash "$SELF" "$AB"
     python provenance.py chain "$RUN" "SEEDS=$s" bash pipeline.sh components "$AB"  # the study, in the run's provenance
     C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
     for v in "${VARIANTS[@]}"; do
@@ -201,7 +248,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
   DIRS=()
   for s in ${MW_SEEDS:-1 2 3}; do  # each seed a whole chain, stage 0 included (DESIGN.md section 13)
     DIR="$RUNS/metaworld-$AB-seed$s"
-    SEED=$s AMT_NO_VENV=1 bash "$SELF" "mw-$AB"
+    run_child env SEED="$s" AMT_NO_VENV=1 bash "$SELF" "mw-$AB"
     DIRS+=("$DIR")
     if [ "$SCALE" = mw-tokens ]; then
       python provenance.py chain "$DIR" "MW_SEEDS=$s" bash pipeline.sh mw-tokens "$AB"

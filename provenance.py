@@ -8,6 +8,9 @@ version and device only when installed).
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +20,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent
 PROVENANCE = "provenance.jsonl"
 PACKAGES = ("torch", "numpy", "mujoco", "gymnasium", "metaworld")
 # the stages of pipeline.sh's chain, as it logs them; a study's own stages (components, tokens, the sweep) are
@@ -42,6 +46,50 @@ def git_commit(repo: str | Path | None = None, outputs: tuple[str, ...] = ()) ->
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def project_imports(path: Path) -> set[str]:
+    """The project's top-level modules that the file at `path` imports, anywhere in it (inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if (ROOT / f"{n}.py").exists()}
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(script: str | Path) -> str:
+    """The code a stage runs: 12 hex digits of sha256 over the project files `script` imports, itself
+    included, followed through their own imports. Two runs whose stage has one fingerprint ran the same
+    code, whatever commit they were made at; a change to any file the stage reads changes it."""
+    files, todo = {}, [Path(script).resolve()]
+    while todo:
+        f = todo.pop()
+        if f.name in files:
+            continue
+        files[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+        todo += [ROOT / f"{n}.py" for n in project_imports(f)]
+    return hashlib.sha256("".join(f"{k} {v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
+
+
+def running_script() -> Path | None:
+    """The project script whose code is running: the main program when it is one of the project's files,
+    else (a stage's main() called from a test) the innermost caller that is a top-level project file other
+    than the shared plumbing."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main and Path(main).resolve().parent == ROOT and Path(main).is_file():
+        return Path(main).resolve()
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename  # `<string>`, `<frozen runpy>`: no file
+        f = Path(name).resolve()
+        if not name.startswith("<") and f.parent == ROOT and f.is_file() and \
+                f.name not in ("artifacts.py", "provenance.py", "common.py"):
+            return f
+        frame = frame.f_back
+    return None
 
 
 def cpu_model() -> str:

@@ -148,7 +148,7 @@ def validate(args: Args) -> list:
                          nonnegative=("jobs", "parent_steps", "parent_demo_episodes", "parent_bc_steps",
                                       "learning_starts", "demo_episodes", "demo_noise", "bc_weight",
                                       "save_every"),
-                         fraction=("gamma",))
+                         fraction=("gamma",), seeds=("seed",))
     if args.tau > 1 or (args.demo_episodes and args.batch_size < 2):
         raise SystemExit(f"error: need --tau <= 1 (got {args.tau}) and, with demonstrations, --batch-size >= 2")
     if args.suite == "cheetah-vel":
@@ -156,12 +156,15 @@ def validate(args: Args) -> list:
     if args.parent_demo_episodes == 0 or not args.parent_tasks:
         raise SystemExit("error: the MetaWorld parent needs --parent-demo-episodes > 0 and --parent-tasks")
     common.check_metaworld_tasks(args.parent_tasks)
-    reserved = (common.EVAL_GOAL_SEED, common.SELECT_GOAL_SEED, common.VALIDATION_GOAL_SEED)
+    reserved = (common.EVAL_GOAL_SEED, *common.SELECT_GOAL_SEEDS, common.VALIDATION_GOAL_SEED)
     clash = [k for k, s in goal_seeds(args).items() if s in reserved]
     if clash:
         raise SystemExit(f"error: --seed {args.seed} would draw the {', '.join(clash)} goals with seed "
                          f"{', '.join(map(str, reserved))}: the evaluation, top-k selection and validation goals' "
                          "seeds; choose another --seed")
+    if (top := max(goal_seeds(args).values())) >= 2**32:  # MetaWorld draws goals with numpy's global seed
+        raise SystemExit(f"error: --seed {args.seed}: stage 0 draws goals with seeds up to --seed + {top - args.seed}, "
+                         "which must stay below 2**32")
     return common.check_metaworld_tasks(args.tasks)
 
 

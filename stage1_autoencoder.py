@@ -156,7 +156,7 @@ def default_train_tasks(suite: str, names: list[str]) -> list[str]:
 def validate(args: Args) -> None:
     common.check_options(args, positive=("token_dim", "steps", "batch_size", "lr", "threads"),
                          nonnegative=("weight_decay", "input_noise", "latent_noise", "lam", "eval_policies"),
-                         fraction=("holdout",))
+                         fraction=("holdout",), seeds=("seed",))
     if args.holdout == 0 and args.suite == "metaworld":
         raise SystemExit("error: --holdout 0 holds out no checkpoint, and the MetaWorld evaluation conditions seen "
                          "tasks on the rollouts of held-out ones")

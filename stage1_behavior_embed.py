@@ -122,7 +122,7 @@ def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
 
 
 def validate(args: Args) -> None:
-    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr", "threads"))
+    common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr", "threads"), seeds=("seed",))
 
 
 def main(args: Args) -> None:

@@ -18,16 +18,26 @@ x0_hat is clipped to [-1, 1] before the step and the noise re-estimated from the
 two differ only at steps where the prediction leaves [-1, 1], and the last step returns the clipped x0_hat
 in both.
 
-MAA's settings (its policy_generator.yaml; used at paper scale): down widths 512/1024/2048, kernel 5, 8
-groups, step embedding 128; 100 training steps, 10 DDIM sampling steps, samples clipped to [-1, 1]; AdamW lr
-1e-4, betas (0.95, 0.999), weight decay 3e-4, cosine schedule after 500 warm-up steps, batch 128; sampling
-uses an EMA of the weights. The quick scale keeps all of these but the widths, 64/128/256 (5.0M parameters,
-near the 6.6M of HypLatent's generator; MAA's widths would take a 2-core CPU hours for 3000 steps). A
-sequence of 2 tokens cannot be halved twice, so the levels keep its length: the "UNet" is the stack of
-levels with a skip from each level down to the same level up. Latents are scaled to [-1, 1] per dimension
-with the training set's range (so that clipping keeps every training latent), and conditions are
-standardised; the statistics are saved in the artifact, in the form stage 2's `decode_generated` reads
-(`latent_mean`, `latent_std`).
+MAA's settings (its policy_generator/config/policy_generator.yaml; used at paper scale): down widths
+512/1024/2048, kernel 5, 8 groups, step embedding 128; 100 training steps, 10 DDIM sampling steps, samples
+clipped to [-1, 1]; AdamW lr 1e-4, betas (0.95, 0.999), weight decay 3e-4, cosine schedule after 500 warm-up
+steps, batch 128; sampling uses an EMA of the weights with the constants of MAA's config.yaml (the EMA block
+is commented out in policy_generator.yaml). The quick scale keeps all of these but the widths, 64/128/256
+(5.0M parameters, near the 6.6M of HypLatent's generator; MAA's widths would take a 2-core CPU hours for
+3000 steps). The levels keep the sequence length 2 (MAA's stride-2 down/up convolutions, padding 1, keep
+it too): the "UNet" is the stack of levels with a skip from each level down to the same level up.
+
+Differences from MAA's published code (DESIGN.md section 6 lists each, with the file and function of
+theirs): a third up level takes the first down level's output (MAA has two up levels, and its first-level
+skip is pushed but never used); no down/up-sampling convolutions; the condition passes an MLP before FiLM
+(MAA feeds it raw); 3000 gradient steps where MAA trains 3000 epochs (about 422 epochs over quick
+Cheetah-Vel's 910 pairs, 1,297 over quick MetaWorld's 296); warm-up and cosine decay as MAA's configs name
+them, where its train.py runs cosine warm restarts; sampling with the EMA, where MAA saves and evaluates the
+raw weights (its best-validation checkpoint); and different latent and condition normalisation.
+
+Latents are scaled to [-1, 1] per dimension with the training set's range (so that clipping keeps every
+training latent), and conditions are standardised; the statistics are saved in the artifact, in the form
+stage 2's `decode_generated` reads (`latent_mean`, `latent_std`).
 
 Writes `<run_dir>/diffusion.pt` once, at the end; every `save_every` steps the training state goes to
 `diffusion.partial.pt`, from which a re-run resumes. The evaluation imports `load_diffusion` and
@@ -169,7 +179,9 @@ class FiLMBlock(nn.Module):
 class LatentUNet(nn.Module):
     """f(x_t, t, tau_e) -> x0_hat over latents [B, tokens, token_dim] (convolved as [B, token_dim, tokens]):
     levels of `widths` (two FiLM blocks each) down, two middle blocks, and back up, each level up taking the
-    output of the same level down beside its input."""
+    output of the same level down beside its input. Unlike MAA's `ConditionalUnet1D`: one up level more (MAA
+    has len(widths) - 1 and never uses its first level's output), no down/up-sampling convolutions between
+    levels, and `cond_mlp` on the condition before FiLM (DESIGN.md section 6)."""
 
     def __init__(self, token_dim: int, cond_dim: int, widths=(64, 128, 256), kernel: int = 5, groups: int = 8,
                  step_embed: int = 128):
@@ -250,7 +262,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def validate(args: Args) -> None:
     common.check_options(args, positive=("steps", "batch_size", "lr", "kernel", "groups", "step_embed",
                                          "train_timesteps", "sample_steps", "save_every", "threads"),
-                         nonnegative=("weight_decay", "warmup", "check_per_task"))
+                         nonnegative=("weight_decay", "warmup", "check_per_task"), seeds=("seed",))
     if not args.widths or min(args.widths) <= 0 or any(w % args.groups for w in args.widths):
         raise SystemExit(f"error: --widths must be positive multiples of --groups {args.groups}; got {args.widths}")
     if args.train_timesteps % args.sample_steps:

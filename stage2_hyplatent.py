@@ -264,7 +264,7 @@ def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor
 
 def validate(args: Args) -> None:
     common.check_options(args, positive=("steps", "batch_size", "lr", "save_every", "threads"),
-                         nonnegative=("noise_dim", "lambda_reg", "paired_weight", "check_per_task"))
+                         nonnegative=("noise_dim", "lambda_reg", "paired_weight", "check_per_task"), seeds=("seed",))
     if not args.adversarial and args.paired_weight == 0:
         raise SystemExit("error: --no-adversarial --paired-weight 0 leaves the generator no loss")
     if len(args.widths) < 2 or min(args.widths) <= 0:

@@ -146,7 +146,7 @@ def hypformer_loss(z_pred, grad_pred, z_gt, lambda_sim=1e3, lambda_res=1e3, lamb
 
 def validate(args: Args) -> None:
     common.check_options(args, positive=("num_tokens", "width", "heads", "steps", "batch_size", "lr", "threads"),
-                         nonnegative=("lambda_sim", "lambda_res", "lambda_c", "check_per_task"))
+                         nonnegative=("lambda_sim", "lambda_res", "lambda_c", "check_per_task"), seeds=("seed",))
     if args.width % args.heads:
         raise SystemExit(f"error: --width {args.width} is not a multiple of --heads {args.heads}")
 

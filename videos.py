@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ class Args:
     """policies per task and method"""
     out: str = ""
     """output folder (default: videos/ beside the generated.pt)"""
-    tasks: list[str] = field(default_factory=list)
-    """only these tasks (e.g. vel-1.2 or door-open-v3; default: all)"""
+    tasks: Optional[list[str]] = None
+    """only these tasks of the generated.pt (e.g. vel-1.2 or door-open-v3; default: all)"""
     methods: list[str] = field(default_factory=lambda: ["hyplatent", "hypformer", "oracle-expert"])
     """which methods' policies to render"""
     small: bool = False
@@ -71,6 +72,35 @@ def episode_frames(params: torch.Tensor, env, spec: dict, suite: str, label: str
     return frames, {"return": ret, "success": success, "achieved_velocity": float(np.mean(vel))}
 
 
+def render_error(e: Exception) -> str:
+    return (f"error: cannot render ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
+            "set MUJOCO_GL=egl (or osmesa) on a machine with Mesa")
+
+
+def check_rendering(suite: str) -> None:
+    """Render one frame of a fresh env of `suite`, or stop with one line: what evaluate.py --videos checks
+    before its evaluation, not after it."""
+    try:
+        env = common.make_eval_env(suite, 1.0 if suite == "cheetah-vel" else common.MW_TASKS[0], render=True)
+        env.reset()
+        env.render()
+        getattr(env, "env", env).close()
+    except Exception as e:  # noqa: BLE001 - no OpenGL: mujoco raises various errors
+        raise SystemExit(render_error(e)) from None
+
+
+def check_tasks(tasks: list[str] | None, generated: dict, path) -> list[str]:
+    """The tasks of --tasks (None: all), each one of the generated file's, else one line."""
+    if tasks is None:
+        return []
+    if not tasks:
+        raise SystemExit("error: --tasks names no task (leave it out for all of them)")
+    if bad := [t for t in tasks if t not in generated["task"]]:
+        raise SystemExit(f"error: --tasks {' '.join(bad)}: not in {path}; its tasks: "
+                         f"{', '.join(dict.fromkeys(generated['task']))}")
+    return tasks
+
+
 def render(generated: dict, out: Path, per_task: int, tasks=(), methods=METHODS, small: bool = False) -> list[dict]:
     """GIFs of the first `per_task` policies per task (of `tasks`, default all) of each of `methods`;
     writes index.md. `small`: frames at half size, 32 colours."""
@@ -87,8 +117,7 @@ def render(generated: dict, out: Path, per_task: int, tasks=(), methods=METHODS,
                     env = common.make_eval_env(suite, target, episode=0, render=True)
                     frames, res = episode_frames(generated["params"][j], env, spec, suite, f"{m} #{i}")
                 except Exception as e:  # noqa: BLE001 - no OpenGL: mujoco raises various errors
-                    raise SystemExit(f"error: cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                                     "set MUJOCO_GL=egl (or osmesa) on a machine with Mesa") from None
+                    raise SystemExit(render_error(e)) from None
                 if small:
                     frames = [f.resize((f.width // 2, f.height // 2)).quantize(colors=32) for f in frames]
                 path = out / f"{m}-{t}-{i}.gif"
@@ -113,7 +142,10 @@ def main(args: Args) -> None:
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         raise SystemExit(f"error: --methods {' '.join(bad)}: unknown; valid: {', '.join(METHODS)}")
-    render(g, Path(args.out) if args.out else Path(args.generated).parent / "videos", args.per_task, args.tasks,
+    if not args.methods:
+        raise SystemExit("error: --methods names no method (leave it out for the default ones)")
+    tasks = check_tasks(args.tasks, g, args.generated)
+    render(g, Path(args.out) if args.out else Path(args.generated).parent / "videos", args.per_task, tasks,
            args.methods, args.small)
 
 

@@ -2,6 +2,7 @@
 seeds, nested training sets; the oracle row and the memorisation distances that the aggregate reads."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,20 +19,76 @@ import common
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_t_quantiles_against_the_printed_table():
+    """t(0.975, df) exact at every df, against a printed table (e.g. NIST/SEMATECH's, 4 decimals)."""
+    for df, t in ((1, 12.7062), (2, 4.3027), (5, 2.5706), (16, 2.1199), (30, 2.0423), (100, 1.9840)):
+        assert agg.t975(df) == pytest.approx(t, abs=6e-5), df
+
+
 def test_t_interval_by_hand():
-    m, h = agg.mean_ci([1.0, 2.0, 3.0])  # s = 1, n = 3: t(0.975, 2) = 4.303, s/sqrt(3) = 0.57735
-    assert m == 2.0 and h == pytest.approx(4.303 * 0.57735, abs=1e-4)
-    m, h = agg.mean_ci([-4.0, -2.0])  # s = sqrt(2), n = 2: 12.706 * sqrt(2) / sqrt(2)
-    assert m == -3.0 and h == pytest.approx(12.706)
-    x = np.arange(14.0)  # df 13 lies between table entries: it takes the df-12 one, 2.179 (conservative)
+    m, h = agg.mean_ci([1.0, 2.0, 3.0])  # s = 1, n = 3: t(0.975, 2) = 4.302653, s/sqrt(3) = 0.577350
+    assert m == 2.0 and h == pytest.approx(2.484138, abs=1e-5)
+    m, h = agg.mean_ci([-4.0, -2.0])  # s = sqrt(2), n = 2: 12.706205 * sqrt(2) / sqrt(2)
+    assert m == -3.0 and h == pytest.approx(12.706205, abs=1e-5)
+    x = np.arange(17.0)  # s = sqrt(25.5) = 5.049752, df 16: t = 2.119905 (not df 15's 2.131)
     m, h = agg.mean_ci(x)
-    assert m == 6.5 and h == pytest.approx(2.179 * np.std(x, ddof=1) / np.sqrt(14), abs=1e-6)
+    assert m == 8.0 and h == pytest.approx(2.119905 * 5.049752 / np.sqrt(17), abs=1e-5)  # 2.596338
     assert agg.mean_ci([5.0] * 14) == (5.0, 0.0)  # zero spread, zero width
     assert np.isnan(agg.mean_ci([7.0])[1])
-    assert agg.verdict(1.0, 0.5, "a", "b") == "a better" and agg.verdict(-1.0, 0.5, "a", "b") == "b better"
-    assert agg.verdict(0.3, 0.5, "a", "b").startswith("no difference")
-    assert agg.verdict(4.6, 0.0, "a", "b").endswith("no call")  # a zero-width interval is not a precise one
-    assert agg.verdict(*agg.mean_ci([0.1] * 3), "a", "b").startswith("the same in every seed")  # s = 4e-17, not 0
+
+
+def test_paired_p_and_holm_by_hand():
+    # d = 2, 2, 1: t = (5/3) / (0.57735 / sqrt(3)) = 5, df 2; P(|T| > 5) = 1 - 5 / sqrt(27) = 0.037750
+    assert agg.paired_p([2.0, 2.0, 1.0]) == pytest.approx(0.037750, abs=1e-6)
+    # d = 1.5, 1, 0.5: t = 2 sqrt(3) = 3.4641; P(|T| > t) = 1 - t / sqrt(t^2 + 2) = 0.074180
+    assert agg.paired_p([1.5, 1.0, 0.5]) == pytest.approx(0.074180, abs=1e-6)
+    assert np.isnan(agg.paired_p([3.0, 3.0, 3.0])) and np.isnan(agg.paired_p([1.0]))
+    # Holm: sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> made non-decreasing: 0.03, 0.06, 0.06
+    assert agg.holm([0.04, 0.01, float("nan"), 0.03]) == pytest.approx([0.06, 0.03, float("nan"), 0.06], nan_ok=True)
+    assert agg.holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+    # one comparison alone in its family is called at p = 0.0378; the same twice in one family is not
+    # (Holm: 2 x 0.0378 = 0.0755 for both); in separate families each is called
+    one = agg.paired([2.0, 2.0, 1.0], "a", "b", "primary")
+    agg.apply_holm([one])
+    assert (one["p_holm"], one["family_size"], one["verdict"]) == (pytest.approx(0.037750, abs=1e-6), 1, "a better")
+    two = [agg.paired([2.0, 2.0, 1.0], "a", "b", "primary") for _ in range(2)]
+    agg.apply_holm(two)
+    assert [(d["p_holm"], d["verdict"]) for d in two] == [(pytest.approx(0.0755, abs=1e-4), "no call")] * 2
+    apart = [agg.paired([-2.0, -2.0, -1.0], "a", "b", "primary"), agg.paired([2.0, 2.0, 1.0], "a", "b", "exploratory")]
+    agg.apply_holm(apart)
+    assert [d["verdict"] for d in apart] == ["b better", "a better"]
+    # fewer than 3 seeds: never a call, never a place in the family; constant differences: no test
+    few = [agg.paired([5.0, 6.0], "a", "b", "primary"), agg.paired([1.0, 1.0, 1.0], "a", "b", "primary"), one]
+    agg.apply_holm(few)
+    assert few[0]["verdict"] == "no call (2 seeds)" and np.isnan(few[0]["p"]) and few[2]["family_size"] == 1
+    assert few[1]["verdict"].startswith("the same in every seed") and few[2]["verdict"] == "a better"
+    three = agg.paired([0.1] * 3, "a", "b", "primary")  # s = 4e-17, not 0: still the same in every seed
+    agg.apply_holm([three])
+    assert three["verdict"].startswith("the same in every seed")
+
+
+def test_a_new_run_from_the_seeds_themselves():
+    # a method: the seeds' range, a new run inside with probability (n - 1) / (n + 1) whatever the distribution
+    assert agg.fmt_range({"seeds": [-100.0, -40.0, -35.0, -30.0]}) == "-100.00 to -30.00"
+    assert agg.range_coverage(17) == pytest.approx(16 / 18) and agg.fmt_range({"seeds": [1.0, 2.0]}) == "-"
+    assert agg.range_head(17) == "one new run: the 17 seeds' range (inside with probability 89%)"
+    # a paired difference: t(0.975, 2) s sqrt(1 + 1/3) for 2, 2, 1 = 4.302653 * 0.57735 * 1.154701 = 2.868435
+    d = agg.paired([2.0, 2.0, 1.0], "a", "b", "primary")
+    assert d["pi95"] == pytest.approx(2.868435, abs=1e-5)
+    agg.apply_holm([d])
+    assert agg.pair_row("a - b", d) == "| a - b | primary | 1.67 ± 1.43 | -1.20 to 4.54 | 2.00, 2.00, 1.00 | 0.038 | 0.038 | a better |"
+
+
+def assert_figure(path: Path, size: tuple[int, int]) -> None:
+    """A PNG of the given width and height in pixels that shows something: more than one colour, and more
+    than a sliver of its area away from the background."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert (img.shape[1], img.shape[0]) == size, f"{path.name}: {img.shape[1]} x {img.shape[0]} pixels"
+    flat = img[..., :3].reshape(-1, 3)
+    assert len(np.unique(flat, axis=0)) > 10, f"{path.name}: nearly one colour"
+    assert (np.abs(flat - flat[0]).sum(axis=1) > 0.1).mean() > 0.02, f"{path.name}: almost blank"
 
 
 def fake_results(path: Path, seed: int, scores: dict, train=(0.3, 1.5), name="results.json", hyplatent=None,
@@ -66,11 +123,14 @@ def test_aggregate_means_intervals_and_paired_differences(tmp_path):
     d = res["pairs"]["hyplatent - interpolated-expert"]  # per seed: -15 - (-17) = 2, -16 - (-18) = 2, -17 - (-18) = 1
     assert d["per_seed"] == pytest.approx([2.0, 2.0, 1.0]) and d["mean"] == pytest.approx(5 / 3)
     assert d["ci95"] == pytest.approx(4.303 * np.std([2, 2, 1], ddof=1) / np.sqrt(3), abs=1e-3)
-    assert d["verdict"] == "hyplatent better"  # 1.67 +- 1.43 excludes 0
+    # the only primary comparison present: a family of one, p = 0.0378 (test_paired_p_and_holm_by_hand)
+    assert (d["family"], d["family_size"], d["verdict"]) == ("primary", 1, "HypLatent better")
+    assert d["p_holm"] == pytest.approx(0.037750, abs=1e-6)
     assert res["memorisation"]["hyplatent: to nearest checkpoint"] == pytest.approx(4.0)
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "-12.00 ± 4.97" in md and "hyplatent better" in md
-    assert (tmp_path / "out" / "return_vs_velocity.png").stat().st_size > 5_000
+    assert "-12.00 ± 4.97" in md and "Holm-adjusted over 1 primary comparisons" in md
+    assert "| HypLatent - interpolated expert | primary | 1.67 ± 1.43 | -1.20 to 4.54 | 2.00, 2.00, 1.00 | 0.038 | 0.038 | HypLatent better |" in md
+    assert_figure(tmp_path / "out" / "return_vs_velocity.png", (770, 495))
 
 
 def test_component_ablation_pairs_each_variant_with_the_default_by_seed(tmp_path):
@@ -92,9 +152,13 @@ def test_component_ablation_pairs_each_variant_with_the_default_by_seed(tmp_path
     assert d["per_seed"] == [1.0, 1.0, 1.0] and d["ci95"] == 0.0  # the seeds' spread cancels in the pairs
     d = res["pairs"]["HypLatent (a) - HypLatent (d)"]  # 2 - 0.5 seed: 1.5, 1.0, 0.5
     assert d["per_seed"] == pytest.approx([1.5, 1.0, 0.5])
-    assert d["ci95"] == pytest.approx(4.303 * 0.5 / np.sqrt(3), abs=1e-3) and d["verdict"].startswith("no difference")
+    # primary: (a) - (b), (a) - (c) constant (no test), (a) - (d) alone: p = 0.0742, not called
+    assert d["ci95"] == pytest.approx(4.302653 * 0.5 / np.sqrt(3), abs=1e-5) and d["verdict"] == "no call"
+    assert (d["family"], d["family_size"], d["p_holm"]) == ("primary", 1, pytest.approx(0.074180, abs=1e-6))
     d = res["pairs"]["HypFormer (c) - interpolated expert"]
     assert d["per_seed"] == [-61.0, -63.0, -62.0] and d["verdict"] == "interpolated expert better"
+    # exploratory: HypFormer (a) - (d) and the 8 rows - the interpolated expert (HypFormer's (a) - (b), (c): constant)
+    assert d["family"] == "exploratory" and d["family_size"] == 9
     md = (tmp_path / "out" / "results-components.md").read_text()
     assert "| (c) the paper's losses alone (paired weight 0) | -71.00 ± 2.48 | -72.00 ± 2.48 |" in md
     # a variant made from another seed's stage 1 is not paired with this seed's default
@@ -176,10 +240,10 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert list(res) == ["L8"]  # without --tokens only results.json is read
     g = res["L8"]
     assert g["cells"]["hypformer|average-seen"]["mean"] == 60.0
-    assert g["cells"]["hypformer|average-seen"]["ci95"] == pytest.approx(12.706 * np.std([50, 70], ddof=1) / np.sqrt(2), abs=1e-3)
-    d = g["pairs"]["hypformer - parent (seen)"]  # 10 and 25: mean 17.5, s = 10.607, half-width 12.706 * 7.5 = 95.3
-    assert d["per_seed"] == [10.0, 25.0] and d["ci95"] == pytest.approx(95.295, abs=1e-2)
-    assert d["verdict"].startswith("no difference")  # two seeds rarely decide anything
+    assert g["cells"]["hypformer|average-seen"]["ci95"] == pytest.approx(12.706205 * 10, abs=1e-4)
+    d = g["pairs"]["hypformer - parent (seen)"]  # 10 and 25: mean 17.5, s = 10.607, half-width 12.706205 * 7.5 = 95.30
+    assert d["per_seed"] == [10.0, 25.0] and d["ci95"] == pytest.approx(95.296535, abs=1e-4)
+    assert d["verdict"] == "no call (2 seeds)"  # never a call from two seeds
     assert "paper:MAA|average-seen" not in g["cells"]
     assert "door-open-v3 |" in (tmp_path / "seeds" / "results.md").read_text()
     assert "| 60.00 (seeds 50.0, 70.0) |" in (tmp_path / "seeds" / "results.md").read_text()  # 2 seeds: no interval
@@ -187,10 +251,8 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert agg.fmt_rate({"seeds": [40.0, 50.0, 60.0], "mean": 50.0, "ci95": 24.84}) == "50.00 ± 24.84"
     x = [100.0, 100.0, 100.0000000000001]  # 100 up to float rounding: not an interval to clip
     assert agg.fmt_rate(dict(zip(("mean", "ci95"), agg.mean_ci(x)), seeds=x)) == "100.00 ± 0.00"
-    # one new run: 90 +- 4.303 * 10 * sqrt(4/3) = 90 +- 49.69, clipped for a rate, not for a return
-    c = {"seeds": [80.0, 90.0, 100.0], "mean": 90.0, "ci95": 24.84, "pi95": agg.prediction_halfwidth([80.0, 90.0, 100.0])}
-    assert agg.fmt_prediction(c, rate=True) == "40.31 to 100.00 (clipped)"
-    assert agg.fmt_prediction(c) == "40.31 to 139.69" and agg.fmt_prediction({**c, "seeds": [80.0, 100.0]}) == "-"
+    # one new run: the seeds' range, never outside what a rate can be
+    assert agg.fmt_range({"seeds": [80.0, 100.0, 90.0]}) == "80.00 to 100.00"
     assert g["shared_stage0"] and "One stage 0 for every run" in (tmp_path / "seeds" / "results.md").read_text()
     g["stage0s"] = 2  # two parents: each seed its own stage 0, intervals over whole chains
     assert agg.stage0_note(g) == agg.OWN_NOTE and agg.stage0_note({**g, "n_seeds": 3}).startswith(" 2 stage 0s for 3")
@@ -198,11 +260,12 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     res = json.loads((tmp_path / "tokens" / "results.json").read_text())
     assert list(res) == ["L2", "L8"] and res["L2"]["cells"]["hypformer|average-unseen"]["mean"] == 5.0
     assert "parent|average-seen" not in res["L2"]["cells"]  # L2 ran without baselines
-    assert (tmp_path / "tokens" / "tokens.png").stat().st_size > 5_000
+    assert_figure(tmp_path / "tokens" / "tokens.png", (1210, 462))
     pairs = agg.token_pairs(res)  # L = 2 minus L = 8 per seed: seen 10 - 50, 20 - 70; unseen 0 - 20, 10 - 30
     assert pairs["L2 - L8 (seen)"]["per_seed"] == [-40.0, -50.0] and pairs["L2 - L8 (seen)"]["mean"] == -45.0
     assert pairs["L2 - L8 (unseen)"]["mean"] == -20.0 and pairs["L2 - L8 (unseen)"]["ci95"] == 0.0
-    assert "| L2 - L8 (seen) | -45.00 ± 63.53 | -40.00, -50.00 |" in (tmp_path / "tokens" / "results.md").read_text()
+    assert "| L2 - L8 (seen) | primary | -45.00 ± 63.53 | - | -40.00, -50.00 | - | - | no call (2 seeds) |" in \
+        (tmp_path / "tokens" / "results.md").read_text()
     f = tmp_path / "s1" / "results-L2.json"  # L = 2 of a seed whose stage 1 was made again since: not comparable
     f.write_text(f.read_text().replace('"autoencoder.pt": "ae1"', '"autoencoder.pt": "ae1, made again"'))
     with pytest.raises(SystemExit, match="seed 1: .* come from different autoencoder.pt artifacts"):
@@ -227,12 +290,12 @@ def test_aggregate_groups_training_sets_into_the_ablation(tmp_path):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted(res) == ["2", "3"]
     assert res["3"]["cells"]["hyplatent|average"]["mean"] == pytest.approx(np.mean([-7, -15, -9, -15]))
-    assert (tmp_path / "out" / "ablation.png").stat().st_size > 5_000
-    # 3 minus 2 velocities, seed by seed: (-11) - (-15.5) = 4.5 and (-12) - (-16) = 4; t(0.975, 1) = 12.706
+    assert_figure(tmp_path / "out" / "ablation.png", (715, 495))
+    # 3 minus 2 velocities, seed by seed: (-11) - (-15.5) = 4.5 and (-12) - (-16) = 4; t(0.975, 1) = 12.706205
     d = agg.size_pairs(res)["hyplatent: 3 - 2"]
     assert d["per_seed"] == pytest.approx([4.5, 4.0]) and d["mean"] == pytest.approx(4.25)
-    assert d["ci95"] == pytest.approx(12.706 * np.std([4.5, 4.0], ddof=1) / np.sqrt(2))
-    assert "| HypLatent: 3 - 2 | 4.25 ± 3.18 | 4.50, 4.00 | 3 velocities better |" in \
+    assert d["ci95"] == pytest.approx(12.706205 * 0.353553 / np.sqrt(2), abs=1e-5)  # 3.18
+    assert "| HypLatent: 3 - 2 | primary | 4.25 ± 3.18 | - | 4.50, 4.00 | - | - | no call (2 seeds) |" in \
         (tmp_path / "out" / "results.md").read_text()
     # training sets compared seed by seed differ in nothing but the set, and share each seed's stage 0
     runs, kept = [str(p) for p in sorted(tmp_path.glob("n*"))], {f: f.read_text() for f in tmp_path.glob("n3-*/*.json")}
@@ -352,7 +415,7 @@ def test_metaworld_headline_keeps_the_main_rows_and_comparisons(tmp_path):
     assert "| HypLatent (AMT-Hyp w/o HypFormer) | 47.00 ± 2.48 |" in head  # seeds 46, 47, 48
     assert "top" not in head  # top-k rows and their differences: full tables only
     assert "| all stage-0 checkpoints of the task (unseen: the oracle) | 92.00 ± 2.48 |" in head  # MetaWorld's labels
-    assert (tmp_path / "out" / "success.png").stat().st_size > 10_000  # the per-task figure
+    assert_figure(tmp_path / "out" / "success.png", (990, 630))  # the per-task figure
     for pair in ("HypLatent - MAA (seen)", "HypFormer - MAA (unseen)", "HypLatent - parent (unseen)",
                  "HypFormer - HypLatent (seen)", "checkpoints - HypLatent (unseen)"):
         assert f"| {pair} |" in head, pair
@@ -361,3 +424,76 @@ def test_metaworld_headline_keeps_the_main_rows_and_comparisons(tmp_path):
     full = (tmp_path / "out" / "results.md").read_text()
     assert "| decoded checkpoints - checkpoints (seen) |" in full and "| HypLatent top-5 - HypLatent (seen) |" in full
     assert "| MAA - parent (seen) |" in full and "| HypFormer - parent (unseen) |" in full
+
+
+def test_aggregate_pools_only_runs_of_one_code(tmp_path):
+    """Seeds whose stages ran different code are refused, naming the stage, unless --mixed-code, and then the
+    page says which seeds ran which code; results that record their code carry a checksum that is checked."""
+    import provenance
+
+    code = {"stage0": "s0", "autoencoder.pt": "ae", "hyplatent": "hl", "evaluation": "ev"}
+    runs = []
+    for seed in (1, 2, 3):
+        fake_results(tmp_path / f"s{seed}", seed, {"hyplatent": (-1.0 - seed, -2.0)})
+        f = tmp_path / f"s{seed}" / "results.json"
+        res = json.loads(f.read_text())
+        res["code"] = {**code, "hyplatent": "hl-new"} if seed == 3 else code
+        artifacts.write_results(f, res)
+        runs.append(str(tmp_path / f"s{seed}"))
+    with pytest.raises(SystemExit, match="s3 and .*s1: made by other code \\(hyplatent\\); a table pools runs of one code"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), mixed_code=True))
+    loaded = agg.load_runs(runs, "")
+    note = agg.code_note(loaded)
+    one, new = agg.code_label(code), agg.code_label({**code, "hyplatent": "hl-new"})
+    assert note == (f"- **Mixed code** (pooled with --mixed-code): the seeds were made by 2 different stage codes, "
+                    f"differing in hyplatent; seeds 1, 2: `{one}`; seed 3: `{new}`.")
+    assert agg.code_note(loaded[:2]).startswith(f"- Code: every run made by one stage code, `{one}` (per stage: ")
+    # an edited score is refused, not published
+    f = tmp_path / "s1" / "results.json"
+    f.write_text(f.read_text().replace('"score": -2.0', '"score": 999'))
+    with pytest.raises(SystemExit, match="s1/results.json: its content does not match the checksum"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), mixed_code=True))
+    # older results (no code, no checksum) take their code from the commits their provenance logs
+    for seed, commit in ((1, "aaa"), (2, "bbb")):
+        d = tmp_path / f"old{seed}"
+        fake_results(d, seed, {"hyplatent": (-1.0, -2.0)})
+        provenance.append_record(d, {"event": "stage", "stage": "stage 0 (SAC experts)", "commit": commit})
+    with pytest.raises(SystemExit, match=re.escape(f"made by other code ({agg.LEGACY_CODE})")):
+        agg.main(agg.Args(runs=[str(tmp_path / "old1"), str(tmp_path / "old2")], out=str(tmp_path / "out")))
+    # a results file that records its code but lost its checksum is refused
+    res = json.loads((tmp_path / "s2" / "results.json").read_text())
+    del res["sha256"]
+    (tmp_path / "s2" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="s2/results.json: no checksum"):
+        agg.load_runs([str(tmp_path / "s2")], "")
+
+
+def test_aggregate_out_must_be_a_folder_of_its_own(tmp_path):
+    fake_results(tmp_path / "s1", 1, {"hyplatent": (-1.0, -2.0)})
+    (tmp_path / "s1" / "autoencoder.pt").write_bytes(b"")
+    for out, msg in (("", "--out is empty"), ("  ", "--out is empty"), (str(tmp_path / "s1"), "a run directory")):
+        with pytest.raises(SystemExit, match=msg):
+            agg.main(agg.Args(runs=[str(tmp_path / "s1")], out=out))
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["autoencoder.pt", "results.json"]  # untouched
+
+
+def test_code_fingerprint_follows_the_imports(tmp_path, monkeypatch):
+    """A stage's fingerprint covers the project files it imports (inside functions too), transitively, and
+    nothing else."""
+    import provenance
+
+    (tmp_path / "a.py").write_text("import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from c import x\n")
+    (tmp_path / "c.py").write_text("x = 1\n")
+    (tmp_path / "d.py").write_text("y = 2\n")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    provenance.code_fingerprint.cache_clear()
+    first = provenance.code_fingerprint(tmp_path / "a.py")
+    (tmp_path / "d.py").write_text("y = 3\n")  # not imported: same code
+    provenance.code_fingerprint.cache_clear()
+    assert provenance.code_fingerprint(tmp_path / "a.py") == first and len(first) == 12
+    (tmp_path / "c.py").write_text("x = 2\n")  # imported two steps away: other code
+    provenance.code_fingerprint.cache_clear()
+    assert provenance.code_fingerprint(tmp_path / "a.py") != first
+    provenance.code_fingerprint.cache_clear()

@@ -4,13 +4,14 @@ the page it cites, relative links that resolve, and a project that speaks of its
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import aggregate as agg
-from test_aggregation import fake_results  # noqa: E402
+from test_aggregation import assert_figure, fake_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "DESIGN.md", *sorted((ROOT / "docs").glob("*.md")),
@@ -47,16 +48,18 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
     data = tmp_path / "results" / "data" / "cv"
     assert sorted(p.name for p in (data / "s2").iterdir()) == ["provenance.jsonl", "results.json"]
     row2 = next(line for line in page.splitlines() if line.startswith(f"| {data / 's2'} |"))
-    assert "| 2 | abc123 |" in row2 and row2.endswith("| 6.7 min | 50 s | 7.5 min |")
+    assert "| 2 | unrecorded | abc123 |" in row2 and row2.endswith("| 6.7 min | 50 s | 7.5 min |")
+    assert "- Code: fingerprints not recorded (results of an older version); every run made at commits abc123." in page
     # the chain of every seed on one line, the seed a placeholder
     assert "2 cores (test cpu), device cpu" in page and "- Chains: `SEED=<s> bash pipeline.sh smoke`.\n" in page
     assert "python stage_0_SAC_experts.py --run-dir <run> --seed <s>" in page
     assert "paired-only" not in page and "paired_only" not in page
     # headline: averages per seed -15, -16, -17: mean -16, s = 1, n = 3
-    # CI: 4.303 / sqrt(3) = 2.48; one new run: 4.303 * sqrt(1 + 1/3) = 4.97 -> -20.97 to -11.03
-    assert "| HypLatent (AMT-Hyp w/o HypFormer) | -16.00 ± 2.48 | -20.97 to -11.03 |" in page
-    assert "| HypLatent - interpolated expert | 1.67 ± 1.43 |" in page
-    assert (tmp_path / "results" / "cv-return_vs_velocity.png").stat().st_size > 5_000
+    # CI: 4.302653 / sqrt(3) = 2.48; one new run: the seeds' range, inside with probability 2/4
+    assert "| method | average return, mean ± 95% CI over 3 seeds | one new run: the 3 seeds' range (inside with probability 50%) |" in page
+    assert "| HypLatent (AMT-Hyp w/o HypFormer) | -16.00 ± 2.48 | -17.00 to -15.00 |" in page
+    assert "| HypLatent - interpolated expert | primary | 1.67 ± 1.43 | -1.20 to 4.54 | 2.00, 2.00, 1.00 | 0.038 | 0.038 | HypLatent better |" in page
+    assert_figure(tmp_path / "results" / "cv-return_vs_velocity.png", (770, 495))
     assert "![return_vs_velocity.png](cv-return_vs_velocity.png)" in page
     # the README's block now holds the page's headline, the rest of the README untouched
     text = readme.read_text()
@@ -72,9 +75,9 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
 
 
 def test_prediction_interval_by_hand():
-    assert agg.prediction_halfwidth([1.0, 2.0, 3.0]) == pytest.approx(4.303 * 1.0 * np.sqrt(4 / 3), abs=1e-4)
-    x = [-28.0, -31.0, -31.5, -30.0, -27.0]  # df 4: t = 2.776
-    assert agg.prediction_halfwidth(x) == pytest.approx(2.776 * np.std(x, ddof=1) * np.sqrt(1.2), abs=1e-4)
+    assert agg.prediction_halfwidth([1.0, 2.0, 3.0]) == pytest.approx(4.302653 * np.sqrt(4 / 3), abs=1e-5)
+    x = [-28.0, -31.0, -31.5, -30.0, -27.0]  # df 4: t = 2.776445; squares 2.25 + 2.25 + 4 + 0.25 + 6.25 = 15, s = sqrt(15/4)
+    assert agg.prediction_halfwidth(x) == pytest.approx(2.776445 * 1.936492 * np.sqrt(1.2), abs=1e-4)  # 5.8897
     assert np.isnan(agg.prediction_halfwidth([3.0]))
 
 
@@ -85,9 +88,6 @@ def test_readme_headlines_are_the_pages_they_cite():
         assert page.exists(), f"README cites {path}, which does not exist"
         assert readme[i:j].strip("\n") == agg.page_headline(page.read_text()), \
             f"README's headline block for {path} differs from the page: re-run the aggregate.py --publish command there"
-
-
-NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
 
 
 def tables_with_citations(text: str):
@@ -113,19 +113,56 @@ def tables_with_citations(text: str):
     return out
 
 
-def test_every_number_of_a_readme_results_table_is_in_the_page_it_cites():
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_every_cell_of_a_readme_results_table_is_the_pages():
+    """A README table that cites a page holds the page's cells: each row, found in a table of the page
+    with the same header by its first cell, has the page's value in every column (by column name)."""
     readme = (ROOT / "README.md").read_text()
     checked = 0
     for path, table in tables_with_citations(readme):
         if path is None:
             continue
-        page_numbers = set(NUMBER.findall((ROOT / path).read_text()))
-        for line in table:
-            line = re.sub(r"Eqs?\. \d+(-\d+)?", "", line)  # equation numbers name the paper, not a result
-            missing = [x for x in NUMBER.findall(line) if x not in page_numbers]
-            assert not missing, f"README table row {line!r}: {missing} not in {path}"
+        text = (ROOT / path).read_text()
+        page_tables = [t for _, t in tables_with_citations(text)]
+        head = cells(table[0])
+        rows = {cells(line)[0]: dict(zip(cells(t[0]), cells(line))) for t in page_tables for line in t[2:]
+                if set(cells(t[0])) >= set(head)}
+        if not rows:  # a table the README composes from a page's prose (the stage times): its numbers are there
+            numbers = set(NUMBER.findall(text))
+            for line in table[2:]:
+                missing = [x for x in NUMBER.findall(re.sub(r"Eqs?\. \d+(-\d+)?", "", line)) if x not in numbers]
+                assert not missing, f"README table row {line!r}: {missing} not in {path}"
+            continue
+        for line in table[2:]:
+            mine = dict(zip(head, cells(line)))
+            theirs = rows.get(cells(line)[0])
+            assert theirs is not None, f"README row {cells(line)[0]!r} is not in {path}"
+            wrong = {k: (v, theirs.get(k)) for k, v in mine.items() if theirs.get(k) != v}
+            assert not wrong, f"README row {cells(line)[0]!r} differs from {path}: {wrong}"
         checked += 1
     assert checked >= 1, "no README results table cites a page"
+
+
+def test_the_cell_check_fails_on_a_moved_number(tmp_path, monkeypatch):
+    """The check above compares cells, not numbers found anywhere on the page: a README row whose value sits
+    in another column (or row) of the page fails."""
+    page = "| method | a | b |\n|---|---|---|\n| x | 1.00 | 2.00 |\n| y | 2.00 | 1.00 |\n"
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "p.md").write_text(page)
+    ok = "See [p](results/p.md).\n\n| method | a | b |\n|---|---|---|\n| x | 1.00 | 2.00 |\n"
+    swapped = ok.replace("| x | 1.00 | 2.00 |", "| x | 2.00 | 1.00 |")  # every number is on the page
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "README.md").write_text(ok)
+    test_every_cell_of_a_readme_results_table_is_the_pages()
+    (tmp_path / "README.md").write_text(swapped)
+    with pytest.raises(AssertionError, match="differs from results/p.md"):
+        test_every_cell_of_a_readme_results_table_is_the_pages()
 
 
 def test_relative_links_resolve():
@@ -157,7 +194,7 @@ def test_committed_pages_are_made_from_their_committed_data(tmp_path):
         out = tmp_path / page.stem
         agg.main(agg.Args(runs=[str(p) for p in sorted(data.iterdir())], out=str(out / "agg"),
                           publish=str(out / page.name), tag=tag.group(1) if tag else "", tokens="--tokens" in remake,
-                          components="--components" in remake,
+                          components="--components" in remake, mixed_code="--mixed-code" in remake,
                           readme=str(tmp_path / "no-readme.md")))
         assert agg.page_headline((out / page.name).read_text()) == agg.page_headline(text), page.name
 
