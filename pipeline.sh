@@ -168,20 +168,15 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
   bases=$(for b in "$RUNS"/cheetah-vel-quick-seed*; do  # the seeds whose ablation finished: all three nested sets
     [ -n "$(with results.json "$b"/n20)" ] && [ -n "$(with results.json "$b"/n25)" ] && [ -n "$(with results.json "$b"/n35)" ] && echo "$b"
   done; true)
-  if [ -n "$bases" ]; then  # every training set of those seeds (and no other seed: each row over the same seeds)
-    publish results/velocity-ablation.md $(for b in $bases; do with results.json "$b" "$b"/n*; done) \
-      -- --title "Cheetah-Vel: 10, 20, 25 and 35 training velocities"
-  fi
-  if [ -n "$(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*)" ]; then  # the component ablation ran
-    publish results/components.md $(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*) -- --components
-  fi
+  # every training set of those seeds (and no other seed: each row over the same seeds); with none, the kept runs
+  publish results/velocity-ablation.md $(for b in $bases; do with results.json "$b" "$b"/n*; done) \
+    -- --title "Cheetah-Vel: 10, 20, 25 and 35 training velocities"
+  publish results/components.md $(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*) -- --components
   publish results/dense-sweep.md $(with results-sweep.json "$RUNS"/cheetah-vel-quick-seed*) -- --tag sweep \
     --title "Cheetah-Vel: every velocity of the grid"
   publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick-seed*) --
-  if ls "$RUNS"/metaworld-quick-seed*/results-L*.json > /dev/null 2>&1; then  # the token ablation ran
-    publish results/metaworld-tokens.md $(for d in "$RUNS"/metaworld-quick-seed*; do  # the seeds that ran it
-      ls "$d"/results-L*.json > /dev/null 2>&1 && echo "$d"; done; true) -- --tokens
-  fi
+  publish results/metaworld-tokens.md $(for d in "$RUNS"/metaworld-quick-seed*; do  # the seeds that ran the tokens
+    ls "$d"/results-L*.json > /dev/null 2>&1 && echo "$d"; done; true) -- --tokens
   exit 0
 fi
 if [ "$SCALE" = ablation ]; then
