@@ -10,14 +10,20 @@ but the seed, and writes to `--out`:
 - `results[-<tag>].md/json`: per group, every method's mean score per task and on the averages, each with
   a 95% confidence interval over seeds (Student t: mean +- t(0.975, n-1) s/sqrt(n), s the sample standard
   deviation over seeds; no interval with one seed); the paired differences the README argues from (per
-  seed, then the same interval); Cheetah-Vel's memorisation distances, averaged over seeds;
+  seed, then the same interval, the paired t-test's p and Holm's adjusted p); Cheetah-Vel's memorisation
+  distances, averaged over seeds;
 - Cheetah-Vel: `return_vs_velocity[-<tag>].png`, the per-velocity means with their intervals as error bars,
   and with groups of several sizes (the paper's 10/20/25/35 training velocities) `ablation.png`, the
   average test return against the number of training velocities;
 - MetaWorld: `success.png`, success per task and on average for the generators, the parent and the tasks'
   own checkpoints; with several token counts `tokens.png`, seen and unseen success against L (Fig. 5).
 
-A difference is called a win or a loss only where its interval excludes zero.
+A difference is called a win or a loss only where its paired t-test's p, Holm-adjusted over its family
+(the primary comparisons of DESIGN.md section 12, or the page's exploratory rest), is below 0.05, and never
+from fewer than 3 seeds.
+
+The runs are read and checked in pooling.py, the figures drawn in figures.py; with `--publish` the same tables
+and figures also make a result page under results/ (publish.py).
 
     python aggregate.py runs/cheetah-vel-quick-seed1 runs/cheetah-vel-quick-seed2 runs/cheetah-vel-quick-seed3 \
         --out runs/cheetah-vel-quick-aggregate
@@ -26,13 +32,12 @@ A difference is called a win or a loss only where its interval excludes zero.
     python aggregate.py runs/metaworld-quick-seed* --out runs/metaworld-quick-aggregate
     python aggregate.py runs/metaworld-quick-seed* --tokens --out runs/mw-tokens  # Fig. 5
     python aggregate.py runs/cheetah-vel-quick-seed* --components --out runs/cv-components  # which loss does the work
+    python aggregate.py runs/cheetah-vel-smoke-seed* --fork hinge --out runs/fork-hinge  # pipeline.sh fork: vs default
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +48,11 @@ import tyro
 
 import artifacts
 import provenance
+from figures import plot_ablation, plot_components, plot_metaworld, plot_tokens, plot_velocity
 from methods import LABELS, METHODS, MW_LABELS, MW_METHODS, MW_ROWS, task_name
+from pooling import check_comparable, check_same_seeds, group_runs, load_runs
+from publish import PCA_FIGURE, archive_runs, page_commit, pca_source, sync_readme, write_page
+from publish import archive_name  # noqa: F401 - pipeline.sh's publish names the kept runs with aggregate.archive_name
 
 # (a, b): the differences a - b reported with intervals
 PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("hyplatent", "maa"), ("hypformer", "maa"),
@@ -87,6 +96,9 @@ class Args:
     """MetaWorld token ablation: every results.json and results-L<L>.json of the run directories, grouped by L"""
     components: bool = False
     """Cheetah-Vel component ablation: results.json and results-<variant>.json of `pipeline.sh components`"""
+    fork: str = ""
+    """Cheetah-Vel: a fork (`pipeline.sh fork`), results-<fork>.json against the same runs' default results.json,
+    paired by seed"""
     publish: Optional[str] = None
     """also write a result page (e.g. results/cheetah-vel.md): provenance block, headline, full tables, and its
     figures beside it as <page>-*.png"""
@@ -97,6 +109,8 @@ class Args:
     mixed_code: bool = False
     """pool seeds made by different stage code (refused otherwise); the page then lists which seeds ran which code"""
 
+
+# Intervals, paired tests and Holm's correction over seeds
 
 def t975(df: float) -> float:
     """The 0.975 quantile of Student's t with `df` degrees of freedom, exact (scipy)."""
@@ -195,70 +209,7 @@ def fmt_p(p: float) -> str:
     return "-" if np.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def load_runs(paths: list[str], tag: str, tokens: bool = False) -> list[dict]:
-    """The results of each run directory (with --tokens: all of its results.json and results-L<L>.json),
-    refused with one line unless they are evaluations of this version, all of one suite."""
-    runs = []
-    for p in paths:
-        names = ["results.json", *sorted(f.name for f in Path(p).glob("results-L*.json"))] if tokens else \
-            [f"results-{tag}.json" if tag else "results.json"]
-        for name in names:
-            f = Path(p) / name
-            try:
-                res = json.loads(f.read_text())
-            except FileNotFoundError:
-                if tokens and name == "results.json":
-                    continue
-                raise SystemExit(f"error: {f}: not found (run evaluate.py{' --tag ' + tag if tag else ''} there first)") from None
-            except ValueError:
-                raise SystemExit(f"error: {f}: not JSON") from None
-            # a results file that records its code carries a checksum too; only older ones (kept under
-            # results/data/) have neither, and their code is read from their provenance (`run_code`)
-            res = artifacts.read_results(f, legacy_ok=isinstance(res, dict) and "code" not in res)
-            if "train_velocities" not in res and "num_tokens" not in res:
-                raise SystemExit(f"error: {f}: not an evaluation of this version (no train_velocities or num_tokens)")
-            res["dir"], res["file"] = str(p), name
-            res["code"] = run_code(res)
-            runs.append(res)
-    if not runs:
-        raise SystemExit(f"error: no results.json or results-L<L>.json in {', '.join(paths)}")
-    suites = sorted({r["suite"] for r in runs})
-    if len(suites) > 1:
-        raise SystemExit(f"error: the run directories hold evaluations of several suites ({', '.join(suites)})")
-    return runs
-
-
-LEGACY_CODE = "unrecorded (the commits in provenance.jsonl)"  # the code key of results written before `code`
-
-
-def run_code(r: dict) -> dict:
-    """{stage: code fingerprint} of a run's results (evaluate.py's `code`); for results written before
-    fingerprints were recorded, the commits its provenance.jsonl logs for its stages (runs made at different
-    commits then count as different code, the same code or not)."""
-    if "code" in r:
-        return r["code"]
-    commits = sorted({rec.get("commit", "?") for rec in provenance.read_records(r["dir"]) if rec.get("event") == "stage"})
-    return {LEGACY_CODE: ", ".join(commits) or "unknown"}
-
-
-def code_label(code: dict) -> str:
-    """A run's code in one word for the run table: 8 hex digits over every stage's fingerprint, or `unrecorded`."""
-    import hashlib
-
-    if LEGACY_CODE in code:
-        return "unrecorded"
-    return hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def code_difference(a: dict, b: dict) -> list[str]:
-    """The stages whose code differs between two runs."""
-    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def group_key(r: dict):
-    """Cheetah-Vel: the training velocities; MetaWorld: HypFormer's token count L."""
-    return tuple(r["train_velocities"]) if r["suite"] == "cheetah-vel" else r["num_tokens"]
-
+# From the runs of a group to its cells and paired differences
 
 SHARED_NOTE = (" **One stage 0 for every run** (the same parent and shards): the intervals cover stages 1-3 and the "
                "evaluation, not stage 0's variation.")
@@ -273,91 +224,6 @@ def stage0_note(g: dict) -> str:
         return OWN_NOTE
     return SHARED_NOTE if g["stage0s"] == 1 else (f" {g['stage0s']} stage 0s for {g['n_seeds']} seeds (some seeds "
                                                    "share a parent and shards): the intervals understate stage 0's variation.")
-UPSTREAM_FREE = {"seed", "out", "hyplatent"}  # upstream settings that may differ between seeds: the seed, file names
-
-
-def upstream_difference(a: dict, b: dict) -> list[str]:
-    """`artifact: setting` for every upstream setting in which two evaluations differ (the seed aside)."""
-    ua, ub = a.get("upstream"), b.get("upstream")
-    return [f"{art}: {k}" for art in sorted(set(ua) | set(ub))
-            for k in sorted(set(ua.get(art, {})) | set(ub.get(art, {})))
-            if k not in UPSTREAM_FREE and ua.get(art, {}).get(k) != ub.get(art, {}).get(k)]
-
-
-FREE = {"seed", "tag", "hypformer", "baselines"}  # evaluation settings that may differ between a group's runs
-
-
-def differences(a: dict, b: dict, free: set = FREE, upstream_free: tuple[str, ...] = ()) -> list[str]:
-    """Where two evaluations differ beyond `free`: evaluation settings, and upstream settings (`artifact:
-    setting`) other than those starting with one of `upstream_free`."""
-    diff = [k for k in sorted(set(a["settings"]) | set(b["settings"])) if k not in free
-            and a["settings"].get(k) != b["settings"].get(k)]
-    return diff + [d for d in upstream_difference(a, b) if not d.startswith(upstream_free)]
-
-
-def check_comparable(groups: dict, what, upstream_free: tuple[str, ...], shared: tuple[str, ...]) -> None:
-    """Groups compared seed by seed (training sets, token counts, loss variants) differ in nothing but what
-    makes them groups (upstream settings starting with `upstream_free`; MAA's, which no pair across groups
-    reads; file names), and each seed's runs are made from the same `shared` artifacts (made_from uids: at
-    least its one stage 0, parent.pt)."""
-    keys = list(groups)
-    ref = groups[keys[0]][0]
-    for k in keys[1:]:
-        diff = differences(ref, groups[k][0], FREE | {"diffusion", "hyplatent"}, (*upstream_free, "diffusion: "))
-        if diff:
-            raise SystemExit(f"error: {groups[k][0]['dir']} ({what(k)}) and {ref['dir']} ({what(keys[0])}): made or "
-                             f"evaluated with other settings ({', '.join(diff[:6])}); rows compared seed by seed "
-                             "must differ in nothing else")
-    for art in shared:
-        uids: dict = {}
-        for rs in groups.values():
-            for r in rs:
-                uids.setdefault(r["seed"], set()).add(r["made_from"].get(art))
-        if bad := sorted(s for s, u in uids.items() if len(u) > 1):
-            raise SystemExit(f"error: seed {bad[0]}: its {', '.join(map(what, keys))} come from different {art} "
-                             f"artifacts; compared seed by seed, each seed's runs must share its {art} (made again "
-                             "since? evaluate the others again too)")
-
-
-def group_runs(runs: list[dict], mixed_code: bool = False) -> dict:
-    """{key: runs}. Runs pool as seeds of one method only when they differ in nothing but the seed: the
-    evaluation's settings (but, for the token ablation, its file names and baselines), and the settings of
-    every artifact upstream (stage 0 to HypFormer). Two evaluations of one chain (one autoencoder.pt) are
-    not two seeds. Anything else stops with one line."""
-    groups: dict = {}
-    for r in runs:
-        if "upstream" not in r:
-            raise SystemExit(f"error: {r['dir']}: its results record no upstream settings; "
-                             "evaluate it again (FROM_STAGE=4 bash pipeline.sh ..., or python evaluate.py)")
-        groups.setdefault(group_key(r), []).append(r)
-    what = lambda key: f"{len(key)} training velocities" if isinstance(key, tuple) else f"L = {key}"  # noqa: E731
-    for key, rs in groups.items():
-        for r in rs[1:]:  # a results-L<L>.json and a results.json may share a group (FREE)
-            diff = differences(rs[0], r, upstream_free=())
-            if diff:
-                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made or evaluated with other settings "
-                                 f"({', '.join(diff[:6])}): not seeds of one method")
-            if (diff := code_difference(rs[0]["code"], r["code"])) and not mixed_code:
-                raise SystemExit(f"error: {r['dir']} and {rs[0]['dir']}: made by other code ({', '.join(diff[:4])}); a "
-                                 "table pools runs of one code (--mixed-code pools them and lists which seed ran which)")
-        seeds = [r["seed"] for r in rs]
-        if len(set(seeds)) < len(seeds):
-            raise SystemExit(f"error: two evaluations of seed {max(seeds, key=seeds.count)} for {what(key)}: "
-                             f"{', '.join(r['dir'] for r in rs)}")
-        aes = [r["made_from"].get("autoencoder.pt") for r in rs]
-        if len(set(aes)) < len(aes):
-            same = [r["dir"] for r in rs if aes.count(r["made_from"].get("autoencoder.pt")) > 1]
-            raise SystemExit(f"error: {', '.join(same)}: evaluations of one chain (the same autoencoder.pt), not "
-                             f"seeds, for {what(key)}")
-    groups = {k: sorted(rs, key=lambda r: r["seed"]) for k, rs in groups.items()}  # per-seed columns in seed order
-    sizes = [len(k) for k in groups if isinstance(k, tuple)]
-    if len(set(sizes)) < len(sizes):  # the velocity ablation names a training set by its size
-        raise SystemExit(f"error: two different training sets of {max(sizes, key=sizes.count)} velocities among "
-                         "these runs; give one set of each size")
-    if len(groups) > 1:
-        shared = ("parent.pt",) if sizes else ("parent.pt", "autoencoder.pt", "hyplatent.pt")  # sets; token counts
-        check_comparable(groups, what, ("hypformer: num_tokens",), shared)
-    return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 
 def aggregate_group(rs: list[dict], primary: set = frozenset()) -> dict:
@@ -414,15 +280,6 @@ def size_pairs(agg: dict) -> dict:
     return out
 
 
-def check_same_seeds(agg: dict, what: str, unit: str = "") -> None:
-    """Rows compared seed by seed (training sets, token counts) must hold the same seeds, in the same order."""
-    seeds = {k: g["seeds"] for k, g in agg.items()}
-    if len({tuple(v) for v in seeds.values()}) > 1:
-        raise SystemExit(f"error: the {what} were run on different seeds ("
-                         + "; ".join(f"{k}{unit}: {v}" for k, v in seeds.items())
-                         + f"): give every one of the {what} the same seeds")
-
-
 def token_pairs(agg: dict, ref: int = 8) -> dict:
     """The token ablation: HypFormer with each L against the chain's own L = `ref`, seen and unseen success,
     paired by seed (one chain per seed); the page's primary family. {"L<L> - L<ref> (<split>)": paired}."""
@@ -435,6 +292,8 @@ def token_pairs(agg: dict, ref: int = 8) -> dict:
                 out[f"{k} - L{ref} ({split})"] = paired(d, k, f"L{ref}", "primary")
     return out
 
+
+# Tables, and the headline a page and the README show
 
 PAIR_HEAD = ["| {what} | family | mean ± 95% CI | one new run (95% prediction) | per seed | p | Holm p | call |",
              "|---|---|---|---|---|---|---|---|"]
@@ -573,127 +432,6 @@ def range_table(g: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_velocity(groups: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
-    for ax, (key, g) in zip(axes[0], groups.items()):
-        vels = velocities_of(g)
-        for m in METHODS:
-            pts = [(v, g["cells"][f"{m}|{task_name('cheetah-vel', v)}"]) for v in vels
-                   if f"{m}|{task_name('cheetah-vel', v)}" in g["cells"]]
-            if not pts or m == "parent":
-                continue
-            xs, cs = [p[0] for p in pts], [p[1] for p in pts]
-            ys, es = np.array([c["mean"] for c in cs]), np.array([0 if np.isnan(c["ci95"]) else c["ci95"] for c in cs])
-            line, = ax.plot(xs, ys, "o--" if m == "oracle-expert" else "o-", label=LABELS[m], ms=3,
-                            color="k" if m == "oracle-expert" else None)
-            ax.fill_between(xs, ys - es, ys + es, color=line.get_color(), alpha=0.15, lw=0)
-        for tv in key:
-            ax.axvline(tv, color="grey", lw=0.5, alpha=0.5)
-        ax.set_xlabel("target velocity (grey lines: training velocities)")
-        ax.set_ylabel("mean return over 200 steps")
-        ax.set_title(f"{len(key)} training velocities, {g['n_seeds']} seed(s); bands: 95% t interval of the mean")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_ablation(groups: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for m in ("hyplatent", "hypformer", "interpolated-expert", "nearest-expert", "oracle-expert"):
-        pts = [(len(k), g["cells"][f"{m}|average"]) for k, g in groups.items() if f"{m}|average" in g["cells"]]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], capsize=3, label=m, marker="o",
-                        yerr=[0 if np.isnan(p[1]["ci95"]) else p[1]["ci95"] for p in pts],
-                        ls="--" if m == "oracle-expert" else "-", color="k" if m == "oracle-expert" else None)
-    ax.set_xlabel("number of training velocities (nested subsets)")
-    ax.set_ylabel("mean return at the test velocities")
-    ax.set_title("Cheetah-Vel: test return vs training velocities\n(bars: 95% t interval over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_metaworld(g: dict, path: Path) -> None:
-    """Success per task and on average, seen and unseen tasks: the generators beside the parent and the
-    tasks' own checkpoints (on unseen tasks the oracle), error bars the 95% t interval over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = ("hyplatent", "hypformer", "maa", "parent", "checkpoints")
-    names = sorted({k.split("|")[1] for k in g["cells"]} - {"average-seen", "average-unseen"})
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7))
-    for ax, split in zip(axes, ("seen", "unseen")):
-        tasks = [t for t in names if (t in g["seen"]) == (split == "seen")] + [f"average-{split}"]
-        x, width = np.arange(len(tasks)), 0.8 / len(rows)
-        for i, m in enumerate(rows):
-            cs = [g["cells"].get(f"{m}|{t}") for t in tasks]
-            ax.bar(x + (i - (len(rows) - 1) / 2) * width, [np.nan if c is None else c["mean"] for c in cs], width,
-                   yerr=[0 if c is None or np.isnan(c["ci95"]) else c["ci95"] for c in cs], capsize=2,
-                   label=MW_LABELS[m], color="grey" if m == "parent" else "k" if m == "checkpoints" else None)
-        ax.set_xticks(x, [t.removesuffix("-v3") for t in tasks], rotation=20, fontsize=8)
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("success %")
-        ax.set_title(f"{split} tasks, {g['n_seeds']} seed(s); bars: 95% t interval over seeds", fontsize=10)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_tokens(groups: dict, path: Path) -> None:
-    """Fig. 5: seen and unseen success against HypFormer's token count L, HypLatent and the parent as
-    references (they do not depend on L)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    Ls = sorted(groups)
-    for ax, split in zip(axes, ("seen", "unseen")):
-        t = f"average-{split}"
-        for m in ("hypformer", "hypformer@top10", "hyplatent", "parent"):
-            pts = [(L, groups[L]["cells"][f"{m}|{t}"]) for L in Ls if f"{m}|{t}" in groups[L]["cells"]]
-            if not pts:
-                continue
-            ys, es = [p[1]["mean"] for p in pts], [0 if np.isnan(p[1]["ci95"]) else p[1]["ci95"] for p in pts]
-            if m.startswith("hypformer"):
-                ax.errorbar([p[0] for p in pts], ys, yerr=es, marker="o", capsize=3, label=f"{m} (L tokens)")
-            else:  # generated or kept without HypFormer: one value, a reference band
-                mean, ci = pts[0][1]["mean"], 0 if np.isnan(pts[0][1]["ci95"]) else pts[0][1]["ci95"]
-                ax.axhline(mean, ls="--", color="grey" if m == "parent" else "k", label=m)
-                ax.axhspan(mean - ci, mean + ci, color="grey" if m == "parent" else "k", alpha=0.1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("L, generated latents per condition (HypFormer tokens)")
-        ax.set_ylabel(f"{split} tasks: success %")
-        ax.set_title(f"{split} tasks; bars: 95% t interval over seeds")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Result pages: provenance, headline, tables, figures (README: "Results")
-# ----------------------------------------------------------------------------------------------------
-
-HEADLINE = ("<!-- headline -->", "<!-- /headline -->")
-
-
 def headline(agg: dict, suite: str) -> str:
     """The averages of every method (mean ± 95% CI, the seeds' range: what one new run shows) and the paired
     differences with their calls, per group: what the README copies. MetaWorld: the methods without their
@@ -723,275 +461,7 @@ def headline(agg: dict, suite: str) -> str:
     return "\n".join(out).rstrip()
 
 
-# The component ablation (pipeline.sh components): the tag of each stage-2 variant's results and its row name
-COMPONENTS = [("", "(a) Eqs. 3-5 + paired term (the chain's default)"),
-              ("paired-only", "(b) paired term alone, no discriminator"),
-              ("paper-losses", "(c) the paper's losses alone (paired weight 0)"),
-              ("regressor", "(d) deterministic regressor (no noise, no discriminator)")]
-
-
-def load_components(paths: list[str], mixed_code: bool = False) -> dict[str, list[dict]]:
-    """{variant tag: runs}, every variant's evaluations checked like seeds, and paired by seed: each seed's
-    variants share its stage 0-1 (one autoencoder.pt), so their differences are paired."""
-    by = {}
-    for tag, _ in COMPONENTS:
-        groups = group_runs(load_runs(paths, tag), mixed_code)
-        if len(groups) > 1:
-            raise SystemExit("error: --components: the run directories were trained on different velocities")
-        by[tag] = next(iter(groups.values()))
-    check_same_seeds({tag or "default": {"seeds": [r["seed"] for r in rs]} for tag, rs in by.items()}, "loss variants")
-    check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ",), ("parent.pt", "autoencoder.pt"))
-    return by
-
-
-def aggregate_components(by: dict[str, list[dict]]) -> dict:
-    """Average test return of HypLatent and HypFormer per variant (and the interpolated expert), per seed,
-    with intervals; the paired differences (a) - (b|c|d) and each row - the interpolated expert."""
-    def per_seed(rs, method):
-        return [next(row["score"] for row in r["rows"] if row["method"] == method and row["task"] == "average")
-                for r in rs]
-
-    rows = {f"{m}|{tag}": per_seed(rs, m) for tag, rs in by.items() for m in ("hyplatent", "hypformer")}
-    rows["interpolated-expert|"] = per_seed(by[""], "interpolated-expert")
-    cells = {k: {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v)))} for k, v in rows.items()}
-    pairs = {}
-    for m in ("hyplatent", "hypformer"):
-        todo = [(f"{m}|", f"{m}|{tag}") for tag, _ in COMPONENTS[1:]]
-        todo += [(f"{m}|{tag}", "interpolated-expert|") for tag, _ in COMPONENTS]
-        for a, b in todo:
-            la, lb = component_label(a), component_label(b)
-            # primary: HypLatent's default against each variant (what stage 2's loss owes to each part)
-            fam = "primary" if m == "hyplatent" and a == f"{m}|" and b != "interpolated-expert|" else "exploratory"
-            pairs[f"{la} - {lb}"] = paired(np.array(rows[a]) - np.array(rows[b]), la, lb, fam)
-    apply_holm(list(pairs.values()))
-    return {"n_seeds": len(by[""]), "seeds": [r["seed"] for r in by[""]], "dirs": [r["dir"] for r in by[""]],
-            "cells": cells, "pairs": pairs, "shared_stage0": False, "stage0s": len(by[""])}
-
-
-def component_label(key: str) -> str:
-    """`hypformer|paired-only` -> `HypFormer (b)`; `interpolated-expert|` -> `interpolated expert`."""
-    m, tag = key.split("|")
-    if m == "interpolated-expert":
-        return "interpolated expert"
-    return f"{ {'hyplatent': 'HypLatent', 'hypformer': 'HypFormer'}[m]} ({'abcd'[[t for t, _ in COMPONENTS].index(tag)]})"
-
-
-def components_table(g: dict) -> str:
-    n = g["n_seeds"]
-    lines = [f"| stage 2 | HypLatent, {f'mean ± 95% CI over {n} seeds' if n > 1 else 'one seed (no interval)'} | HypFormer | "
-             f"HypFormer, {range_head(n)} |", "|---|---|---|---|"]
-    for tag, label in COMPONENTS:
-        hl, hf = g["cells"][f"hyplatent|{tag}"], g["cells"][f"hypformer|{tag}"]
-        lines.append(f"| {label} | {fmt(hl['mean'], hl['ci95'])} | {fmt(hf['mean'], hf['ci95'])} | "
-                     + fmt_range(hf) + " |")
-    ie = g["cells"]["interpolated-expert|"]
-    lines.append(f"| interpolated expert (no generator) | {fmt(ie['mean'], ie['ci95'])} | | |")
-    return "\n".join(lines + pairs_table(g))
-
-
-def plot_components(g: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    x = np.arange(len(COMPONENTS))
-    for i, m in enumerate(("hyplatent", "hypformer")):
-        cs = [g["cells"][f"{m}|{tag}"] for tag, _ in COMPONENTS]
-        ax.bar(x + (i - 0.5) * 0.38, [c["mean"] for c in cs], 0.36, label=LABELS[m],
-               yerr=[0 if np.isnan(c["ci95"]) else c["ci95"] for c in cs], capsize=3)
-    ie = g["cells"]["interpolated-expert|"]
-    ax.axhline(ie["mean"], color="k", ls="--", lw=1, label="interpolated expert")
-    ax.set_xticks(x, ["(a) default", "(b) paired only", "(c) paper losses", "(d) regressor"])
-    ax.set_ylabel("mean return at the test velocities")
-    ax.set_title(f"Cheetah-Vel: stage 2's loss, part by part ({g['n_seeds']} seeds; bars: 95% t interval)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def fmt_seconds(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
-
-
-def provenance_block(runs: list[dict], argv: list[str], commit: str, stages: tuple[str, ...] | None = None) -> str:
-    """Who made the page and its runs: the command, commit and date of the aggregation; per run directory
-    its seed, the commits and dates of its stages and each stage's wall time (pipeline.sh's
-    provenance.jsonl, summed over invocations; only `stages` where given); the machines; the chain and
-    stage commands."""
-    runs = list({r["dir"]: r for r in runs}.values())  # --tokens: several evaluations of one run directory
-    seeds = sorted({r["seed"] for r in runs})
-    lines = ["## Provenance", "", f"- Page: `python aggregate.py {shlex.join(argv)}` at commit "
-             f"{commit}, {provenance.utc_now()}.",
-             "- Seeds: " + ", ".join(map(str, seeds)) + (" (one run directory each)." if len(seeds) == len(runs) else
-                                                          f" ({len(runs)} run directories).")]
-    machines, chains, stage_cmds, table, stage_names = {}, [], [], [], []
-    for r in runs:
-        recs = [rec for rec in provenance.read_records(r["dir"])
-                if rec.get("event") != "stage" or stages is None or rec["stage"] in stages]
-        secs: dict = {}
-        for rec in recs:
-            if rec.get("event") == "chain":
-                key = json.dumps(rec.get("machine", {}), sort_keys=True)
-                machines.setdefault(key, rec.get("machine", {}))
-                env = " ".join(f"{k}={v}" for k, v in rec.get("env", {}).items() if k not in ("RUNS", "RUN_DIR"))
-                # one line per kind of chain: the seed is a placeholder (the seeds are listed above)
-                chains.append(re.sub(r"\b((?:MW_)?SEEDS?)=\d+(?: \d+)*\b", r"\1=<s>", f"{env} {rec['command']}".strip()))
-            elif rec.get("event") == "stage":
-                # a stage made again (FROM_STAGE) starts its time afresh; a resumed one adds up its parts
-                secs[rec["stage"]] = rec["seconds"] + (0 if rec.get("remake") else secs.get(rec["stage"], 0))
-                if rec["stage"] not in stage_names:
-                    stage_names.append(rec["stage"])
-                stage_cmds.append(re.sub(r"--run-dir \S+", "--run-dir <run>", rec["command"]).replace(
-                    f"--seed {r['seed']}", "--seed <s>"))
-        commits = sorted({rec.get("commit", "?") for rec in recs})
-        dates = sorted(rec["date"] for rec in recs if "date" in rec)
-        table.append((r, secs, commits, dates))
-    lines.append(code_note(runs))
-    if not stage_names:
-        lines.append("- The run directories hold no provenance.jsonl (not made by pipeline.sh): commits, machine and "
-                     "wall times unknown.")
-        return "\n".join(lines)
-    lines += ["", "| run directory | seed | code | commit(s) | dates (UTC) | " + " | ".join(stage_names) + " | total |",
-              "|---" * (6 + len(stage_names)) + "|"]
-    for r, secs, commits, dates in table:
-        span = f"{dates[0][:16]} to {dates[-1][:16]}".replace("T", " ") if dates else "?"
-        lines.append(f"| {r['dir']} | {r['seed']} | {code_label(r['code'])} | {', '.join(commits)} | {span} | "
-                     + " | ".join(fmt_seconds(secs[s]) if s in secs else "-" for s in stage_names)
-                     + f" | {fmt_seconds(sum(secs.values()))} |")
-    if len(table) > 1:
-        med = lambda s: float(np.median([secs[s] for _, secs, _, _ in table if s in secs]))  # noqa: E731
-        lines.append("| median over the runs | | | | | " + " | ".join(fmt_seconds(med(s)) for s in stage_names)
-                     + f" | {fmt_seconds(float(np.median([sum(secs.values()) for _, secs, _, _ in table])))} |")
-    lines += ["", "Wall time of each stage: the sum over its invocations since it was last made again (a resumed "
-              "stage counts every part; a stage skipped as up to date adds its few seconds of checks).", ""]
-    for m in machines.values():
-        lines.append(f"- Machine: {m.get('cores')} cores ({m.get('cpu')}), device {m.get('device')}, {m.get('os')}; "
-                     f"Python {m.get('python')}, " + ", ".join(f"{p} {m.get(p)}" for p in provenance.PACKAGES) + ".")
-    lines += ["- Chains: " + "; ".join(f"`{c}`" for c in dict.fromkeys(chains)) + ".", "- Stage commands (per run "
-              "directory `<run>` and seed `<s>`):", "", "```", *dict.fromkeys(stage_cmds), "```"]
-    return "\n".join(lines)
-
-
-def code_note(runs: list[dict]) -> str:
-    """Which seeds ran which code (the `code` column): one line when every run ran one code, else the seeds
-    of each code and, for fingerprinted runs, the stages in which the codes differ."""
-    by: dict = {}
-    for r in runs:
-        by.setdefault(json.dumps(r["code"], sort_keys=True), []).append(r)
-    if len(by) == 1:
-        code = runs[0]["code"]
-        return ("- Code: every run made by one stage code, `" + code_label(code) + "` (per stage: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(code.items())) + ")." if LEGACY_CODE not in code else
-                "- Code: fingerprints not recorded (results of an older version); every run made at commits "
-                + code[LEGACY_CODE] + ".")
-    parts = []
-    for rs in by.values():
-        code = rs[0]["code"]
-        what = f"commits {code[LEGACY_CODE]}" if LEGACY_CODE in code else f"`{code_label(code)}`"
-        parts.append(f"seed{'s' if len(rs) > 1 else ''} {', '.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))}: {what}")
-    stages = sorted({k for a in runs for b in runs for k in code_difference(a["code"], b["code"]) if k != LEGACY_CODE})
-    return (f"- **Mixed code** (pooled with --mixed-code): the seeds were made by {len(by)} different stage codes"
-            + (f", differing in {', '.join(stages)}" if stages else " (fingerprints not recorded: told apart by commit)")
-            + "; " + "; ".join(parts) + ".")
-
-
-def archive_name(run_dir: str) -> str:
-    """The folder name of a run's data beside its page: the run directory's name, with its parent's for a
-    nested training set (`cheetah-vel-quick-seed1/n20` -> `cheetah-vel-quick-seed1-n20`)."""
-    p = Path(run_dir).resolve()
-    return f"{p.parent.name}-{p.name}" if p.name[:1] == "n" and p.name[1:].isdigit() else p.name
-
-
-PCA_FIGURE = "pca_latents.png"  # evaluate.py's Fig. 4 of a MetaWorld run: kept with its data, shown on the page
-
-
-def pca_source(runs: list[dict]) -> tuple[Path, int] | None:
-    """The Fig. 4 PCA to show on a MetaWorld page: that of the lowest seed whose run has one."""
-    have = [(Path(r["dir"]) / PCA_FIGURE, r["seed"]) for r in sorted(runs, key=lambda r: r["seed"])
-            if (Path(r["dir"]) / PCA_FIGURE).exists()]
-    return have[0] if have else None
-
-
-def page_commit(page: Path, readme: str) -> str:
-    """The commit of the code a page is made with: `bash pipeline.sh publish` writes pages, their data and
-    the README's copies one after another, so changes there do not make the code `+dirty`."""
-    root = Path(provenance.__file__).resolve().parent
-    outputs = [p for p in (page.resolve().parent, Path(readme).resolve()) if p.is_relative_to(root)]
-    return provenance.git_commit(outputs=tuple(str(p.relative_to(root)) for p in outputs))
-
-
-def archive_runs(runs: list[dict], data: Path) -> None:
-    """Copy what the page is made from (each run's results file(s) read and its provenance.jsonl) into
-    `data/<run>/`, and point the runs there: the page can be made again from the repository alone, and
-    seeds of later runs can join these. The folder then holds exactly these runs (read first, so that
-    runs already kept there survive)."""
-    import shutil
-
-    kept = {}
-    for r in runs:
-        files = kept.setdefault(archive_name(r["dir"]), {})
-        for name in (r["file"], provenance.PROVENANCE, PCA_FIGURE):
-            if (Path(r["dir"]) / name).exists():
-                files[name] = (Path(r["dir"]) / name).read_bytes()
-    if data.exists():
-        shutil.rmtree(data)
-    for name, files in kept.items():
-        (data / name).mkdir(parents=True, exist_ok=True)
-        for f, content in files.items():
-            (data / name / f).write_bytes(content)
-    for r in runs:
-        r["dir"] = str(data / archive_name(r["dir"]))
-
-
-def write_page(page: Path, title: str, runs: list[dict], argv: list[str], head: str, body: str,
-               figures: dict, commit: str, stages: tuple[str, ...] | None = None) -> None:
-    """The result page: title, provenance, headline (between the HEADLINE markers), full tables, figures
-    (`figures`: {file name: writer}, written beside the page as <page stem>-<name>)."""
-    page.parent.mkdir(parents=True, exist_ok=True)
-    links = []
-    for name, draw in figures.items():
-        fig = page.with_name(f"{page.stem}-{name}")
-        artifacts.write_atomic(fig, draw)
-        links.append(f"![{name}]({fig.name})")
-    text = "\n".join([f"# {title}", "", "<!-- generated by aggregate.py from the run directories below; do not edit -->",
-                      "", provenance_block(runs, argv, commit, stages), "", "## Headline", "", HEADLINE[0], head, HEADLINE[1], "",
-                      "## Full tables", "", body.rstrip(), "", "## Figures", "", *links, ""])
-    artifacts.write_atomic(page, lambda p: p.write_text(text))
-
-
-def page_headline(text: str) -> str:
-    """The headline block of a page (between the HEADLINE markers), or '' when it has none."""
-    i, j = text.find(HEADLINE[0]), text.find(HEADLINE[1])
-    return text[i + len(HEADLINE[0]) : j].strip("\n") if 0 <= i < j else ""
-
-
-def readme_blocks(readme: str) -> list[tuple[str, int, int]]:
-    """(page path, start, end) of every `<!-- headline: PAGE -->` ... `<!-- /headline -->` block of a README
-    text; start and end delimit the block's content."""
-    out, pos = [], 0
-    while (i := readme.find("<!-- headline: ", pos)) >= 0:
-        k = readme.index("-->", i)
-        j = readme.index(HEADLINE[1], k)
-        out.append((readme[i + len("<!-- headline: ") : k].strip(), k + 3, j))
-        pos = j
-    return out
-
-
-def sync_readme(readme: Path, page: Path) -> bool:
-    """Copy the page's headline into the README's block that cites the page; False when it has none."""
-    if not readme.exists():
-        return False
-    text, head = readme.read_text(), page_headline(page.read_text())
-    for path, i, j in readme_blocks(text):
-        if (readme.parent / path).resolve() == page.resolve():
-            new = text[:i] + "\n" + head + "\n" + text[j:]
-            artifacts.write_atomic(readme, lambda p: p.write_text(new))
-            return True
-    return False
-
+# The command: tables and figures into --out, and with --publish the result page
 
 def check_out(out: str, runs: list[str]) -> None:
     """--out must be a folder of its own: never empty, never a run directory (its results.json would be
@@ -1009,7 +479,7 @@ def main(args: Args) -> None:
     if (args.tokens or args.components) and args.tag:
         raise SystemExit("error: --tokens and --components read their results files themselves; give no --tag")
     check_out(args.out, args.runs)
-    if args.components:
+    if args.components or args.fork:
         return main_components(args)
     groups = group_runs(load_runs(args.runs, args.tag, args.tokens), args.mixed_code)
     out = artifacts.prepare_run_dir(args.out)
@@ -1060,15 +530,17 @@ def main(args: Args) -> None:
                    "", metaworld_table(g), ""]
     text = "\n".join(md)
     artifacts.write_atomic(out / f"results{sfx}.md", lambda p: p.write_text(text))
+    draw = {}  # {file name: figure}: each drawn once, into --out; a page copies the files
     if suite == "cheetah-vel":
-        artifacts.write_atomic(out / f"return_vs_velocity{sfx}.png",
-                            lambda p: plot_velocity({k: agg[str(len(k))] for k in groups}, p))
+        draw[f"return_vs_velocity{sfx}.png"] = lambda p: plot_velocity([(velocities_of(g), g) for g in agg.values()], p)
         if len(groups) > 1:
-            artifacts.write_atomic(out / f"ablation{sfx}.png", lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p))
+            draw[f"ablation{sfx}.png"] = lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p)
     elif len(groups) > 1:
-        artifacts.write_atomic(out / "tokens.png", lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p))
+        draw["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
     else:
-        artifacts.write_atomic(out / "success.png", lambda p: plot_metaworld(next(iter(agg.values())), p))
+        draw["success.png"] = lambda p: plot_metaworld(next(iter(agg.values())), p)
+    for name, figure in draw.items():
+        artifacts.write_atomic(out / name, figure)
     artifacts.write_atomic(out / f"results{sfx}.json", lambda p: p.write_text(json.dumps(agg, indent=1)))
     print(text)
     print(f"aggregate: wrote results{sfx}.md, results{sfx}.json and figures in {out}")
@@ -1078,20 +550,12 @@ def main(args: Args) -> None:
         scale = runs[0]["settings"].get("scale", "")
         title = args.title or (f"{'Cheetah-Vel' if suite == 'cheetah-vel' else 'MetaWorld'} at {scale} scale"
                                + (f" ({args.tag})" if args.tag else "") + (": HypFormer tokens (Fig. 5)" if args.tokens else ""))
-        figures = {}
-        if suite == "cheetah-vel":
-            figures[f"return_vs_velocity{sfx}.png"] = lambda p: plot_velocity({k: agg[str(len(k))] for k in groups}, p)
-            if len(groups) > 1:
-                figures[f"ablation{sfx}.png"] = lambda p: plot_ablation({k: agg[str(len(k))] for k in groups}, p)
-        elif len(groups) > 1:
-            figures["tokens.png"] = lambda p: plot_tokens({k: agg[f"L{k}"] for k in groups}, p)
-        else:
-            figures["success.png"] = lambda p: plot_metaworld(next(iter(agg.values())), p)
+        figures = {name: out / name for name in draw}
         data, commit = page.parent / "data" / page.stem, page_commit(page, args.readme)
         archive_runs(runs, data)
         pca = pca_source(runs) if suite == "metaworld" and not args.tokens else None
         if pca:
-            figures[PCA_FIGURE] = lambda p, src=pca[0]: p.write_bytes(src.read_bytes())
+            figures[PCA_FIGURE] = pca[0]
             text += (f"\n\nFig. 4 ({page.stem}-{PCA_FIGURE} below), seed {pca[1]}: per seen task, the 2-D PCA of the "
                      "autoencoder latents of all the task's stage-0 checkpoints (blue) against the generated policies' "
                      "latents (red; HypLatent left, HypFormer right), the axes fit on both sets of the panel.")
@@ -1112,19 +576,109 @@ def main(args: Args) -> None:
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 
 
+# The component ablation (--components; pipeline.sh components): which part of stage 2's loss does the work
+
+# each stage-2 variant: the tag of its results, its row name and its name under the figure's bars
+COMPONENTS = [("", "(a) Eqs. 3-5 + paired term (the chain's default)", "(a) default"),
+              ("paired-only", "(b) paired term alone, no discriminator", "(b) paired only"),
+              ("paper-losses", "(c) the paper's losses alone (paired weight 0)", "(c) paper losses"),
+              ("regressor", "(d) deterministic regressor (no noise, no discriminator)", "(d) regressor")]
+
+
+def fork_variants(tag: str) -> list[tuple[str, str, str]]:
+    """`pipeline.sh fork`: the default and one fork, as the component ablation's variants."""
+    return [("", "(a) the default chain", "(a) default"), (tag, f"(b) the fork `{tag}`", f"(b) {tag}")]
+
+
+def load_components(paths: list[str], mixed_code: bool = False, variants=COMPONENTS) -> dict[str, list[dict]]:
+    """{variant tag: runs}, every variant's evaluations checked like seeds, and paired by seed: each seed's
+    variants share its stage 0-1 (one autoencoder.pt), so their differences are paired."""
+    by = {}
+    for tag, *_ in variants:
+        groups = group_runs(load_runs(paths, tag), mixed_code)
+        if len(groups) > 1:
+            raise SystemExit("error: --components: the run directories were trained on different velocities")
+        by[tag] = next(iter(groups.values()))
+    check_same_seeds({tag or "default": {"seeds": [r["seed"] for r in rs]} for tag, rs in by.items()}, "loss variants")
+    check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ", "hypformer: "),
+                     ("parent.pt", "autoencoder.pt"))  # a fork may change stage 3's settings too
+    return by
+
+
+def aggregate_components(by: dict[str, list[dict]], variants=COMPONENTS, primary=("hyplatent",)) -> dict:
+    """Average test return of HypLatent and HypFormer per variant (and the interpolated expert), per seed,
+    with intervals; the paired differences (a) - (b|c|d) (primary for the methods in `primary`) and each row
+    - the interpolated expert."""
+    def per_seed(rs, method):
+        return [next(row["score"] for row in r["rows"] if row["method"] == method and row["task"] == "average")
+                for r in rs]
+
+    rows = {f"{m}|{tag}": per_seed(rs, m) for tag, rs in by.items() for m in ("hyplatent", "hypformer")}
+    rows["interpolated-expert|"] = per_seed(by[""], "interpolated-expert")
+    cells = {k: {"seeds": v, **dict(zip(("mean", "ci95"), mean_ci(v)))} for k, v in rows.items()}
+    pairs = {}
+    for m in ("hyplatent", "hypformer"):
+        todo = [(f"{m}|", f"{m}|{tag}") for tag, *_ in variants[1:]]
+        todo += [(f"{m}|{tag}", "interpolated-expert|") for tag, *_ in variants]
+        for a, b in todo:
+            la, lb = component_label(a, variants), component_label(b, variants)
+            # primary: the default against each variant (components: HypLatent's, what stage 2's loss owes to each part)
+            fam = "primary" if m in primary and a == f"{m}|" and b != "interpolated-expert|" else "exploratory"
+            pairs[f"{la} - {lb}"] = paired(np.array(rows[a]) - np.array(rows[b]), la, lb, fam)
+    apply_holm(list(pairs.values()))
+    return {"n_seeds": len(by[""]), "seeds": [r["seed"] for r in by[""]], "dirs": [r["dir"] for r in by[""]],
+            "cells": cells, "pairs": pairs, "shared_stage0": False, "stage0s": len(by[""])}
+
+
+def component_label(key: str, variants=COMPONENTS) -> str:
+    """`hypformer|paired-only` -> `HypFormer (b)`; `interpolated-expert|` -> `interpolated expert`."""
+    m, tag = key.split("|")
+    if m == "interpolated-expert":
+        return "interpolated expert"
+    return f"{ {'hyplatent': 'HypLatent', 'hypformer': 'HypFormer'}[m]} ({'abcd'[[t for t, *_ in variants].index(tag)]})"
+
+
+def components_table(g: dict, variants=COMPONENTS) -> str:
+    n = g["n_seeds"]
+    lines = [f"| stage 2 | HypLatent, {f'mean ± 95% CI over {n} seeds' if n > 1 else 'one seed (no interval)'} | HypFormer | "
+             f"HypFormer, {range_head(n)} |", "|---|---|---|---|"]
+    for tag, label, _ in variants:
+        hl, hf = g["cells"][f"hyplatent|{tag}"], g["cells"][f"hypformer|{tag}"]
+        lines.append(f"| {label} | {fmt(hl['mean'], hl['ci95'])} | {fmt(hf['mean'], hf['ci95'])} | "
+                     + fmt_range(hf) + " |")
+    ie = g["cells"]["interpolated-expert|"]
+    lines.append(f"| interpolated expert (no generator) | {fmt(ie['mean'], ie['ci95'])} | | |")
+    return "\n".join(lines + pairs_table(g))
+
+
 def main_components(args: Args) -> None:
-    by = load_components(args.runs, args.mixed_code)
+    """The component ablation, or (--fork) one fork against the default: the same table, two variants."""
+    if args.components and args.fork:
+        raise SystemExit("error: give --components or --fork, not both")
+    variants = fork_variants(args.fork) if args.fork else COMPONENTS
+    by = load_components(args.runs, args.mixed_code, variants)
     if by[""][0]["suite"] != "cheetah-vel":
-        raise SystemExit("error: --components is the Cheetah-Vel component ablation; these are MetaWorld runs")
-    g = aggregate_components(by)
+        raise SystemExit("error: --components and --fork compare Cheetah-Vel runs; these are MetaWorld runs")
+    g = aggregate_components(by, variants, ("hyplatent", "hypformer") if args.fork else ("hyplatent",))
     out = artifacts.prepare_run_dir(args.out)
+    if args.fork:
+        text = "\n".join([f"## The fork `{args.fork}` against the default: {g['n_seeds']} seed(s) "
+                          f"({', '.join(map(str, g['seeds']))})", "",
+                          "Mean return over 200 steps at the test velocities; each seed's fork shares its stages 0-1 "
+                          "with its default chain, so differences are paired by seed: (a) - (b) is default - fork. "
+                          f"Run directories: {', '.join(g['dirs'])}.", "", components_table(g, variants), ""])
+        artifacts.write_atomic(out / f"results-{args.fork}.md", lambda p: p.write_text(text))
+        artifacts.write_atomic(out / f"results-{args.fork}.json", lambda p: p.write_text(json.dumps(g, indent=1)))
+        print(text)
+        print(f"aggregate: wrote results-{args.fork}.md and results-{args.fork}.json in {out}")
+        return
     text = "\n".join([f"## Stage 2's loss, part by part: {g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
                       "Mean return over 200 steps at the test velocities; each seed's variants share its stages 0-1, "
                       "so differences are paired by seed. HypFormer is stage 3 trained on that variant's generator. "
                       f"Run directories: {', '.join(g['dirs'])}.", "", components_table(g), ""])
     artifacts.write_atomic(out / "results-components.md", lambda p: p.write_text(text))
     artifacts.write_atomic(out / "results-components.json", lambda p: p.write_text(json.dumps(g, indent=1)))
-    artifacts.write_atomic(out / "components.png", lambda p: plot_components(g, p))
+    artifacts.write_atomic(out / "components.png", lambda p: plot_components(g, COMPONENTS, p))
     print(text)
     print(f"aggregate: wrote results-components.md, results-components.json and components.png in {out}")
     if args.publish:
@@ -1137,7 +691,7 @@ def main_components(args: Args) -> None:
                  "makes this page again from them.")
         title = args.title or "Cheetah-Vel: which part of stage 2's loss does the work"
         write_page(page, title, by[""], sys.argv[1:], components_table(g), text,
-                   {"components.png": lambda p: plot_components(g, p)}, commit)
+                   {"components.png": out / "components.png"}, commit)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 

@@ -67,14 +67,10 @@ def save_artifact(obj: dict, path: str | Path) -> None:
 
     import torch
 
-    import provenance
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj.setdefault("uid", uuid.uuid4().hex)
-    if "code" not in obj:  # the fingerprint of the code that made it (provenance.code_fingerprint)
-        script = provenance.running_script()
-        obj["code"] = provenance.code_fingerprint(script) if script else "unknown"
+    obj.setdefault("code", current_code())  # the fingerprint of the code that made it (provenance.code_fingerprint)
     obj["sha256"] = content_hash(obj)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -217,8 +213,8 @@ def check_settings(path, old: dict, new: dict) -> None:
 
 def up_to_date(path: str | Path, fmt: str, current: dict, made_from: dict) -> bool:
     """True when `path` holds a finished artifact of `fmt` made with the settings `current` from the inputs
-    `made_from` ({file: uid}), its content unchanged since it was saved: the test behind --skip-done.
-    Anything else is made again."""
+    `made_from` ({file: uid}) by the code running now (its fingerprint), its content unchanged since it was
+    saved: the test behind --skip-done. Anything else is made again."""
     import torch
 
     try:
@@ -226,7 +222,16 @@ def up_to_date(path: str | Path, fmt: str, current: dict, made_from: dict) -> bo
     except Exception:  # noqa: BLE001 - missing or unreadable: not up to date
         return False
     return (isinstance(art, dict) and art.get("format") == fmt and art.get("settings") == current
-            and art.get("made_from") == made_from and art.get("sha256") == content_hash(art))
+            and art.get("made_from") == made_from and art.get("code") == current_code()
+            and art.get("sha256") == content_hash(art))
+
+
+def current_code() -> str:
+    """The fingerprint of the code running now (what `save_artifact` records as `code`)."""
+    import provenance
+
+    script = provenance.running_script()
+    return provenance.code_fingerprint(script) if script else "unknown"
 
 
 SHARD_KEYS = ("params", "step", "return", "success", "first_success", "traj", "post_success", "task", "settings",

@@ -42,11 +42,12 @@ import torch
 import artifacts
 import common
 import provenance
+from latents import decode_generated, load_inputs
 from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
 from evaluate_metaworld import (SELECT_MIN_DISTANCE, evaluate_metaworld, generate_metaworld, goal_weights_table,
                                 metaworld_rows, metaworld_tables, pca_figure)
 from stage2_diffusion import diffusion_sample, load_diffusion
-from stage2_hyplatent import decode_generated, load_generator, load_inputs
+from stage2_hyplatent import load_generator
 from stage3_hypformer import load_hypformer, sample_latents
 
 GENERATED_FORMAT = artifacts.GENERATED_FORMAT
@@ -367,7 +368,9 @@ def plot(rows: list[dict], vels: list[float], train_vels: list[float], path: Pat
 # ----------------------------------------------------------------------------------------------------
 
 
-def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
+def results_up_to_date(path: Path, settings: dict, made_from: dict, code: dict) -> bool:
+    """--skip-done: the results file holds an evaluation with these settings, of these artifacts, by this code
+    (the evaluation's and every stage's fingerprint), unedited."""
     try:
         res = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -378,7 +381,7 @@ def results_up_to_date(path: Path, settings: dict, made_from: dict) -> bool:
         why = "does not match its checksum (edited since?)" if "sha256" in res else "has no checksum (older version)"
         print(f"evaluation: {path} {why}; evaluating again")
         return False
-    return res.get("settings") == settings and res.get("made_from") == made_from
+    return res.get("settings") == settings and res.get("made_from") == made_from and res.get("code") == code
 
 
 def validate(args: Args) -> list[float]:
@@ -491,8 +494,9 @@ def main(args: Args) -> None:
     chain, settings = load_chain(args), artifacts.settings(args)
     if args.suite == "cheetah-vel":
         chain["oracle"] = load_oracles(run, args, chain, vels)
-    if args.skip_done and results_up_to_date(run / out_name("results.json"), settings, chain["made_from"]):
-        print(f"evaluation: {run / out_name('results.json')} is up to date (same settings, same artifacts); skipped")
+    if args.skip_done and results_up_to_date(run / out_name("results.json"), settings, chain["made_from"],
+                                             upstream_code(chain)):
+        print(f"evaluation: {run / out_name('results.json')} is up to date (same settings, artifacts and code); skipped")
         return
     if args.suite == "cheetah-vel":
         generated = generate(args, chain, vels)

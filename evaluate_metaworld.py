@@ -29,10 +29,10 @@ import torch
 
 import artifacts
 import common
+from latents import decode_generated
 from methods import GENERATORS, MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
 from stage1_behavior_embed import embed_trajectories
 from stage2_diffusion import diffusion_sample
-from stage2_hyplatent import decode_generated
 from stage3_hypformer import sample_latents
 
 TOP_K = (5, 10)  # the paper's top-k rows

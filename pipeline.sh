@@ -14,11 +14,19 @@
 #   bash pipeline.sh publish    # every result page under results/ from runs/ and the runs kept beside it
 #                               # (MIXED_CODE=1: pool seeds made by different stage code, each page listing which)
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
-#   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are, stages 2, 3
-#                               # and the evaluation made again for every seed, then the aggregate (FROM_STAGE=1..4;
-#                               # the studies below too). The up-to-date test cannot see a code change: an
-#                               # interrupted FROM_STAGE run is started again with the same FROM_STAGE (it makes
-#                               # the stages again for every seed), never without it (that would keep old ones)
+#   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are (not even
+#                               # checked), stages 2.. made again for every seed where their settings, inputs or
+#                               # code changed (a stage whose code fingerprint, settings and inputs are those of its
+#                               # artifact is kept), then the aggregate (FROM_STAGE=1..4; the studies below too).
+#                               # An interrupted run resumes with or without FROM_STAGE: nothing stale is kept
+#   STAGE2_ARGS="--paired-weight 0" FROM_STAGE=2 bash pipeline.sh smoke  # extra flags for one stage of the chain
+#                               # (STAGE0_ARGS, STAGE1_ARGS, STAGE2_ARGS, DIFFUSION_ARGS, STAGE3_ARGS, EVAL_ARGS; split
+#                               # on spaces), made again in place; stages they do not reach are kept
+#   FORK=hinge bash pipeline.sh fork [smoke]  # a fork beside the unchanged default, per seed of SEEDS (default "1 2
+#                               # 3"; their default chains made first, before any code change): stages 2-3 and the
+#                               # evaluation again with the code as it is now and the *_ARGS above, into
+#                               # hyplatent-<FORK>.pt, hypformer-<FORK>.pt, results-<FORK>.json (FROM_STAGE=3: from the
+#                               # default HypLatent); then aggregate.py --fork: fork - default, paired by seed
 #   bash pipeline.sh seeds [smoke]  # the quick (or smoke) chain for SEEDS (default "1 2 3"), then aggregate.py
 #   bash pipeline.sh ablation   # per seed of SEEDS: 10/20/25/35 nested training velocities and the dense
 #                               # 40-velocity sweep (after `seeds`; DESIGN.md section 12; SIZES="20 25 35")
@@ -100,23 +108,31 @@ fi
 
 COMMIT=$(python -c 'import provenance; print(provenance.git_commit())' 2>/dev/null || echo unknown)
 stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall time, log it in RUN_DIR/provenance.jsonl
-  local run=$1 name=$2 t s rc=0
+  local run=$1 name=$2 t s rc=0 stamp resumed=0 remake=0
   shift 2
+  mkdir -p "$run"
+  stamp=$(mktemp "$run/.stage-start.XXXXXX")
+  if compgen -G "$run/*.partial.pt" > /dev/null; then resumed=1; fi  # a stage 1-3 resuming its partial state
   t=$(date +%s)
   echo "== $name: $*"
   run_child "$@" || rc=$?
   s=$(( $(date +%s) - t ))
+  # remake 1: the stage wrote its outputs afresh (not skipped as up to date, not resumed), so the times logged
+  # for it before do not count
+  if [ $resumed -eq 0 ] && [ -n "$(find "$run" -maxdepth 1 -type f -newer "$stamp" ! -name provenance.jsonl ! -name '.*' \
+      -print -quit)" ]; then remake=1; fi
+  rm -f "$stamp"
   echo "== $name: $([ $rc -eq 0 ] && echo done || echo "failed (exit $rc)") in ${s}s"
-  mkdir -p "$run"
-  # remake 1: this run made the stage's artifact again (FROM_STAGE), so times recorded before the remake do not count
   python -c 'import json, sys; print(json.dumps({"event": "stage", "stage": sys.argv[1], "command": sys.argv[2],
     "seconds": int(sys.argv[3]), "exit": int(sys.argv[4]), "remake": int(sys.argv[5]), "commit": sys.argv[6],
-    "date": sys.argv[7]}))' "$name" "$*" "$s" "$rc" "${REMAKE:-0}" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    "date": sys.argv[7]}))' "$name" "$*" "$s" "$rc" "$remake" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     >> "$run/provenance.jsonl"
   return $rc
 }
 
-FROM=${FROM_STAGE:-0}  # FROM_STAGE=N (1-4): stages before N are taken as they are, stages N.. are made again
+# FROM_STAGE=N (1-4): stages before N are taken as they are (not even checked); stages N.. run, each made again
+# only where its settings, inputs or code changed (the up-to-date test of --skip-done, code fingerprints included)
+FROM=${FROM_STAGE:-0}
 case "$FROM" in
   [0-4]) ;;
   *) echo "error: FROM_STAGE=$FROM: give 1, 2, 3 or 4 (the first stage to make again), or leave it unset" >&2; exit 2 ;;
@@ -125,10 +141,15 @@ study_in() {  # study_in N RUN NAME COMMAND...: a study's stage N (stage_in), un
   local n=$1
   shift
   if [ "$n" -lt "$FROM" ]; then echo "== $2: taken as it is (FROM_STAGE=$FROM)"; return; fi
-  REMAKE=$(( FROM > 0 )) stage_in "$@"
+  stage_in "$@"
 }
-DONE=(--skip-done)     # a stage is skipped when its artifact is up to date ...
-if [ "$FROM" -gt 0 ]; then DONE=(); fi  # ... unless FROM_STAGE asks to make it again (after a code change)
+DONE=(--skip-done)  # a stage is skipped when its artifact is up to date: same settings, inputs and code
+# A fork in one command: extra flags for one stage of the chain (split on spaces), e.g.
+# FROM_STAGE=2 STAGE2_ARGS="--paired-weight 0" bash pipeline.sh smoke
+set -f
+X0=(${STAGE0_ARGS:-}) X1=(${STAGE1_ARGS:-}) X2=(${STAGE2_ARGS:-}) XD=(${DIFFUSION_ARGS:-}) X3=(${STAGE3_ARGS:-})
+XE=(${EVAL_ARGS:-})
+set +f
 TH=(${THREADS:+--threads "$THREADS"})  # stages 1-3 and the evaluation
 JOBS=(${THREADS:+--jobs "$THREADS"})   # stage 0 and the MetaWorld evaluation: one worker process per thread
 
@@ -214,6 +235,33 @@ if [ "$SCALE" = ablation ]; then
   exec python aggregate.py "${BASES[@]}" --tag sweep --out "$RUNS/cheetah-vel-$AB-sweep"
 fi
 
+if [ "$SCALE" = fork ]; then  # a fork against the unchanged default, per seed of SEEDS (the default chains made first)
+  AB=${2:-quick}
+  F=${FORK:-}
+  if ! [[ $F =~ ^[A-Za-z0-9_-]+$ ]]; then
+    echo "error: FORK=$F: name the fork (letters, digits, '_' and '-'), e.g. FORK=hinge bash pipeline.sh fork smoke" >&2
+    exit 2
+  fi
+  HL="hyplatent-$F.pt"
+  if [ "$FROM" -ge 3 ]; then HL=hyplatent.pt; fi  # FROM_STAGE=3: the fork starts at stage 3, from the default HypLatent
+  DIRS=()
+  for s in ${SEEDS:-1 2 3}; do
+    RUN="$RUNS/cheetah-vel-$AB-seed$s"
+    if [ ! -f "$RUN/results.json" ]; then  # the default is never made here: a code fork would make it with the fork's code
+      echo "error: $RUN: no default chain to compare with; make it first, before any code change (SEEDS=\"${SEEDS:-1 2 3}\" bash pipeline.sh seeds${2:+ $2})" >&2
+      exit 2
+    fi
+    python provenance.py chain "$RUN" "SEEDS=$s" "FORK=$F" bash pipeline.sh fork "$AB"
+    C=(--suite cheetah-vel --scale "$AB" --run-dir "$RUN" --seed "$s" --no-progress "${TH[@]}" "${DONE[@]}")
+    study_in 2 "$RUN" "stage 2 (fork $F)" python stage2_hyplatent.py "${C[@]}" --out "$HL" "${X2[@]}"
+    study_in 3 "$RUN" "stage 3 (fork $F)" python stage3_hypformer.py "${C[@]}" --hyplatent "$HL" --out "hypformer-$F.pt" \
+      "${X3[@]}"
+    study_in 4 "$RUN" "evaluation (fork $F)" python evaluate.py "${C[@]}" --hyplatent "$HL" --hypformer "hypformer-$F.pt" \
+      --tag "$F" --diffusion "" "${XE[@]}"
+    DIRS+=("$RUN")
+  done
+  exec python aggregate.py "${DIRS[@]}" --fork "$F" --out "$RUNS/cheetah-vel-$AB-fork-$F"
+fi
 if [ "$SCALE" = components ]; then
   AB=${2:-quick}
   # (a) the chain's own stage 2 (Eqs. 3-5 + the paired term); (b) the paired term alone, no discriminator;
@@ -281,20 +329,22 @@ run_from() { local n=$1; shift; study_in "$n" "$RUN" "$@"; }  # run_from N NAME 
 if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere, by a job array (slurm/)
   echo "== stage 0: already made (by a job array); using $RUN/stage0"
 else
-  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${JOBS[@]}" "${TASKS[@]}"
+  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${JOBS[@]}" "${TASKS[@]}" "${X0[@]}"
   if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
     run_from 0 "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
-      "${JOBS[@]}" --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)')
+      "${JOBS[@]}" --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)') "${X0[@]}"
   fi
 fi
-run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" "${X1[@]}"
 if [ "$SUITE" = metaworld ]; then
   run_from 1 "stage 1 (behaviour embedding, Eq. 2)" python stage1_behavior_embed.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 fi
-run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
-run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
-run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
-run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${JOBS[@]}" "${DONE[@]}"
+run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" "${X2[@]}"
+run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" \
+  "${XD[@]}"
+run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" "${X3[@]}"
+run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${JOBS[@]}" "${DONE[@]}" \
+  "${XE[@]}"
 
 echo "== $SUITE $SCALE chain finished in $(( $(date +%s) - T0 ))s; artifacts in $RUN"
 cat "$RUN/results.md"

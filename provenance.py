@@ -77,7 +77,7 @@ def code_fingerprint(script: str | Path) -> str:
 def running_script() -> Path | None:
     """The project script whose code is running: the main program when it is one of the project's files,
     else (a stage's main() called from a test) the innermost caller that is a top-level project file other
-    than the shared plumbing."""
+    than the shared plumbing (artifacts, provenance, common, training, latents)."""
     main = getattr(sys.modules.get("__main__"), "__file__", None)
     if main and Path(main).resolve().parent == ROOT and Path(main).is_file():
         return Path(main).resolve()
@@ -86,7 +86,7 @@ def running_script() -> Path | None:
         name = frame.f_code.co_filename  # `<string>`, `<frozen runpy>`: no file
         f = Path(name).resolve()
         if not name.startswith("<") and f.parent == ROOT and f.is_file() and \
-                f.name not in ("artifacts.py", "provenance.py", "common.py"):
+                f.name not in ("artifacts.py", "provenance.py", "common.py", "training.py", "latents.py"):
             return f
         frame = frame.f_back
     return None

@@ -12,8 +12,9 @@ later learns the distribution of these checkpoints, so all experts of a suite de
    cloning term on that half weighted by `bc_weight` (2.5) x the batch's mean |Q|: TD3+BC's normalisation,
    with more weight on cloning (TD3+BC's alpha = 2.5 is `bc_weight` 0.4; docs/metaworld-experts.md).
 
-The file reads: options, environments, SAC (networks, `sac_update`, the training loop, set beside CleanRL's
-`sac_continuous_action.py`), then resume, demonstrations, parent and children, the process pool.
+The file reads, one headed section each: options, environments, SAC (networks, `sac_update`, the training
+loop, set beside CleanRL's `sac_continuous_action.py`), then MetaWorld's demonstrations and resume (which a
+Cheetah-Vel reader may skip), parent and children, summary and report queue, the process pool.
 One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; every `save_every` seconds, between two
 episodes, the whole training state goes to `<task>.partial.pt`, from which a re-run resumes to the same result.
 Parent, shards and partial states record their scale and settings; a run directory holding any made
@@ -40,6 +41,11 @@ import torch.nn.functional as F
 
 import artifacts
 import common
+
+
+# ----------------------------------------------------------------------------------------------------
+# Options, scales and their checks
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -124,8 +130,6 @@ SCALES = {
     # MAA's size: about 1,500 checkpoints per task, SAC alone; all 16 tasks (the unseen give conditions)
     "metaworld:paper": dict(first_checkpoint=500_000, num_checkpoints=1500),
 }
-PARTIAL_FORMAT = "amt-hyp/stage0-partial v4"  # artifacts.save_partial's layout, made_from: the parent
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 def shard_settings(args: Args) -> dict:
@@ -169,7 +173,7 @@ def validate(args: Args) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Environments of the suite
+# Environments of both suites: Cheetah-Vel (common.CheetahVel) and MetaWorld (a goal drawn per reset)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -196,28 +200,14 @@ class MetaWorldTraining:
         return obs.astype(np.float32), float(r), bool(term), bool(trunc), info
 
 
-def env_rng_state(env) -> dict:
-    """The random state that decides an env's next reset (saved with the resumable state): gymnasium's
-    generator, and the goal draw (MetaWorld) or the seed of the first reset (Cheetah-Vel)."""
-    extra = {"goal_rng": env.rng.bit_generator.state} if isinstance(env, MetaWorldTraining) else {"seed": env.seed}
-    return {"np_random": env.env.np_random.bit_generator.state, **extra}
-
-
-def set_env_rng_state(env, state: dict) -> None:
-    env.env.np_random = np.random.Generator(np.random.PCG64())
-    env.env.np_random.bit_generator.state = state["np_random"]
-    if "goal_rng" in state:
-        env.rng.bit_generator.state = state["goal_rng"]
-    else:
-        env.seed = state["seed"]
-
-
 # ----------------------------------------------------------------------------------------------------
-# SAC, as CleanRL's sac_continuous_action.py: twin critics with targets, a tanh-Gaussian actor (the
-# generated policy, common.Actor), automatic entropy tuning, delayed actor updates. Five speed-ups that
-# keep the algorithm, each named where it is: stacked twin critics, numpy acting, a preallocated replay
-# tensor, fused Adam and one foreach target update.
+# SAC, as CleanRL's sac_continuous_action.py: networks, losses, update, training loop
 # ----------------------------------------------------------------------------------------------------
+# Twin critics with targets, a tanh-Gaussian actor (the generated policy, common.Actor), automatic entropy
+# tuning, delayed actor updates. Five speed-ups that keep the algorithm, each named where it is: stacked
+# twin critics, numpy acting, a preallocated replay tensor, fused Adam and one foreach target update.
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class TwinQ(nn.Module):
@@ -425,9 +415,44 @@ def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[i
 
 
 # ----------------------------------------------------------------------------------------------------
-# Resume: the whole training state between two episodes
+# MetaWorld only: scripted-expert demonstrations (cloned by train_parent; BC term: sac_update's n_demo)
 # ----------------------------------------------------------------------------------------------------
 
+
+def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) -> list[tuple]:
+    """`n` episodes of metaworld's scripted expert with Gaussian action noise, `steps` long each:
+    a list of (obs [T+1, 39], act [T, 4], rew [T])."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    env, policy = MetaWorldTraining(task, seed), ENV_POLICY_MAP[task]()
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(n):
+        obs, _ = env.reset()
+        O, A, R = [obs], [], []
+        for _ in range(steps):
+            a = np.clip(policy.get_action(obs) + noise * rng.standard_normal(4), -1, 1).astype(np.float32)
+            obs, r, _, _, _ = env.step(a)
+            O.append(obs), A.append(a), R.append(r)
+        out.append((np.stack(O), np.stack(A), np.array(R, np.float32)))
+    return out
+
+
+def demo_replay(demos: list | None, spec: dict) -> Replay | None:
+    """The demonstration buffer, or None without demonstrations."""
+    if not demos:
+        return None
+    rb = Replay(sum(len(A) for _, A, _ in demos), spec["obs_dim"], spec["act_dim"])
+    for O, A, R in demos:
+        for t in range(len(A)):
+            rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
+    return rb
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume: the whole training state between two episodes, saved and restored
+# ----------------------------------------------------------------------------------------------------
+
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v4"  # artifacts.save_partial's layout, made_from: the parent
 NETS, OPTIMIZERS = ("actor", "qf", "qf_target"), ("actor_opt", "q_opt", "alpha_opt")
 
 
@@ -441,6 +466,22 @@ def load_agent_state(agent: dict, state: dict) -> None:
         agent[k].load_state_dict(state[k])
     with torch.no_grad():
         agent["log_alpha"].copy_(state["log_alpha"])
+
+
+def env_rng_state(env) -> dict:
+    """The random state that decides an env's next reset (saved with the resumable state): gymnasium's
+    generator, and the goal draw (MetaWorld) or the seed of the first reset (Cheetah-Vel)."""
+    extra = {"goal_rng": env.rng.bit_generator.state} if isinstance(env, MetaWorldTraining) else {"seed": env.seed}
+    return {"np_random": env.env.np_random.bit_generator.state, **extra}
+
+
+def set_env_rng_state(env, state: dict) -> None:
+    env.env.np_random = np.random.Generator(np.random.PCG64())
+    env.env.np_random.bit_generator.state = state["np_random"]
+    if "goal_rng" in state:
+        env.rng.bit_generator.state = state["goal_rng"]
+    else:
+        env.seed = state["seed"]
 
 
 def save_state(path: Path, args: Args, made_from: dict, step: int, agent: dict, rb: Replay, rng, env, eval_env,
@@ -473,40 +514,6 @@ def resume_state(path: Path, args: Args, made_from: dict, agent: dict, rb: Repla
     records["resumed_at"].append(step)
     print(f"{tag}: {len(records['step'])} checkpoints saved before step {step}")
     return step
-
-
-# ----------------------------------------------------------------------------------------------------
-# Demonstrations (MetaWorld): metaworld's scripted experts
-# ----------------------------------------------------------------------------------------------------
-
-
-def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) -> list[tuple]:
-    """`n` episodes of metaworld's scripted expert with Gaussian action noise, `steps` long each:
-    a list of (obs [T+1, 39], act [T, 4], rew [T])."""
-    from metaworld.policies import ENV_POLICY_MAP
-
-    env, policy = MetaWorldTraining(task, seed), ENV_POLICY_MAP[task]()
-    rng, out = np.random.default_rng(seed), []
-    for _ in range(n):
-        obs, _ = env.reset()
-        O, A, R = [obs], [], []
-        for _ in range(steps):
-            a = np.clip(policy.get_action(obs) + noise * rng.standard_normal(4), -1, 1).astype(np.float32)
-            obs, r, _, _, _ = env.step(a)
-            O.append(obs), A.append(a), R.append(r)
-        out.append((np.stack(O), np.stack(A), np.array(R, np.float32)))
-    return out
-
-
-def demo_replay(demos: list | None, spec: dict) -> Replay | None:
-    """The demonstration buffer, or None without demonstrations."""
-    if not demos:
-        return None
-    rb = Replay(sum(len(A) for _, A, _ in demos), spec["obs_dim"], spec["act_dim"])
-    for O, A, R in demos:
-        for t in range(len(A)):
-            rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
-    return rb
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -623,6 +630,11 @@ def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, repo
     return line
 
 
+# ----------------------------------------------------------------------------------------------------
+# Summary (parent check, shard table) and the queue the worker processes report their steps on
+# ----------------------------------------------------------------------------------------------------
+
+
 def check_parent(parent: dict, spec: dict) -> str:
     """One deterministic episode of the Cheetah-Vel parent at its velocity: its return, and whether it ends
     upside down, a gait every expert fine-tuned from it inherits (their returns at high velocities show it)."""
@@ -653,10 +665,6 @@ def summarize(args: Args, shards: dict) -> str:
     return "\n".join(rows)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Main: the parent, then the children in worker processes
-# ----------------------------------------------------------------------------------------------------
-
 _report_queue = None
 
 
@@ -667,6 +675,11 @@ def _set_report_queue(q) -> None:
 
 def _worker(args, task, parent, spec, stage_dir):
     return train_task(args, task, parent, spec, stage_dir, report=_report_queue.put)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main: the parent, then the children in worker processes
+# ----------------------------------------------------------------------------------------------------
 
 
 def main(args: Args) -> None:

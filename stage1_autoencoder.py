@@ -32,6 +32,7 @@ import torch.nn as nn
 
 import artifacts
 import common
+import training
 
 
 @dataclass
@@ -108,16 +109,6 @@ class PolicyAutoencoder(nn.Module):
         return self.decode(z + latent_noise * torch.randn_like(z))
 
 
-def load_autoencoder(path: str | Path, suite: str, scale: str) -> tuple[PolicyAutoencoder, dict]:
-    """The trained autoencoder (eval mode) and its artifact; used by the later stages."""
-    spec = common.suite_spec(suite)
-    art = artifacts.load_artifact(path, FORMAT, ("model", "token_dim", "latents", "made_from"), spec=spec,
-                               suite=suite, scale=scale)
-    model = PolicyAutoencoder(spec, art["token_dim"])
-    model.load_state_dict(art["model"])
-    return model.eval(), art
-
-
 def autoencoder_loss(x_hat: torch.Tensor, x: torch.Tensor, lam: float = 1e3) -> torch.Tensor:
     """lambda / M * sum_i (X_hat^i - X^i)^2 over the M policies of the batch."""
     return lam / x.shape[0] * (x_hat - x).pow(2).sum()  # Eq. 1
@@ -173,7 +164,7 @@ def main(args: Args) -> None:
     shards = artifacts.load_stage0(run, args.suite, args.scale)
     made_from = artifacts.shard_ids(shards)
     if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
-        print(f"stage 1 autoencoder: {path} is up to date (same settings, same shards); skipped")
+        print(f"stage 1 autoencoder: {path} is up to date (same settings, shards and code); skipped")
         return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -205,14 +196,11 @@ def main(args: Args) -> None:
     model, train = model.to(dev), train.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run / "tb" / "stage1_autoencoder"))
     # the loss is taken in the normalised space the model works in (every parameter on one scale)
     norm = lambda x: (x - model.mean) / model.std  # noqa: E731
-    bar = tqdm(range(args.steps), disable=not args.progress, desc="autoencoder")
-    for step in bar:
+    log = training.TrainingLog("stage 1 autoencoder", run / "tb" / "stage1_autoencoder", args.steps, tag="loss/",
+                               every=50, progress=args.progress)
+    for step in range(args.steps):
         x = train[torch.randint(len(train), (args.batch_size,), device=dev)]
         x_hat = model(x, args.input_noise, args.latent_noise)
         loss = autoencoder_loss(norm(x_hat), norm(x), args.lam)  # Eq. 1
@@ -220,9 +208,7 @@ def main(args: Args) -> None:
         loss.backward()
         opt.step()
         sched.step()
-        if step % 50 == 0 or step == args.steps - 1:
-            writer.add_scalar("loss/eq1", loss.item(), step)
-            bar.set_postfix(loss=f"{loss.item():.3g}")
+        log.step(step, {"eq1": loss})
 
     model = model.cpu().eval()  # encoding every checkpoint and the functional check run on the CPU
     with torch.no_grad():
@@ -233,7 +219,6 @@ def main(args: Args) -> None:
                "param_var": float(X.var(0).mean())}
     print(f"reconstruction MSE per parameter: train {metrics['train_mse']:.3g}, held out "
           f"{metrics['heldout_mse']:.3g} (variance of the parameters across checkpoints: {metrics['param_var']:.3g})")
-    writer.add_scalar("mse/train", metrics["train_mse"]), writer.add_scalar("mse/heldout", metrics["heldout_mse"])
 
     if args.eval_policies:
         idx = heldout.nonzero().squeeze(1)
@@ -245,7 +230,7 @@ def main(args: Args) -> None:
         metrics["functional"] = fc
         print(f"functional check on {len(idx)} held-out checkpoints: mean {fc['metric']} original {o.mean():.2f}, "
               f"decoded {d.mean():.2f} (mean |decoded - original| per policy {np.abs(d - o).mean():.2f})")
-    writer.close()
+    log.close({"mse/train": metrics["train_mse"], "mse/heldout": metrics["heldout_mse"]})
 
     art = {"format": FORMAT, "suite": args.suite, "policy": spec, "settings": artifacts.settings(args),
            "made_from": made_from, "config": asdict(args), "token_dim": args.token_dim, "model": model.state_dict(),
@@ -254,6 +239,16 @@ def main(args: Args) -> None:
            "metrics": metrics, "seconds": time.time() - t0}
     artifacts.save_artifact(art, path)
     print(f"stage 1 autoencoder: saved {path} in {art['seconds']:.0f}s")
+
+
+def load_autoencoder(path: str | Path, suite: str, scale: str) -> tuple[PolicyAutoencoder, dict]:
+    """The trained autoencoder (eval mode) and its artifact; used by the later stages."""
+    spec = common.suite_spec(suite)
+    art = artifacts.load_artifact(path, FORMAT, ("model", "token_dim", "latents", "made_from"), spec=spec,
+                               suite=suite, scale=scale)
+    model = PolicyAutoencoder(spec, art["token_dim"])
+    model.load_state_dict(art["model"])
+    return model.eval(), art
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 import artifacts
 import common
+import training
 from stage1_autoencoder import load_autoencoder
 
 
@@ -106,21 +107,6 @@ def scale_to_unit(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
     return 2 * (x - lo) / (hi - lo) - 1
 
 
-def load_behavior_embed(path: str | Path, suite: str, scale: str) -> tuple[Phi, dict]:
-    """phi (eval mode) with its artifact: `embed_trajectories(phi, art, traj)` gives h."""
-    art = artifacts.load_artifact(path, FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks", "made_from"),
-                               suite=suite, scale=scale)
-    phi = Phi(art["scaling"]["traj_lo"].numel(), art["h"].shape[1])
-    phi.load_state_dict(art["phi"])
-    return phi.eval(), art
-
-
-@torch.no_grad()
-def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
-    """h = phi(scaled traj), with the scaling fit on this stage's training rollouts (never refit)."""
-    return phi(scale_to_unit(traj, art["scaling"]["traj_lo"], art["scaling"]["traj_hi"]))
-
-
 def validate(args: Args) -> None:
     common.check_options(args, positive=("embed_dim", "steps", "batch_size", "lr", "threads"), seeds=("seed",))
 
@@ -139,7 +125,7 @@ def main(args: Args) -> None:
     artifacts.check_made_from(run / "autoencoder.pt", ae, artifacts.shard_ids(shards))
     made_from = {**artifacts.shard_ids(shards), "autoencoder.pt": ae["uid"]}
     if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
-        print(f"stage 1 behaviour embedding: {path} is up to date (same settings, same inputs); skipped")
+        print(f"stage 1 behaviour embedding: {path} is up to date (same settings, inputs and code); skipped")
         return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -163,22 +149,17 @@ def main(args: Args) -> None:
     W = nn.Parameter(torch.eye(args.embed_dim, device=dev))
     traj_d, post_d = traj_s.to(dev), post_s.to(dev)
     opt = torch.optim.Adam([*phi.parameters(), *psi.parameters(), W], lr=args.lr)
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run / "tb" / "stage1_behavior_embed"))
     train_idx = is_train.nonzero().squeeze(1).to(dev)
-    bar = tqdm(range(args.steps), disable=not args.progress, desc="behaviour embedding")
-    for step in bar:
+    log = training.TrainingLog("stage 1 behaviour embedding", run / "tb" / "stage1_behavior_embed", args.steps,
+                               tag="loss/", every=50, progress=args.progress)
+    for step in range(args.steps):
         idx = train_idx[torch.randperm(len(train_idx), device=dev)[: args.batch_size]]
         loss = behaviour_loss(phi(traj_d[idx]), psi(post_d[idx]), W)  # Eq. 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 50 == 0 or step == args.steps - 1:
-            writer.add_scalar("loss/eq2", loss.item(), step)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    writer.close()
+        log.step(step, {"eq2": loss})
+    log.close()
 
     with torch.no_grad():
         h, v = phi(traj_d).cpu(), psi(post_d).cpu()
@@ -199,6 +180,21 @@ def main(args: Args) -> None:
            "metrics": {"final_loss": loss.item(), "task_retrieval": acc}, "seconds": time.time() - t0}
     artifacts.save_artifact(art, path)
     print(f"stage 1 behaviour embedding: saved {path} in {art['seconds']:.0f}s")
+
+
+def load_behavior_embed(path: str | Path, suite: str, scale: str) -> tuple[Phi, dict]:
+    """phi (eval mode) with its artifact: `embed_trajectories(phi, art, traj)` gives h."""
+    art = artifacts.load_artifact(path, FORMAT, ("phi", "scaling", "h", "tasks", "success", "train_tasks", "made_from"),
+                               suite=suite, scale=scale)
+    phi = Phi(art["scaling"]["traj_lo"].numel(), art["h"].shape[1])
+    phi.load_state_dict(art["phi"])
+    return phi.eval(), art
+
+
+@torch.no_grad()
+def embed_trajectories(phi: Phi, art: dict, traj: torch.Tensor) -> torch.Tensor:
+    """h = phi(scaled traj), with the scaling fit on this stage's training rollouts (never refit)."""
+    return phi(scale_to_unit(traj, art["scaling"]["traj_lo"], art["scaling"]["traj_hi"]))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ raw weights (its best-validation checkpoint); and different latent and condition
 
 Latents are scaled to [-1, 1] per dimension with the training set's range (so that clipping keeps every
 training latent), and conditions are standardised; the statistics are saved in the artifact, in the form
-stage 2's `decode_generated` reads (`latent_mean`, `latent_std`).
+`latents.decode_generated` reads (`latent_mean`, `latent_std`).
 
 Writes `<run_dir>/diffusion.pt` once, at the end; every `save_every` steps the training state goes to
 `diffusion.partial.pt`, from which a re-run resumes. The evaluation imports `load_diffusion` and
@@ -60,7 +60,8 @@ import torch.nn.functional as F
 
 import artifacts
 import common
-from stage2_hyplatent import check_conditions, load_inputs, run_generated
+import training
+from latents import check_conditions, load_inputs, run_generated
 
 
 @dataclass
@@ -231,18 +232,6 @@ def diffusion_sample(model: LatentUNet, art: dict, cond: torch.Tensor, generator
     return x.flatten(1)
 
 
-def load_diffusion(path, suite: str, scale: str) -> tuple[LatentUNet, dict]:
-    """The trained model (its EMA weights), frozen in eval mode, and its artifact."""
-    art = artifacts.load_artifact(path, FORMAT, ("model", "arch", "latent_mean", "latent_std", "cond_mean", "cond_std",
-                                                 "latent_shape", "step", "settings", "made_from"), suite=suite, scale=scale)
-    if art["step"] != art["settings"]["steps"]:
-        raise SystemExit(f"error: {path}: trained {art['step']} of {art['settings']['steps']} steps (unfinished)")
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: the global stream stays as it was
-        model = LatentUNet(**art["arch"])
-    model.load_state_dict(art["model"])
-    return model.eval().requires_grad_(False), art
-
-
 # ----------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------
@@ -250,6 +239,15 @@ def load_diffusion(path, suite: str, scale: str) -> tuple[LatentUNet, dict]:
 
 def ema_decay(step: int) -> float:
     return 0.0 if step <= 0 else min(EMA_MAX, 1 - (1 + step) ** -EMA_POWER)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, weight by weight; buffers copied."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -281,7 +279,7 @@ def main(args: Args) -> None:
     data = load_inputs(run, args.suite, args.scale)
     settings = artifacts.settings(args)
     if args.skip_done and artifacts.up_to_date(path, FORMAT, settings, data["made_from"]):
-        print(f"stage 2 diffusion: {path} is up to date (same settings, same inputs); skipped")
+        print(f"stage 2 diffusion: {path} is up to date (same settings, inputs and code); skipped")
         return
     shape = (2, data["token_dim"])
     common.seed_everything(args.seed)
@@ -301,45 +299,25 @@ def main(args: Args) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps))
     abar = squared_cosine_alphas_cumprod(args.train_timesteps).to(dev)
     states = {"model": model, "ema": ema, "opt": opt, "sched": sched}  # what a partial state holds
-    start, history = artifacts.resume_partial(partial, PARTIAL_FORMAT, settings, data["made_from"], states,
-                                              "stage 2 diffusion")
-    history = history or {"step": [], "loss": [], "lr": []}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"stage 2 diffusion: {len(Z)} (latent, condition) pairs, latent {shape[0]} x {shape[1]}, condition "
           f"{cond.shape[1]}; UNet widths {list(args.widths)}, {n_params / 1e6:.2f}M parameters")
 
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run / "tb" / f"stage2_{path.stem}"))
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not args.progress, desc="diffusion")
-    last_good = start or None
-    for step in bar:
+    log = training.TrainingLog("stage 2 diffusion", run / "tb" / f"stage2_{path.stem}", args.steps,
+                               tag="stage2_diffusion/", progress=args.progress, partial=partial,
+                               partial_format=PARTIAL_FORMAT, settings=settings, made_from=data["made_from"],
+                               states=states, save_every=args.save_every)
+    for step in range(log.start, args.steps):
         idx = torch.randint(len(X), (args.batch_size,), device=dev)
-        loss = denoising_loss(model, X[idx], C[idx], abar)
-        if not math.isfinite(loss.item()):
-            raise SystemExit(f"error: stage 2 diffusion: the loss became NaN/inf at step {step}; "
-                             + (f"kept the state of step {last_good} in {partial}" if last_good is not None
-                                else "no state was saved"))
+        loss = denoising_loss(model, X[idx], C[idx], abar)  # L = E || f(x_t, t, tau_e) - x_0 ||^2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        with torch.no_grad():  # EMA of the weights (the model sampling uses)
-            d = ema_decay(step)
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-            for be, bm in zip(ema.buffers(), model.buffers()):
-                be.copy_(bm)
-        if step % 25 == 0 or step == args.steps - 1:
-            for k, v in zip(history, (step, loss.item(), sched.get_last_lr()[0])):
-                history[k].append(v)
-            writer.add_scalar("stage2_diffusion/loss", loss.item(), step)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            artifacts.save_partial(partial, PARTIAL_FORMAT, step + 1, settings, data["made_from"], states, history)
-            last_good = step + 1
-    writer.close()
+        ema_update(ema, model, ema_decay(step))  # the weights sampling uses
+        log.step(step, {"loss": loss}, lr=sched.get_last_lr()[0])
+    log.close()
+    history = log.history
     print(f"final: denoising loss {history['loss'][-1]:.4f} (x_0-prediction MSE, latents in [-1, 1])")
     art = {"format": FORMAT, "suite": args.suite, "settings": settings, "made_from": data["made_from"],
            "config": asdict(args), "arch": arch, "step": args.steps, "latent_mean": z_mean, "latent_std": z_std,
@@ -359,6 +337,18 @@ def main(args: Args) -> None:
     artifacts.save_artifact(art, path)  # the finished artifact, written once
     partial.unlink(missing_ok=True)
     print(f"stage 2 diffusion: saved {path} in {art['seconds']:.0f}s")
+
+
+def load_diffusion(path, suite: str, scale: str) -> tuple[LatentUNet, dict]:
+    """The trained model (its EMA weights), frozen in eval mode, and its artifact."""
+    art = artifacts.load_artifact(path, FORMAT, ("model", "arch", "latent_mean", "latent_std", "cond_mean", "cond_std",
+                                                 "latent_shape", "step", "settings", "made_from"), suite=suite, scale=scale)
+    if art["step"] != art["settings"]["steps"]:
+        raise SystemExit(f"error: {path}: trained {art['step']} of {art['settings']['steps']} steps (unfinished)")
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: the global stream stays as it was
+        model = LatentUNet(**art["arch"])
+    model.load_state_dict(art["model"])
+    return model.eval().requires_grad_(False), art
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ Latents and conditions are normalised per dimension with training statistics sav
 
 Writes `<run_dir>/hyplatent.pt` once, at the end; every `save_every` steps the training state goes to
 `hyplatent.partial.pt`, from which a re-run resumes. If a loss becomes NaN the run stops and the partial
-state of the last good step stays. Stage 3 and evaluation import `Generator`, `load_generator`,
-`load_inputs` and `decode_generated` from this file.
+state of the last good step stays. Stage 3 and evaluation import `Generator` and `load_generator` from this
+file; the (Z, tau_e) pairs and the decoding of generated latents are in latents.py.
 
     python stage2_hyplatent.py                                    # quick Cheetah-Vel
     python stage2_hyplatent.py --suite metaworld
@@ -25,21 +25,19 @@ state of the last good step stays. Stage 3 and evaluation import `Generator`, `l
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import artifacts
 import common
-from stage1_autoencoder import PolicyAutoencoder, load_autoencoder
-from stage1_behavior_embed import load_behavior_embed
+import training
+from latents import check_conditions, load_inputs, run_generated
 
 
 @dataclass
@@ -188,73 +186,17 @@ def paired_only_step(opt_g, z_fake: torch.Tensor, z_paired: torch.Tensor, paired
     return paired
 
 
-# ----------------------------------------------------------------------------------------------------
-# The (Z, tau_e) pairs, loading and decoding (also used by stage 3 and evaluation)
-# ----------------------------------------------------------------------------------------------------
+# Two numbers to follow during training, not losses.
 
 
-def load_inputs(run_dir: str | Path, suite: str, scale: str) -> dict:
-    """What stages 2, 3 and the evaluation read from stages 0-1, each artifact loaded once and checked to
-    belong together: the shards, the autoencoder (`ae` model, `ae_art` artifact), on MetaWorld the behaviour
-    embedding (`phi`, `be`); and the (Z, tau_e) pairs stages 2 and 3 learn from: the latents of the
-    autoencoder's training checkpoints and their raw conditions (Cheetah-Vel: the shard's target velocity;
-    MetaWorld: the rollout's behaviour embedding h). `made_from` names the artifacts by uid."""
-    run = Path(run_dir)
-    shards = artifacts.load_stage0(run, suite, scale)
-    model, ae = load_autoencoder(run / "autoencoder.pt", suite, scale)
-    artifacts.check_made_from(run / "autoencoder.pt", ae, artifacts.shard_ids(shards))
-    made_from, phi, be = {"autoencoder.pt": ae["uid"]}, None, None
-    if suite == "cheetah-vel":
-        velocity = {s["task"]: s["target_velocity"] for s in shards}  # by name, never by position
-        cond = torch.tensor([[velocity[ae["tasks"][i]]] for i in ae["task_index"].tolist()])
-    else:
-        phi, be = load_behavior_embed(run / "behavior_embed.pt", suite, scale)
-        artifacts.check_made_from(run / "behavior_embed.pt", be, {**artifacts.shard_ids(shards), **made_from})
-        cond, made_from["behavior_embed.pt"] = be["h"], be["uid"]
-    train = ae["train"]
-    return {"shards": shards, "ae": model, "ae_art": ae, "phi": phi, "be": be, "Z": ae["latents"].flatten(1)[train],
-            "cond": cond[train], "task_index": ae["task_index"][train], "tasks": ae["tasks"],
-            "token_dim": ae["token_dim"], "made_from": made_from}
+def discriminator_accuracy(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> float:
+    """How often F tells Z (logit > 0) from Z_hat (logit < 0) in a batch."""
+    return 0.5 * ((real_logit > 0).float().mean() + (fake_logit < 0).float().mean()).item()
 
 
-def load_generator(path: str | Path, suite: str, scale: str) -> tuple[Generator, dict]:
-    """The trained generator, frozen in eval mode, and its artifact (normalisation statistics included).
-    Refuses an artifact that records fewer steps than it was asked to train."""
-    art = artifacts.load_artifact(path, FORMAT, ("generator", "arch", "latent_mean", "latent_std", "cond_mean",
-                                              "cond_std", "step", "settings", "made_from"), suite=suite, scale=scale)
-    if art["step"] != art["settings"]["steps"]:
-        raise SystemExit(f"error: {path}: trained {art['step']} of {art['settings']['steps']} steps (unfinished)")
-    G = Generator(**art["arch"])
-    G.load_state_dict(art["generator"])
-    return G.eval().requires_grad_(False), art
-
-
-def decode_generated(latents: torch.Tensor, hl_art: dict, ae: PolicyAutoencoder) -> torch.Tensor:
-    """Normalised generated latents [N, 2 * token_dim] -> flat policies [N, P]: undo stage 2's latent
-    normalisation (statistics in its artifact `hl_art`), then the autoencoder's decoder."""
-    z = latents * hl_art["latent_std"] + hl_art["latent_mean"]
-    return ae.decode(z.view(len(latents), 2, -1))
-
-
-def run_generated(latents: torch.Tensor, hl_art: dict, ae: PolicyAutoencoder, suite: str, tasks: list,
-                  episodes: int = 1) -> np.ndarray:
-    """Decode normalised latents and run policy i on tasks[i] (velocity or metaworld name), `episodes`
-    times each, in lockstep. Returns the mean return (Cheetah-Vel) or success (MetaWorld) per policy, [N]."""
-    with torch.no_grad():
-        params = decode_generated(latents, hl_art, ae).repeat(episodes, 1)
-    envs = [common.make_eval_env(suite, t, episode=e) for e in range(episodes) for t in tasks]
-    out = common.run_lockstep(params, envs, common.suite_spec(suite))
-    return out["return" if suite == "cheetah-vel" else "success"].reshape(episodes, len(tasks)).mean(0)
-
-
-def check_conditions(data: dict, per_task: int, seed: int) -> tuple[torch.Tensor, list]:
-    """Up to `per_task` training pairs per task for a functional check: (indices, task of each as an env
-    argument: velocity or metaworld name)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.cat([rows[torch.randperm(len(rows), generator=g)[:per_task]]
-                     for rows in ((data["task_index"] == t).nonzero().squeeze(1) for t in range(len(data["tasks"])))])
-    names = [data["tasks"][int(t)] for t in data["task_index"][idx]]
-    return idx, [float(c) for c in data["cond"][idx, 0]] if data["cond"].shape[1] == 1 else names
+def q_error(reg: torch.Tensor, lambda_reg: float, cond_dim: int) -> float:
+    """Q's squared error per condition dimension: Eq. 5 without its weight (0 when the weight is 0)."""
+    return reg.item() / lambda_reg / cond_dim if lambda_reg else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,7 +222,7 @@ def main(args: Args) -> None:
     # the default --adversarial is left out of the recorded settings: only a departure from Eqs. 3-5 is named
     settings = artifacts.settings(args, ignore=("adversarial",) if args.adversarial else ())
     if args.skip_done and artifacts.up_to_date(path, FORMAT, settings, data["made_from"]):
-        print(f"stage 2 HypLatent: {path} is up to date (same settings, same inputs); skipped")
+        print(f"stage 2 HypLatent: {path} is up to date (same settings, inputs and code); skipped")
         return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -296,50 +238,29 @@ def main(args: Args) -> None:
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
     states = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}  # what a partial state holds
-    start, history = artifacts.resume_partial(partial, PARTIAL_FORMAT, settings, data["made_from"], states,
-                                              "stage 2 HypLatent")
-    history = history or {k: [] for k in ("step", "g", "d", "reg", "paired", "d_acc", "q_mse")}
     print(f"stage 2 HypLatent: {len(Z)} (latent, condition) pairs, latent {Z.shape[1]}, condition "
           f"{cond.shape[1]}, noise {args.noise_dim}; paired-latent term weight {args.paired_weight:g}"
           + ("" if args.adversarial else "; no discriminator (--no-adversarial): the paired term alone"))
 
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run / "tb" / f"stage2_{path.stem}"))
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not args.progress, desc="HypLatent")
-    last_good = start or None  # the step of the state in the partial file, if any
-    for step in bar:
+    log = training.TrainingLog("stage 2 HypLatent", run / "tb" / f"stage2_{path.stem}", args.steps, tag="stage2/",
+                               progress=args.progress, partial=partial, partial_format=PARTIAL_FORMAT,
+                               settings=settings, made_from=data["made_from"], states=states, save_every=args.save_every)
+    for step in range(log.start, args.steps):
         idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
         z_real, c = Zd[idx], Cd[idx]
-        z_fake = G(c, torch.randn(len(c), args.noise_dim, device=dev))
+        z_fake = G(c, torch.randn(len(c), args.noise_dim, device=dev))  # Z_hat = G(tau_e, n)
         if args.adversarial:
-            d_obj, real_logit, fake_logit = discriminator_step(D, opt_d, z_real, z_fake, c, args.lambda_reg)
-            g_loss, g_reg, paired = generator_step(D, opt_g, z_fake, z_real, c, args.lambda_reg, args.paired_weight)
-        else:
+            d_obj, real_logit, fake_logit = discriminator_step(D, opt_d, z_real, z_fake, c, args.lambda_reg)  # Eqs. 4, 5
+            g_loss, g_reg, paired = generator_step(D, opt_g, z_fake, z_real, c, args.lambda_reg,
+                                                   args.paired_weight)  # Eqs. 3, 5 (+ the paired term)
+        else:  # --no-adversarial: the paired term alone
             paired = paired_only_step(opt_g, z_fake, z_real, args.paired_weight)
             g_loss = d_obj = g_reg = torch.zeros(())
-
-        losses = [g_loss.item(), d_obj.item(), g_reg.item()]
-        if not all(math.isfinite(x) for x in losses + [paired.item()]):
-            msg = (f"error: stage 2: a loss became NaN/inf at step {step} (G {losses[0]}, D {losses[1]}, "
-                   f"reg {losses[2]}, paired {paired.item()}); ")
-            raise SystemExit(msg + (f"kept the state of step {last_good} in {partial}" if last_good is not None
-                                    else "no state was saved"))
-        if step % 25 == 0 or step == args.steps - 1:
-            d_acc = 0.5 * ((real_logit > 0).float().mean() + (fake_logit < 0).float().mean()).item() \
-                if args.adversarial else float("nan")
-            for k, val in zip(history, (step, losses[0], losses[1], losses[2], paired.item(), d_acc,
-                                        g_reg.item() / args.lambda_reg / cond.shape[1] if args.lambda_reg else 0.0)):
-                history[k].append(val)
-                if k != "step":
-                    writer.add_scalar(f"stage2/{k}", val, step)
-            bar.set_postfix(G=f"{losses[0]:.3f}", D=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}",
-                            paired=f"{paired.item():.3f}", acc=f"{d_acc:.2f}")
-        if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            artifacts.save_partial(partial, PARTIAL_FORMAT, step + 1, settings, data["made_from"], states, history)
-            last_good = step + 1
-    writer.close()
+        log.step(step, {"g": g_loss, "d": d_obj, "reg": g_reg, "paired": paired},
+                 d_acc=discriminator_accuracy(real_logit, fake_logit) if args.adversarial else float("nan"),
+                 q_mse=q_error(g_reg, args.lambda_reg, cond.shape[1]))
+    log.close()
+    history = log.history
     last = {k: v[-1] for k, v in history.items()}
     print(f"final: Eq.3 (G) {last['g']:.4f}, Eq.4 (D objective) {last['d']:.4f}, Eq.5 (reg) {last['reg']:.4f}, "
           f"paired MSE {last['paired']:.4f}, D accuracy {last['d_acc']:.2f}")
@@ -362,6 +283,18 @@ def main(args: Args) -> None:
     artifacts.save_artifact(art, path)  # the finished artifact, written once
     partial.unlink(missing_ok=True)
     print(f"stage 2 HypLatent: saved {path} in {art['seconds']:.0f}s")
+
+
+def load_generator(path: str | Path, suite: str, scale: str) -> tuple[Generator, dict]:
+    """The trained generator, frozen in eval mode, and its artifact (normalisation statistics included).
+    Refuses an artifact that records fewer steps than it was asked to train."""
+    art = artifacts.load_artifact(path, FORMAT, ("generator", "arch", "latent_mean", "latent_std", "cond_mean",
+                                              "cond_std", "step", "settings", "made_from"), suite=suite, scale=scale)
+    if art["step"] != art["settings"]["steps"]:
+        raise SystemExit(f"error: {path}: trained {art['step']} of {art['settings']['steps']} steps (unfinished)")
+    G = Generator(**art["arch"])
+    G.load_state_dict(art["generator"])
+    return G.eval().requires_grad_(False), art
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ import torch.nn.functional as F
 
 import artifacts
 import common
-from stage2_hyplatent import Generator, check_conditions, load_generator, load_inputs, run_generated
+import training
+from latents import check_conditions, load_inputs, run_generated
+from stage2_hyplatent import Generator, load_generator
 
 
 @dataclass
@@ -107,13 +109,6 @@ class HypFormer(nn.Module):
         return self.latent_head(x).mean(1), self.residue_head(x).mean(1)
 
 
-def load_hypformer(path: str | Path, suite: str, scale: str) -> tuple[HypFormer, dict]:
-    art = artifacts.load_artifact(path, FORMAT, ("model", "arch", "num_tokens", "made_from"), suite=suite, scale=scale)
-    model = HypFormer(**art["arch"])
-    model.load_state_dict(art["model"])
-    return model.eval(), art
-
-
 @torch.no_grad()
 def sample_latents(G: Generator, cond: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """`num` latents per (normalised) condition from the frozen generator (eval mode): [B, num, latent]."""
@@ -138,10 +133,16 @@ def consistency_loss(z_pred: torch.Tensor, grad_pred: torch.Tensor, z_gt: torch.
 
 
 def hypformer_loss(z_pred, grad_pred, z_gt, lambda_sim=1e3, lambda_res=1e3, lambda_c=1e3) -> dict:
-    parts = {"sim": sim_loss(z_pred, z_gt), "res": res_loss(grad_pred, z_pred, z_gt),
-             "c": consistency_loss(z_pred, grad_pred, z_gt)}
-    parts["total"] = lambda_sim * parts["sim"] + lambda_res * parts["res"] + lambda_c * parts["c"]  # Eq. 9
-    return parts
+    """L (`total`) and its parts L_sim, L_res, L_c (`sim`, `res`, `c`)."""
+    sim, res, c = sim_loss(z_pred, z_gt), res_loss(grad_pred, z_pred, z_gt), consistency_loss(z_pred, grad_pred, z_gt)
+    return {"total": lambda_sim * sim + lambda_res * res + lambda_c * c, "sim": sim, "res": res, "c": c}  # Eq. 9
+
+
+@torch.no_grad()
+def latent_mse(z: torch.Tensor, z_gt: torch.Tensor) -> float:
+    """Mean squared distance of latents to Z_gt, followed during training (not a loss): of one HypLatent sample
+    (`mse_hyplatent`) and of HypFormer's refined latent (`mse_refined`)."""
+    return (z - z_gt).pow(2).mean().item()
 
 
 def validate(args: Args) -> None:
@@ -161,7 +162,7 @@ def main(args: Args) -> None:
     artifacts.check_made_from(run / args.hyplatent, hl_art, data["made_from"])
     made_from = {args.hyplatent: hl_art["uid"], **data["made_from"]}
     if args.skip_done and artifacts.up_to_date(path, FORMAT, artifacts.settings(args), made_from):
-        print(f"stage 3 HypFormer: {path} is up to date (same settings, same inputs); skipped")
+        print(f"stage 3 HypFormer: {path} is up to date (same settings, inputs and code); skipped")
         return
     common.seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -175,34 +176,21 @@ def main(args: Args) -> None:
     print(f"stage 3 HypFormer: {len(Zn)} (latent, condition) pairs, L = {args.num_tokens} generated latents "
           f"per condition, width {args.width}, {args.heads} heads")
 
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run / "tb" / f"stage3_{path.stem}"))
-    history = {k: [] for k in ("step", "total", "sim", "res", "c", "mse_hyplatent", "mse_refined")}
-    bar = tqdm(range(args.steps), disable=not args.progress, desc="HypFormer")
-    for step in bar:
+    log = training.TrainingLog("stage 3 HypFormer", run / "tb" / f"stage3_{path.stem}", args.steps, tag="stage3/",
+                               progress=args.progress)
+    for step in range(args.steps):
         idx = torch.randint(len(Zd), (args.batch_size,), device=dev)
         z_gt, c = Zd[idx], Cd[idx]
-        z_hat = sample_latents(G, c, args.num_tokens)
+        z_hat = sample_latents(G, c, args.num_tokens)  # Z_hat_1..Z_hat_L from the frozen G
         z_pred, grad_pred = model(z_hat, c)
-        loss = hypformer_loss(z_pred, grad_pred, z_gt, args.lambda_sim, args.lambda_res, args.lambda_c)
+        loss = hypformer_loss(z_pred, grad_pred, z_gt, args.lambda_sim, args.lambda_res, args.lambda_c)  # Eqs. 6-8
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()  # Eq. 9
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == args.steps - 1:
-            with torch.no_grad():  # how far a single HypLatent sample and the refined latent are from Z_gt
-                mse_g = (z_hat[:, 0] - z_gt).pow(2).mean().item()
-                mse_r = (z_pred + grad_pred - z_gt).pow(2).mean().item()
-            for k, v in zip(history, (step, loss["total"].item(), loss["sim"].item(), loss["res"].item(),
-                                      loss["c"].item(), mse_g, mse_r)):
-                history[k].append(v)
-                if k != "step":
-                    writer.add_scalar(f"stage3/{k}", v, step)
-            bar.set_postfix(loss=f"{loss['total'].item():.2f}", sim=f"{loss['sim'].item():.3f}",
-                            refined_mse=f"{mse_r:.3f}")
-    writer.close()
+        log.step(step, loss, mse_hyplatent=latent_mse(z_hat[:, 0], z_gt), mse_refined=latent_mse(z_pred + grad_pred, z_gt))
+    log.close()
+    history = log.history
     last = {k: v[-1] for k, v in history.items()}
     print(f"final: Eq.9 {last['total']:.3f} = 1e3 x (Eq.6 {last['sim']:.4f} + Eq.7 {last['res']:.4f} + Eq.8 "
           f"{last['c']:.4f}); MSE to Z_gt (normalised latents): one HypLatent sample {last['mse_hyplatent']:.4f}, "
@@ -224,6 +212,13 @@ def main(args: Args) -> None:
            "hyplatent": args.hyplatent, "history": history, "seconds": time.time() - t0}
     artifacts.save_artifact(art, path)
     print(f"stage 3 HypFormer: saved {path} in {art['seconds']:.0f}s")
+
+
+def load_hypformer(path: str | Path, suite: str, scale: str) -> tuple[HypFormer, dict]:
+    art = artifacts.load_artifact(path, FORMAT, ("model", "arch", "num_tokens", "made_from"), suite=suite, scale=scale)
+    model = HypFormer(**art["arch"])
+    model.load_state_dict(art["model"])
+    return model.eval(), art
 
 
 if __name__ == "__main__":

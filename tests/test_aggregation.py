@@ -15,6 +15,8 @@ import torch
 import aggregate as agg
 import artifacts
 import common
+import pooling
+import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -443,12 +445,12 @@ def test_aggregate_pools_only_runs_of_one_code(tmp_path):
     with pytest.raises(SystemExit, match="s3 and .*s1: made by other code \\(hyplatent\\); a table pools runs of one code"):
         agg.main(agg.Args(runs=runs, out=str(tmp_path / "out")))
     agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), mixed_code=True))
-    loaded = agg.load_runs(runs, "")
-    note = agg.code_note(loaded)
-    one, new = agg.code_label(code), agg.code_label({**code, "hyplatent": "hl-new"})
+    loaded = pooling.load_runs(runs, "")
+    note = publish.code_note(loaded)
+    one, new = pooling.code_label(code), pooling.code_label({**code, "hyplatent": "hl-new"})
     assert note == (f"- **Mixed code** (pooled with --mixed-code): the seeds were made by 2 different stage codes, "
                     f"differing in hyplatent; seeds 1, 2: `{one}`; seed 3: `{new}`.")
-    assert agg.code_note(loaded[:2]).startswith(f"- Code: every run made by one stage code, `{one}` (per stage: ")
+    assert publish.code_note(loaded[:2]).startswith(f"- Code: every run made by one stage code, `{one}` (per stage: ")
     # an edited score is refused, not published
     f = tmp_path / "s1" / "results.json"
     f.write_text(f.read_text().replace('"score": -2.0', '"score": 999'))
@@ -459,14 +461,14 @@ def test_aggregate_pools_only_runs_of_one_code(tmp_path):
         d = tmp_path / f"old{seed}"
         fake_results(d, seed, {"hyplatent": (-1.0, -2.0)})
         provenance.append_record(d, {"event": "stage", "stage": "stage 0 (SAC experts)", "commit": commit})
-    with pytest.raises(SystemExit, match=re.escape(f"made by other code ({agg.LEGACY_CODE})")):
+    with pytest.raises(SystemExit, match=re.escape(f"made by other code ({pooling.LEGACY_CODE})")):
         agg.main(agg.Args(runs=[str(tmp_path / "old1"), str(tmp_path / "old2")], out=str(tmp_path / "out")))
     # a results file that records its code but lost its checksum is refused
     res = json.loads((tmp_path / "s2" / "results.json").read_text())
     del res["sha256"]
     (tmp_path / "s2" / "results.json").write_text(json.dumps(res))
     with pytest.raises(SystemExit, match="s2/results.json: no checksum"):
-        agg.load_runs([str(tmp_path / "s2")], "")
+        pooling.load_runs([str(tmp_path / "s2")], "")
 
 
 def test_aggregate_out_must_be_a_folder_of_its_own(tmp_path):
@@ -497,3 +499,29 @@ def test_code_fingerprint_follows_the_imports(tmp_path, monkeypatch):
     provenance.code_fingerprint.cache_clear()
     assert provenance.code_fingerprint(tmp_path / "a.py") != first
     provenance.code_fingerprint.cache_clear()
+
+
+def test_a_fork_is_compared_with_its_default_seed_by_seed(tmp_path):
+    """`aggregate.py --fork hinge`: results-hinge.json against the same runs' results.json, (a) default - (b) fork,
+    both generators in the primary family; a fork made from another stage 1 is not paired."""
+    runs = []
+    for seed, base in ((1, -20.0), (2, -22.0), (3, -21.0)):
+        for tag, shift in (("", 0.0), ("hinge", -1.0 - 0.5 * seed)):  # the fork: 1.5, 2.0, 2.5 below the default
+            fake_results(tmp_path / f"s{seed}", seed, {"hyplatent": (base + shift,) * 2, "hypformer": (base,) * 2,
+                                                       "interpolated-expert": (-10.0, -10.0)},
+                         name=f"results-{tag}.json" if tag else "results.json", tag=tag,
+                         hyplatent={"seed": seed, "paired_weight": 1000.0, "loss": tag or "default"})
+        runs.append(str(tmp_path / f"s{seed}"))
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), fork="hinge"))
+    res = json.loads((tmp_path / "out" / "results-hinge.json").read_text())
+    d = res["pairs"]["HypLatent (a) - HypLatent (b)"]  # 1.5, 2, 2.5: mean 2, s = 0.5, t = 6.93, df 2: p = 0.0202
+    assert d["per_seed"] == [1.5, 2.0, 2.5] and d["family"] == "primary"
+    assert d["p"] == pytest.approx(0.020204, abs=1e-5)
+    h = res["pairs"]["HypFormer (a) - HypFormer (b)"]  # no difference at all: no test, no place in the family
+    assert h["family"] == "primary" and h["verdict"].startswith("the same in every seed") and d["family_size"] == 1
+    assert d["verdict"] == "HypLatent (a) better"
+    md = (tmp_path / "out" / "results-hinge.md").read_text()
+    # the fork's HypLatent per seed: -21.5, -24, -23.5: mean -23, s = sqrt(1.75), 4.302653 s / sqrt(3) = 3.29
+    assert "| (b) the fork `hinge` | -23.00 ± 3.29 | -21.00 ± 2.48 |" in md
+    with pytest.raises(SystemExit, match="give --components or --fork"):
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), fork="hinge", components=True))

@@ -12,6 +12,7 @@ import torch
 
 import artifacts
 import common
+import latents
 import stage1_autoencoder as s1a
 import stage1_behavior_embed as s1b
 import stage2_hyplatent as s2
@@ -293,7 +294,7 @@ def test_cheetah_chain_artifacts(cheetah_chain):
     with torch.no_grad():
         c = torch.zeros(3, 1)
         zp, gp = hf(s3.sample_latents(G, c, 8), c)
-        x = s2.decode_generated(zp + gp, hl_art, ae)
+        x = latents.decode_generated(zp + gp, hl_art, ae)
     assert x.shape == (3, 20_364) and torch.isfinite(x).all()
     # the decoded held-out checkpoints act like their originals: each decoded return is far closer to its
     # own original's than the two originals (of different velocities) are to each other
@@ -301,7 +302,7 @@ def test_cheetah_chain_artifacts(cheetah_chain):
     o, d = torch.tensor(fc["original"]), torch.tensor(fc["decoded"])
     assert len(o) == 2 and (d - o).abs().max() < 0.1 * (o[0] - o[1]).abs()
     # no Cheetah-Vel test velocity among the training conditions
-    pairs = s2.load_inputs(run, "cheetah-vel", "smoke")
+    pairs = latents.load_inputs(run, "cheetah-vel", "smoke")
     assert not set(pairs["cond"].flatten().tolist()) & set(common.CHEETAH_TEST)
 
 

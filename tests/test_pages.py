@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import aggregate as agg
+import publish
 from test_aggregation import assert_figure, fake_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,14 +65,15 @@ def test_publish_writes_provenance_headline_figure_and_readme_block(tmp_path):
     # the README's block now holds the page's headline, the rest of the README untouched
     text = readme.read_text()
     assert "stale numbers" not in text and text.startswith("intro\n") and text.endswith("end\n")
-    assert agg.readme_blocks(text)[0][0] == "results/cv.md"
-    _, i, j = agg.readme_blocks(text)[0]
-    assert text[i:j].strip("\n") == agg.page_headline(page)
+    assert publish.readme_blocks(text)[0][0] == "results/cv.md"
+    _, i, j = publish.readme_blocks(text)[0]
+    assert text[i:j].strip("\n") == publish.page_headline(page)
     # the page made again from the data kept beside it: the same headline and the same runs
     agg.main(agg.Args(runs=[str(p) for p in sorted(data.iterdir())], out=str(tmp_path / "out2"),
                       publish=str(tmp_path / "results" / "cv.md"), readme=str(readme)))
     again = (tmp_path / "results" / "cv.md").read_text()
-    assert agg.page_headline(again) == agg.page_headline(page) and sorted(p.name for p in data.iterdir()) == ["s1", "s2", "s3"]
+    assert publish.page_headline(again) == publish.page_headline(page)
+    assert sorted(p.name for p in data.iterdir()) == ["s1", "s2", "s3"]
 
 
 def test_prediction_interval_by_hand():
@@ -83,10 +85,10 @@ def test_prediction_interval_by_hand():
 
 def test_readme_headlines_are_the_pages_they_cite():
     readme = (ROOT / "README.md").read_text()
-    for path, i, j in agg.readme_blocks(readme):
+    for path, i, j in publish.readme_blocks(readme):
         page = ROOT / path
         assert page.exists(), f"README cites {path}, which does not exist"
-        assert readme[i:j].strip("\n") == agg.page_headline(page.read_text()), \
+        assert readme[i:j].strip("\n") == publish.page_headline(page.read_text()), \
             f"README's headline block for {path} differs from the page: re-run the aggregate.py --publish command there"
 
 
@@ -196,7 +198,7 @@ def test_committed_pages_are_made_from_their_committed_data(tmp_path):
                           publish=str(out / page.name), tag=tag.group(1) if tag else "", tokens="--tokens" in remake,
                           components="--components" in remake, mixed_code="--mixed-code" in remake,
                           readme=str(tmp_path / "no-readme.md")))
-        assert agg.page_headline((out / page.name).read_text()) == agg.page_headline(text), page.name
+        assert publish.page_headline((out / page.name).read_text()) == publish.page_headline(text), page.name
 
 
 def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
@@ -208,7 +210,8 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    for f in ("pipeline.sh", "aggregate.py", "artifacts.py", "provenance.py", "methods.py"):
+    for f in ("pipeline.sh", "aggregate.py", "pooling.py", "figures.py", "publish.py", "artifacts.py", "provenance.py",
+              "methods.py"):
         shutil.copy(ROOT / f, repo / f)
     kept = repo / "results" / "data" / "cheetah-vel"
     runs = tmp_path / "runs"
@@ -243,10 +246,10 @@ def test_metaworld_page_shows_the_pca_of_the_lowest_seed_that_has_one(tmp_path):
     for seed in (3, 1, 2):
         (tmp_path / f"s{seed}").mkdir()
         runs.append({"dir": str(tmp_path / f"s{seed}"), "seed": seed})
-    assert agg.pca_source(runs) is None
+    assert publish.pca_source(runs) is None
     for seed in (3, 2):
-        (tmp_path / f"s{seed}" / agg.PCA_FIGURE).write_bytes(b"png of seed %d" % seed)
-    path, seed = agg.pca_source(runs)
+        (tmp_path / f"s{seed}" / publish.PCA_FIGURE).write_bytes(b"png of seed %d" % seed)
+    path, seed = publish.pca_source(runs)
     assert (seed, path.read_bytes()) == (2, b"png of seed 2")
 
 

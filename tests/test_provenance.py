@@ -274,21 +274,43 @@ def test_pipeline_runs_its_chains_when_called_by_a_relative_path():
     assert "usage: bash pipeline.sh" in r.stderr + r.stdout and "No such file" not in r.stderr
 
 
-def test_from_stage_remakes_only_the_later_stages_and_says_so(smoke_copy):
-    """FROM_STAGE=4: stages 0-3 taken as they are, the evaluation made again and logged as a remake; a
-    FROM_STAGE that names no stage is refused before any work."""
+def test_from_stage_remakes_only_what_changed_and_says_so(smoke_copy):
+    """A fork in one command: FROM_STAGE=2 with STAGE2_ARGS takes stages 0-1 as they are, makes HypLatent
+    again (its settings changed), keeps MAA's diffusion (its settings, inputs and code did not), and makes
+    HypFormer and the evaluation again (their input changed), each logged as a remake or not; FROM_STAGE=4
+    on an unchanged chain keeps the evaluation; a FROM_STAGE that names no stage is refused before any work."""
     import json
     import os
 
-    env = {**os.environ, "AMT_NO_VENV": "1", "RUN_DIR": str(smoke_copy), "FROM_STAGE": "4",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = {**os.environ, "AMT_NO_VENV": "1", "RUN_DIR": str(smoke_copy), "FROM_STAGE": "2",
+           "STAGE2_ARGS": "--paired-weight 0", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    before = {f: torch.load(smoke_copy / f, weights_only=True)["uid"] for f in ("hyplatent.pt", "diffusion.pt", "hypformer.pt")}
+    n_before = len((smoke_copy / "provenance.jsonl").read_text().splitlines())
     r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "== stage 3 (HypFormer, Eqs. 6-9): taken as it is (FROM_STAGE=4)" in r.stdout
-    assert "== evaluation (Table IV or Tables I-III): done" in r.stdout
+    assert "== stage 1 (autoencoder, Eq. 1): taken as it is (FROM_STAGE=2)" in r.stdout
+    assert "stage 2 diffusion: " in r.stdout and "is up to date (same settings, inputs and code); skipped" in r.stdout
+    after = {f: torch.load(smoke_copy / f, weights_only=True) for f in before}
+    assert after["hyplatent.pt"]["settings"]["paired_weight"] == 0.0
+    assert [after[f]["uid"] != before[f] for f in before] == [True, False, True]  # HypLatent, MAA, HypFormer
+    logged = [json.loads(line) for line in (smoke_copy / "provenance.jsonl").read_text().splitlines()[n_before:]]
+    assert [(x["stage"].split(" (")[0], x["remake"], x["exit"]) for x in logged if x.get("event") == "stage"] == \
+        [("stage 2", 1, 0), ("stage 2", 0, 0), ("stage 3", 1, 0), ("evaluation", 1, 0)]
+    assert "--paired-weight 0" in logged[-4]["command"]
+    r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env={**env, "FROM_STAGE": "4"},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "is up to date (same settings, artifacts and code); skipped" in r.stdout
     last = json.loads((smoke_copy / "provenance.jsonl").read_text().splitlines()[-1])
-    assert (last["stage"], last["remake"], last["exit"]) == ("evaluation (Table IV or Tables I-III)", 1, 0)
+    assert (last["stage"], last["remake"], last["exit"]) == ("evaluation (Table IV or Tables I-III)", 0, 0)
     r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env={**env, "FROM_STAGE": "9"},
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "error: FROM_STAGE=9: give 1, 2, 3 or 4" in r.stderr
+
+
+def test_a_stage_made_by_other_code_is_not_up_to_date(tmp_path):
+    path = tmp_path / "a.pt"
+    artifacts.save_artifact({"format": "x v1", "settings": {}, "made_from": {}}, path)
+    assert artifacts.up_to_date(path, "x v1", {}, {})
+    artifacts.save_artifact({"format": "x v1", "settings": {}, "made_from": {}, "code": "0123456789ab"}, path)
+    assert not artifacts.up_to_date(path, "x v1", {}, {})

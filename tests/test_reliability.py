@@ -37,11 +37,11 @@ def test_edited_results_json_is_refused_and_made_again(tmp_path, capsys):
     res = {"suite": "cheetah-vel", "rows": [{"method": "hyplatent", "task": "average", "score": -61.5,
                                              "n_policies": 10, "n_episodes": 5}],
            "settings": {"seed": 1, "velocities": ["0.6"]}, "made_from": {"hypformer.pt": "a" * 32},
-           "memorisation": {"floor": float("nan")}, "train_velocities": (0.3, 1.5)}
+           "memorisation": {"floor": float("nan")}, "train_velocities": (0.3, 1.5), "code": {"evaluation": "e1"}}
     path = tmp_path / "results.json"
     artifacts.write_results(path, res)
     assert artifacts.read_results(path)["rows"] == res["rows"]
-    assert ev.results_up_to_date(path, res["settings"], res["made_from"])
+    assert ev.results_up_to_date(path, res["settings"], res["made_from"], res["code"])
 
     edited = json.loads(path.read_text())
     edited["rows"][0]["score"] = 999
@@ -52,7 +52,7 @@ def test_edited_results_json_is_refused_and_made_again(tmp_path, capsys):
         assert str(e.value) == (f"error: {path}: its content does not match the checksum recorded when it was "
                                 "written (edited since?); evaluate again")
     capsys.readouterr()
-    assert not ev.results_up_to_date(path, res["settings"], res["made_from"])  # --skip-done makes it again
+    assert not ev.results_up_to_date(path, res["settings"], res["made_from"], res["code"])  # --skip-done makes it again
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "does not match its checksum" in out and "evaluating again" in out
 
@@ -62,7 +62,7 @@ def test_edited_results_json_is_refused_and_made_again(tmp_path, capsys):
         artifacts.read_results(path)
     assert str(e.value) == f"error: {path}: no checksum (written by an older version); evaluate it again"
     assert artifacts.read_results(path, legacy_ok=True)["rows"][0]["score"] == 999
-    assert not ev.results_up_to_date(path, res["settings"], res["made_from"])
+    assert not ev.results_up_to_date(path, res["settings"], res["made_from"], res["code"])
 
 
 def test_archived_results_are_read_as_legacy():
@@ -82,6 +82,7 @@ def test_artifact_without_its_checksum_is_refused(tmp_path):
     assert artifacts.load_artifact(path, "x v1")["settings"] == {"a": 1}
     assert artifacts.up_to_date(path, "x v1", {"a": 1}, {})
     obj = torch.load(path, weights_only=True)
+    assert obj["code"] == artifacts.current_code()  # made by the code running now, so up to date
     del obj["sha256"]
     torch.save(obj, path)
     with pytest.raises(SystemExit) as e:
@@ -101,11 +102,13 @@ def test_failed_videos_leave_no_results_json_beside_new_outputs(tmp_path, monkey
     run = tmp_path / "run"
     args = common.parse_args(ev.Args, ev.SCALES, "", ["--scale", "smoke", "--run-dir", str(run), "--videos", "1",
                                                       "--threads", str(torch.get_num_threads()), "--no-progress"])
-    made_from = {"hypformer.pt": "b" * 32}
+    made_from, code = {"hypformer.pt": "b" * 32}, {"evaluation": "e1"}
     run.mkdir()
     artifacts.write_results(run / "results.json", {"suite": "cheetah-vel", "rows": [], "settings": artifacts.settings(args),
-                                                   "made_from": made_from})  # the previous evaluation's
-    assert ev.results_up_to_date(run / "results.json", artifacts.settings(args), made_from)
+                                                   "made_from": made_from, "code": code})  # the previous evaluation's
+    assert ev.results_up_to_date(run / "results.json", artifacts.settings(args), made_from, code)
+    # by other code (the evaluation's or a stage's fingerprint): made again
+    assert not ev.results_up_to_date(run / "results.json", artifacts.settings(args), made_from, {"evaluation": "e2"})
 
     def no_opengl(*a, **k):
         raise SystemExit("error: cannot render (no OpenGL in this test)")
@@ -114,6 +117,7 @@ def test_failed_videos_leave_no_results_json_beside_new_outputs(tmp_path, monkey
     monkeypatch.setattr(videos, "render", no_opengl)
     monkeypatch.setattr(ev, "load_chain", lambda args: {"made_from": made_from})
     monkeypatch.setattr(ev, "load_oracles", lambda *a: {})
+    monkeypatch.setattr(ev, "upstream_code", lambda chain: code)
     monkeypatch.setattr(ev, "generate", lambda *a: {"format": artifacts.GENERATED_FORMAT, "params": torch.ones(1, 3)})
     monkeypatch.setattr(ev, "cheetah_report", lambda generated, chain: (
         [], "header", "table", ("figure.png", lambda p: p.write_bytes(b"png")), {}))
@@ -121,7 +125,7 @@ def test_failed_videos_leave_no_results_json_beside_new_outputs(tmp_path, monkey
         ev.main(args)
     assert (run / "generated.pt").exists() and (run / "results.md").read_text() == "header\n\ntable\n"
     assert not (run / "results.json").exists()
-    assert not ev.results_up_to_date(run / "results.json", artifacts.settings(args), made_from)
+    assert not ev.results_up_to_date(run / "results.json", artifacts.settings(args), made_from, code)
 
 
 @pytest.mark.parametrize("flags, message", [
