@@ -17,6 +17,7 @@ import artifacts
 import common
 import pooling
 import publish
+import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,14 +72,14 @@ def test_paired_p_and_holm_by_hand():
 
 def test_a_new_run_from_the_seeds_themselves():
     # a method: the seeds' range, a new run inside with probability (n - 1) / (n + 1) whatever the distribution
-    assert agg.fmt_range({"seeds": [-100.0, -40.0, -35.0, -30.0]}) == "-100.00 to -30.00"
-    assert agg.range_coverage(17) == pytest.approx(16 / 18) and agg.fmt_range({"seeds": [1.0, 2.0]}) == "-"
-    assert agg.range_head(17) == "one new run: the 17 seeds' range (inside with probability 89%)"
+    assert tables.fmt_range({"seeds": [-100.0, -40.0, -35.0, -30.0]}) == "-100.00 to -30.00"
+    assert tables.range_coverage(17) == pytest.approx(16 / 18) and tables.fmt_range({"seeds": [1.0, 2.0]}) == "-"
+    assert tables.range_head(17) == "one new run: the 17 seeds' range (inside with probability 89%)"
     # a paired difference: t(0.975, 2) s sqrt(1 + 1/3) for 2, 2, 1 = 4.302653 * 0.57735 * 1.154701 = 2.868435
     d = agg.paired([2.0, 2.0, 1.0], "a", "b", "primary")
     assert d["pi95"] == pytest.approx(2.868435, abs=1e-5)
     agg.apply_holm([d])
-    assert agg.pair_row("a - b", d) == "| a - b | primary | 1.67 ± 1.43 | -1.20 to 4.54 | 2.00, 2.00, 1.00 | 0.038 | 0.038 | a better |"
+    assert tables.pair_row("a - b", d) == "| a - b | primary | 1.67 ± 1.43 | -1.20 to 4.54 | 2.00, 2.00, 1.00 | 0.038 | 0.038 | a better |"
 
 
 def assert_figure(path: Path, size: tuple[int, int]) -> None:
@@ -249,15 +250,15 @@ def test_aggregate_metaworld_seeds_and_token_ablation(tmp_path):
     assert "paper:MAA|average-seen" not in g["cells"]
     assert "door-open-v3 |" in (tmp_path / "seeds" / "results.md").read_text()
     assert "| 60.00 (seeds 50.0, 70.0) |" in (tmp_path / "seeds" / "results.md").read_text()  # 2 seeds: no interval
-    assert agg.fmt_rate({"seeds": [90.0, 100.0, 100.0], "mean": 96.67, "ci95": 14.34}) == "96.67 [82.3, 100.0] (clipped)"
-    assert agg.fmt_rate({"seeds": [40.0, 50.0, 60.0], "mean": 50.0, "ci95": 24.84}) == "50.00 ± 24.84"
+    assert tables.fmt_rate({"seeds": [90.0, 100.0, 100.0], "mean": 96.67, "ci95": 14.34}) == "96.67 [82.3, 100.0] (clipped)"
+    assert tables.fmt_rate({"seeds": [40.0, 50.0, 60.0], "mean": 50.0, "ci95": 24.84}) == "50.00 ± 24.84"
     x = [100.0, 100.0, 100.0000000000001]  # 100 up to float rounding: not an interval to clip
-    assert agg.fmt_rate(dict(zip(("mean", "ci95"), agg.mean_ci(x)), seeds=x)) == "100.00 ± 0.00"
+    assert tables.fmt_rate(dict(zip(("mean", "ci95"), agg.mean_ci(x)), seeds=x)) == "100.00 ± 0.00"
     # one new run: the seeds' range, never outside what a rate can be
-    assert agg.fmt_range({"seeds": [80.0, 100.0, 90.0]}) == "80.00 to 100.00"
+    assert tables.fmt_range({"seeds": [80.0, 100.0, 90.0]}) == "80.00 to 100.00"
     assert g["shared_stage0"] and "One stage 0 for every run" in (tmp_path / "seeds" / "results.md").read_text()
     g["stage0s"] = 2  # two parents: each seed its own stage 0, intervals over whole chains
-    assert agg.stage0_note(g) == agg.OWN_NOTE and agg.stage0_note({**g, "n_seeds": 3}).startswith(" 2 stage 0s for 3")
+    assert tables.stage0_note(g) == tables.OWN_NOTE and tables.stage0_note({**g, "n_seeds": 3}).startswith(" 2 stage 0s for 3")
     agg.main(agg.Args(runs=runs, tokens=True, out=str(tmp_path / "tokens")))
     res = json.loads((tmp_path / "tokens" / "results.json").read_text())
     assert list(res) == ["L2", "L8"] and res["L2"]["cells"]["hypformer|average-unseen"]["mean"] == 5.0
@@ -327,8 +328,8 @@ def test_sweep_splits_inside_and_beyond_the_training_velocities(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     # inside: -10, -14 -> -12 ± 12.706 * 2.828 / 1.414 = 25.41; beyond: -20, -18 -> -19 ± 12.71
     assert "| HypLatent (AMT-Hyp w/o HypFormer) | -10.00, -14.00 | -12.00 ± 25.41 | -20.00, -18.00 | -19.00 ± 12.71 |" in md
-    assert agg.range_table({"train_velocities": [0.3, 1.5], "cells": {  # nothing beyond 1.5: no such table
-        "hyplatent|vel-0.6": {"seeds": [-1.0]}, "hyplatent|vel-1.2": {"seeds": [-2.0]}}}) == ""
+    assert tables.range_table(agg.sweep_ranges({"train_velocities": [0.3, 1.5], "cells": {  # nothing beyond 1.5: no table
+        "hyplatent|vel-0.6": {"seeds": [-1.0]}, "hyplatent|vel-1.2": {"seeds": [-2.0]}}})) == ""
 
 
 def test_nested_training_sets():
@@ -413,7 +414,7 @@ def test_metaworld_headline_keeps_the_main_rows_and_comparisons(tmp_path):
         fake_mw_results(tmp_path / f"s{s}", s, {m: (a + s, b + s) for m, (a, b) in scores.items()})
     agg.main(agg.Args(runs=[str(tmp_path / f"s{s}") for s in (1, 2, 3)], out=str(tmp_path / "out")))
     g = json.loads((tmp_path / "out" / "results.json").read_text())
-    head = agg.headline(g, "metaworld")
+    head = tables.headline(g, "metaworld")
     assert "| HypLatent (AMT-Hyp w/o HypFormer) | 47.00 ± 2.48 |" in head  # seeds 46, 47, 48
     assert "top" not in head  # top-k rows and their differences: full tables only
     assert "| all stage-0 checkpoints of the task (unseen: the oracle) | 92.00 ± 2.48 |" in head  # MetaWorld's labels
