@@ -187,9 +187,9 @@ def verdict(d: dict) -> str:
     n, m, h = len(d["per_seed"]), d["mean"], d["ci95"]
     if n < 3:
         return f"no call ({n} seed{'s' if n > 1 else ''})"
-    if h <= 1e-9 * max(1.0, abs(m)):  # every seed gave the same difference (up to rounding): rows no seed changes
+    if np.isnan(d["p"]):  # every seed gave the same difference (up to rounding, `paired_p`): no test
         return "the same in every seed (not varied by the seeds): no call"
-    if d["p_holm"] >= ALPHA:
+    if not d["p_holm"] < ALPHA:
         return "no call"
     return f"{d['a']} better" if m > 0 else f"{d['b']} better"
 
@@ -420,8 +420,10 @@ def load_components(paths: list[str], mixed_code: bool = False, variants=COMPONE
             raise SystemExit("error: --components: the run directories were trained on different velocities")
         by[tag] = next(iter(groups.values()))
     check_same_seeds({tag or "default": {"seeds": [r["seed"] for r in rs]} for tag, rs in by.items()}, "loss variants")
+    # a fork may change stage 2's and 3's settings and code (the component variants: their settings only)
     check_comparable(by, lambda tag: f"variant {tag or 'default'}", ("hyplatent: ", "hypformer: "),
-                     ("parent.pt", "autoencoder.pt"))  # a fork may change stage 3's settings too
+                     ("parent.pt", "autoencoder.pt"), ("hyplatent", "hypformer") if variants is not COMPONENTS else (),
+                     mixed_code)
     return by
 
 

@@ -387,10 +387,13 @@ def save_partial(path, fmt: str, step: int, settings: dict, made_from: dict, sta
 
 
 def check_partial(path, fmt: str, settings: dict, made_from: dict, keys: tuple[str, ...] = ()) -> dict:
-    """Load a resumable state and stop with one line unless its settings and inputs are this run's."""
+    """Load a resumable state and stop with one line unless its settings, inputs and code are this run's."""
     st = load_artifact(path, fmt, ("settings", *keys))
     check_settings(path, st["settings"], settings)
     check_made_from(path, st, made_from)
+    if st.get("code") != (code := current_code()):  # resumed by other code, it would end as a mix of both
+        raise SystemExit(f"error: {path}: saved by other code ({st.get('code')}, this code {code}); delete it "
+                         "to start the stage afresh")
     return st
 
 

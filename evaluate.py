@@ -421,9 +421,11 @@ def upstream_settings(chain: dict) -> dict:
 def upstream_code(chain: dict) -> dict:
     """The code fingerprint of every stage the evaluated policies come from, and the evaluation's own:
     aggregate.py pools runs as seeds of one method only where these agree."""
-    arts = {"stage0": chain["shards"][0], "autoencoder.pt": chain["ae_art"], "hyplatent": chain["hl_art"],
-            "hypformer": chain["hf_art"], "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be")}
+    arts = {"autoencoder.pt": chain["ae_art"], "hyplatent": chain["hl_art"], "hypformer": chain["hf_art"],
+            "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be")}
     out = {k: a.get("code", "unrecorded") for k, a in arts.items() if a is not None}
+    stage0 = [chain["parent"], *chain["shards"], *(chain.get("oracle") or {}).values()]  # every stage-0 artifact
+    out["stage0"] = ",".join(sorted({a.get("code", "unrecorded") for a in stage0}))  # several: a resumed mix
     return {**out, "evaluation": provenance.code_fingerprint(Path(__file__))}
 
 

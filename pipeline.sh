@@ -119,8 +119,9 @@ stage_in() {  # stage_in RUN_DIR NAME COMMAND...: run a stage, print its wall ti
   s=$(( $(date +%s) - t ))
   # remake 1: the stage wrote its outputs afresh (not skipped as up to date, not resumed), so the times logged
   # for it before do not count
+  # (stage 0's shards and partial states lie in stage0/ and oracle/, below this test: it adds up its invocations)
   if [ $resumed -eq 0 ] && [ -n "$(find "$run" -maxdepth 1 -type f -newer "$stamp" ! -name provenance.jsonl ! -name '.*' \
-      -print -quit)" ]; then remake=1; fi
+      ! -name '*_summary.md' -print -quit)" ]; then remake=1; fi
   rm -f "$stamp"
   echo "== $name: $([ $rc -eq 0 ] && echo done || echo "failed (exit $rc)") in ${s}s"
   python -c 'import json, sys; print(json.dumps({"event": "stage", "stage": sys.argv[1], "command": sys.argv[2],
@@ -243,7 +244,7 @@ if [ "$SCALE" = fork ]; then  # a fork against the unchanged default, per seed o
     exit 2
   fi
   HL="hyplatent-$F.pt"
-  if [ "$FROM" -ge 3 ]; then HL=hyplatent.pt; fi  # FROM_STAGE=3: the fork starts at stage 3, from the default HypLatent
+  if [ "$FROM" -eq 3 ]; then HL=hyplatent.pt; fi  # FROM_STAGE=3: the fork starts at stage 3, from the default HypLatent
   DIRS=()
   for s in ${SEEDS:-1 2 3}; do
     RUN="$RUNS/cheetah-vel-$AB-seed$s"

@@ -99,11 +99,13 @@ def differences(a: dict, b: dict, free: set = FREE, upstream_free: tuple[str, ..
     return diff + [d for d in upstream_difference(a, b) if not d.startswith(upstream_free)]
 
 
-def check_comparable(groups: dict, what, upstream_free: tuple[str, ...], shared: tuple[str, ...]) -> None:
+def check_comparable(groups: dict, what, upstream_free: tuple[str, ...], shared: tuple[str, ...],
+                     code_free: tuple[str, ...] = (), mixed_code: bool = False) -> None:
     """Groups compared seed by seed (training sets, token counts, loss variants) differ in nothing but what
     makes them groups (upstream settings starting with `upstream_free`; MAA's, which no pair across groups
-    reads; file names), and each seed's runs are made from the same `shared` artifacts (made_from uids: at
-    least its one stage 0, parent.pt)."""
+    reads; file names), each seed's runs are made from the same `shared` artifacts (made_from uids: at
+    least its one stage 0, parent.pt), and by the same code but in the stages of `code_free` (a fork's)
+    unless `mixed_code`."""
     keys = list(groups)
     ref = groups[keys[0]][0]
     for k in keys[1:]:
@@ -121,6 +123,19 @@ def check_comparable(groups: dict, what, upstream_free: tuple[str, ...], shared:
             raise SystemExit(f"error: seed {bad[0]}: its {', '.join(map(what, keys))} come from different {art} "
                              f"artifacts; compared seed by seed, each seed's runs must share its {art} (made again "
                              "since? evaluate the others again too)")
+    if mixed_code:
+        return
+    by_seed: dict = {}
+    for k, rs in groups.items():
+        for r in rs:
+            by_seed.setdefault(r["seed"], []).append((k, r))
+    for seed, krs in sorted(by_seed.items()):
+        (k0, r0), *rest = krs
+        for k, r in rest:
+            if diff := [d for d in code_difference(r0["code"], r["code"]) if d not in code_free]:
+                raise SystemExit(f"error: seed {seed}: its {what(k)} and {what(k0)} were made by other code "
+                                 f"({', '.join(diff[:4])}); rows compared seed by seed must run one code "
+                                 "(--mixed-code compares them anyway)")
 
 
 def group_runs(runs: list[dict], mixed_code: bool = False) -> dict:
@@ -160,7 +175,7 @@ def group_runs(runs: list[dict], mixed_code: bool = False) -> dict:
                          "these runs; give one set of each size")
     if len(groups) > 1:
         shared = ("parent.pt",) if sizes else ("parent.pt", "autoencoder.pt", "hyplatent.pt")  # sets; token counts
-        check_comparable(groups, what, ("hypformer: num_tokens",), shared)
+        check_comparable(groups, what, ("hypformer: num_tokens",), shared, mixed_code=mixed_code)
     return dict(sorted(groups.items(), key=lambda kv: len(kv[0]) if isinstance(kv[0], tuple) else kv[0]))
 
 

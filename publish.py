@@ -95,15 +95,18 @@ def code_note(runs: list[dict]) -> str:
                 + ", ".join(f"{k} {v}" for k, v in sorted(code.items())) + ")." if LEGACY_CODE not in code else
                 "- Code: fingerprints not recorded (results of an older version); every run made at commits "
                 + code[LEGACY_CODE] + ".")
-    parts = []
+    parts, unique = [], len({r["seed"] for r in runs}) == len(runs)  # else name the run directories
     for rs in by.values():
         code = rs[0]["code"]
         what = f"commits {code[LEGACY_CODE]}" if LEGACY_CODE in code else f"`{code_label(code)}`"
-        parts.append(f"seed{'s' if len(rs) > 1 else ''} {', '.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))}: {what}")
+        rs = sorted(rs, key=lambda r: (r["seed"], r["dir"]))
+        names = ", ".join(str(r["seed"]) if unique else archive_name(r["dir"]) for r in rs)
+        parts.append(f"{'seed' if unique else 'run'}{'s' if len(rs) > 1 else ''} {names}: {what}")
     stages = sorted({k for a in runs for b in runs for k in code_difference(a["code"], b["code"]) if k != LEGACY_CODE})
-    return (f"- **Mixed code** (pooled with --mixed-code): the seeds were made by {len(by)} different stage codes"
-            + (f", differing in {', '.join(stages)}" if stages else " (fingerprints not recorded: told apart by commit)")
-            + "; " + "; ".join(parts) + ".")
+    how = (f", differing in {', '.join(stages)}" if stages else
+           " (fingerprints not recorded: told apart by the commits their provenance logs, which can count one code twice)")
+    return (f"- **Mixed code** (pooled with --mixed-code): the runs were made by {len(by)} different stage codes{how}; "
+            + "; ".join(parts) + ".")
 
 
 def archive_name(run_dir: str) -> str:

@@ -85,6 +85,9 @@ PAIR_HEAD = ["| {what} | family | mean ± 95% CI | one new run (95% prediction) 
 def family_note(pairs) -> str:
     """What a page's calls are corrected over: the size of each family its comparisons belong to."""
     sizes = {d["family"]: d["family_size"] for d in pairs}
+    if not any(sizes.values()):
+        return ("No test: no difference is tested or called from fewer than 3 seeds (DESIGN.md section 12); the "
+                "intervals are 95% t intervals.")
     fams = " and ".join(f"{sizes[f]} {f}" for f in ("primary", "exploratory") if f in sizes)
     return (f"Holm-adjusted over {fams} comparisons (each family corrected on its own; primary: DESIGN.md "
             "section 12). p: two-sided paired t-test; a call where the Holm-adjusted p is below 0.05, never from "

@@ -449,7 +449,7 @@ def test_aggregate_pools_only_runs_of_one_code(tmp_path):
     loaded = pooling.load_runs(runs, "")
     note = publish.code_note(loaded)
     one, new = pooling.code_label(code), pooling.code_label({**code, "hyplatent": "hl-new"})
-    assert note == (f"- **Mixed code** (pooled with --mixed-code): the seeds were made by 2 different stage codes, "
+    assert note == (f"- **Mixed code** (pooled with --mixed-code): the runs were made by 2 different stage codes, "
                     f"differing in hyplatent; seeds 1, 2: `{one}`; seed 3: `{new}`.")
     assert publish.code_note(loaded[:2]).startswith(f"- Code: every run made by one stage code, `{one}` (per stage: ")
     # an edited score is refused, not published
