@@ -257,8 +257,8 @@ def main(args: Args) -> None:
             paired = paired_only_step(opt_g, z_fake, z_real, args.paired_weight)
             g_loss = d_obj = g_reg = torch.zeros(())
         log.step(step, {"g": g_loss, "d": d_obj, "reg": g_reg, "paired": paired},
-                 d_acc=discriminator_accuracy(real_logit, fake_logit) if args.adversarial else float("nan"),
-                 q_mse=q_error(g_reg, args.lambda_reg, cond.shape[1]))
+                 d_acc=lambda: discriminator_accuracy(real_logit, fake_logit) if args.adversarial else float("nan"),
+                 q_mse=lambda: q_error(g_reg, args.lambda_reg, cond.shape[1]))  # evaluated when logged
     log.close()
     history = log.history
     last = {k: v[-1] for k, v in history.items()}

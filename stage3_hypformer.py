@@ -188,7 +188,8 @@ def main(args: Args) -> None:
         loss["total"].backward()  # Eq. 9
         opt.step()
         sched.step()
-        log.step(step, loss, mse_hyplatent=latent_mse(z_hat[:, 0], z_gt), mse_refined=latent_mse(z_pred + grad_pred, z_gt))
+        log.step(step, loss, mse_hyplatent=lambda: latent_mse(z_hat[:, 0], z_gt),  # evaluated when logged
+                 mse_refined=lambda: latent_mse(z_pred + grad_pred, z_gt))
     log.close()
     history = log.history
     last = {k: v[-1] for k, v in history.items()}

@@ -51,7 +51,8 @@ class TrainingLog:
 
     def step(self, step: int, losses: dict, **watched) -> None:
         """After step `step`'s update: `losses` ({name: tensor or float}) are checked to be finite; they and
-        `watched` (numbers to follow, never checked) are logged."""
+        `watched` (numbers to follow, never checked; a callable is evaluated only on the steps that log) are
+        logged."""
         values = {k: as_float(v) for k, v in losses.items()}
         if not all(math.isfinite(v) for v in values.values()):
             kept = (f"kept the state of step {self.last_saved} in {self.partial}" if self.last_saved is not None
@@ -59,7 +60,7 @@ class TrainingLog:
             raise SystemExit(f"error: {self.who}: a loss became NaN/inf at step {step} ("
                              + ", ".join(f"{k} {v}" for k, v in values.items()) + f"); {kept}")
         if step % self.every == 0 or step == self.steps - 1:
-            values |= {k: as_float(v) for k, v in watched.items()}
+            values |= {k: as_float(v() if callable(v) else v) for k, v in watched.items()}
             self.history.setdefault("step", []).append(step)
             for k, v in values.items():
                 self.history.setdefault(k, []).append(v)
