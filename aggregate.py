@@ -60,7 +60,10 @@ from tables import (PAIR_HEAD, components_table, family_note, group_table, headl
 PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("hyplatent", "maa"), ("hypformer", "maa"),
          ("maa", "interpolated-expert"), ("decoded-expert", "nearest-expert"),
          ("hyplatent", "nearest-expert"), ("hypformer", "interpolated-expert"), ("oracle-expert", "hyplatent"),
-         ("oracle-expert", "hypformer"), ("oracle-expert", "interpolated-expert")]
+         ("oracle-expert", "hypformer"), ("oracle-expert", "interpolated-expert"),
+         # parameters vs inputs: the generators against the conditioned-policy baselines on the same data
+         *((a, b) for b in ("mt-bc", "prompt-dt") for a in ("hyplatent", "hypformer", "maa")),
+         ("mt-bc", "interpolated-expert"), ("prompt-dt", "interpolated-expert")]
 # MetaWorld: (a, b, split) differences of the split's average success
 # (the seen-task chain: data vs parent, autoencoder, generation, HypFormer; unseen: vs parent and the oracle)
 MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("checkpoints", "parent", "seen"),
@@ -72,7 +75,11 @@ MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("
                                                                           ("maa", "parent"))),
             # top-k against all policies (both scored on the same goals): does picking on other goals pay?
             *((f"{m}@top{k}", m, split) for split in ("seen", "unseen") for m in ("hyplatent", "hypformer", "maa")
-              for k in (5, 10))]
+              for k in (5, 10)),
+            # parameters vs inputs: the generators against the conditioned-policy baselines, which against the parent
+            *((a, b, split) for split in ("seen", "unseen") for b in ("mt-bc", "prompt-dt")
+              for a in ("hyplatent", "hypformer", "maa")),
+            *((b, "parent", split) for split in ("seen", "unseen") for b in ("mt-bc", "prompt-dt"))]
 # The primary comparisons of each suite (DESIGN.md section 12, named before the runs): Holm's correction runs
 # over them alone, which keeps their power; every other difference on a page is one exploratory family,
 # corrected over its own size. A comparison absent from a page (a system not run) leaves the family.

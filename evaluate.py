@@ -9,6 +9,12 @@ episodes each. Baselines, measured in the same run:
 - interpolated-expert: the best checkpoints of the two training velocities around the target, their
   parameters mixed linearly by velocity distance (outside the training range: the nearest expert);
 - parent: the policy every expert was fine-tuned from;
+- mt-bc: MT-BC (baselines/mt_bc.py), one policy taking the target velocity as input, trained by behaviour
+  cloning on the offline data (offline_data.py); its policy for v is a flat policy of the generated layout;
+- prompt-dt: Prompt-DT (baselines/prompt_dt.py) on the same data, prompted with the last 5 steps of one
+  episode of the oracle expert at v (it sees a demonstration of the test task, which no generator does) and
+  given as target return the best return in the data of the nearest training velocity; its episodes run
+  beside the others' (same reset seeds), in a lockstep of their own;
 - oracle-expert (an upper bound, not a competitor): the best checkpoint of a stage-0 expert trained at the
   target velocity itself, same parent and schedule (`stage0_collect_sac.py --shard-dir oracle`; a training
   velocity is its own oracle). Only velocities with such a shard get this row.
@@ -45,7 +51,10 @@ import provenance
 from latents import decode_generated, load_inputs
 from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
 from evaluate_metaworld import (SELECT_MIN_DISTANCE, evaluate_metaworld, generate_metaworld, goal_weights_table,
-                                metaworld_rows, metaworld_tables, pca_figure)
+                                metaworld_rows, metaworld_tables, pca_figure, prompt_dt_success)
+from baselines.mt_bc import fold_condition, load_mt_bc
+from baselines.prompt_dt import load_prompt_dt, prompt_segment, run_prompted
+from offline_data import PROMPT_SEED, record_episodes
 from stage2_diffusion import diffusion_sample, load_diffusion
 from stage2_hyplatent import load_generator
 from stage3_hypformer import load_hypformer, sample_latents
@@ -72,6 +81,10 @@ class Args:
     hypformer: str = "hypformer.pt"
     diffusion: str = "diffusion.pt"
     """stage2_diffusion.py's artifact: the MAA row ("" = leave the row out)"""
+    mt_bc: str = "mt_bc.pt"
+    """baselines/mt_bc.py's artifact: the MT-BC row ("" = leave the row out)"""
+    prompt_dt: str = "prompt_dt.pt"
+    """baselines/prompt_dt.py's artifact: the Prompt-DT row ("" = leave the row out)"""
     from_generated: Optional[str] = None
     """re-evaluate the policies of a generated.pt instead of generating new ones (writes nothing)"""
     conditions: int = 100
@@ -148,7 +161,24 @@ def load_chain(args: Args) -> dict:
         c["maa"], c["maa_art"] = load_diffusion(run / args.diffusion, suite, scale)
         artifacts.check_made_from(run / args.diffusion, c["maa_art"], stage1)
         c["made_from"][args.diffusion] = c["maa_art"]["uid"]
+    c["mt_bc"] = c["mt_bc_art"] = c["prompt_dt"] = c["prompt_dt_art"] = None
+    for key, name, load in (("mt_bc", args.mt_bc, load_mt_bc), ("prompt_dt", args.prompt_dt, load_prompt_dt)):
+        if name:  # a conditioned-policy baseline: trained on offline data made from this run's stages 0-1
+            c[key], c[key + "_art"] = load(run / name, suite, scale)
+            if c.get("data_art") is None:
+                c["data_art"] = check_offline_data(run, suite, scale, stage1)
+            artifacts.check_made_from(run / name, c[key + "_art"], {"offline_data.pt": c["data_art"]["uid"]})
+            c["made_from"] |= {"offline_data.pt": c["data_art"]["uid"], name: c[key + "_art"]["uid"]}
     return c
+
+
+def check_offline_data(run: Path, suite: str, scale: str, stage1: dict) -> dict:
+    """run/offline_data.pt's uid, code and settings, checked to be made from this run's stages 0-1 (`stage1`)."""
+    from offline_data import load_offline_data
+
+    data = load_offline_data(run / "offline_data.pt", suite, scale)
+    artifacts.check_made_from(run / "offline_data.pt", data, stage1)
+    return {k: data[k] for k in ("uid", "code", "settings")}
 
 
 def load_oracles(run: Path, args: Args, chain: dict, vels: list[float]) -> dict:
@@ -201,6 +231,8 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         if v in chain.get("oracle", {}):
             o = chain["oracle"][v]
             add(o["params"][o["return"].argmax()], "oracle-expert", v)
+        if chain.get("mt_bc") is not None:  # one deterministic policy per velocity
+            add(fold_condition(chain["mt_bc"], torch.tensor([[v]])), "mt-bc", v)
     if chain.get("maa") is not None:  # after the others, with its own noise: their policies do not depend on whether MAA runs
         g = torch.Generator().manual_seed(args.seed)
         for v in vels:
@@ -210,6 +242,33 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
             "params": torch.cat(params).float(), "method": method, "task": [common.task_name(args.suite, v) for v in task],
             "target_velocity": torch.tensor(task, dtype=torch.float32), "train_velocities": train_vels,
             "episodes": args.episodes, "made_from": chain["made_from"], "config": asdict(args)}
+
+
+def prompt_dt_episodes(chain: dict, vels: list[float], episodes: int) -> dict:
+    """Prompt-DT's episodes at each velocity that has an oracle expert: `episodes` of them (the reset seeds of
+    everyone's), prompted with the last steps of one episode of the oracle's best checkpoint (reset seed
+    PROMPT_SEED + j, none of the evaluation's), target return the best data return of the nearest training
+    velocity. Returns {"method", "target_velocity", "returns" [n, E]} in the form of `score_rows`."""
+    model, art = chain["prompt_dt"], chain["prompt_dt_art"]
+    oracle_at = {round(float(v), 6): o for v, o in chain.get("oracle", {}).items()}
+    vels = [v for v in vels if round(v, 6) in oracle_at]
+    if not vels:
+        return {"method": [], "target_velocity": [], "returns": np.zeros((0, episodes))}
+    spec = art["policy"]
+    oracle = torch.stack([oracle_at[round(v, 6)]["params"][oracle_at[round(v, 6)]["return"].argmax()] for v in vels]).float()
+    demo = record_episodes(oracle, [common.CheetahVel(v, seed=PROMPT_SEED + j) for j, v in enumerate(vels)], spec,
+                           common.CHEETAH_STEPS)
+    s = art["settings"]
+    prompts = [prompt_segment({"obs": torch.from_numpy(demo["obs"][j]), "act": torch.from_numpy(demo["act"][j]),
+                               "rtg": torch.from_numpy(demo["rew"][j]).flip(0).cumsum(0).flip(0)},
+                              s["prompt_length"], s["return_scale"], art["obs_mean"], art["obs_std"])
+               for j in range(len(vels))]
+    train_vels = [float(t.removeprefix("vel-")) for t in art["tasks"]]
+    target = [art["task_best_return"][nearest_expert(train_vels, v)] for v in vels]
+    envs = [common.make_eval_env("cheetah-vel", v, episode=e) for e in range(episodes) for v in vels]
+    out = run_prompted(model, art, envs, prompts * episodes, target * episodes, common.CHEETAH_STEPS)
+    return {"method": ["prompt-dt"] * len(vels), "target_velocity": vels,
+            "returns": out["return"].reshape(episodes, len(vels)).T, "target_return": target}
 
 
 def evaluate(generated: dict, episodes: int) -> np.ndarray:
@@ -268,7 +327,7 @@ def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
                [torch.linalg.norm(act(s["params"][1:]) - act(s["params"][:-1]), dim=1) for s in shards]).median()),
            "autoencoder round trip of a training checkpoint": float(
                torch.linalg.norm(act(ae.decode(ae.encode(train))) - act(train), dim=1).median())}
-    for m in ("hyplatent", "hypformer", "maa", "nearest-expert", "interpolated-expert", "oracle-expert"):
+    for m in ("hyplatent", "hypformer", "maa", "mt-bc", "nearest-expert", "interpolated-expert", "oracle-expert"):
         sel = torch.as_tensor(method == m)
         if not sel.any():
             continue
@@ -299,11 +358,12 @@ def memorisation_table(mem: dict) -> str:
     return "\n".join(lines)
 
 
-def score_rows(generated: dict, returns: np.ndarray) -> list[dict]:
+def score_rows(method: list[str], vel: list[float], returns: np.ndarray) -> list[dict]:
+    """Rows of Table IV from the return of every policy (method[i], vel[i]) in every episode, returns [N, E]."""
     rows = []
-    methods = [m for m in METHODS if m in generated["method"]]
-    vels = sorted(set(generated["target_velocity"].tolist()))
-    method, vel = np.array(generated["method"]), generated["target_velocity"].numpy()
+    methods = [m for m in METHODS if m in method]
+    vels = sorted(set(vel))
+    method, vel = np.array(method), np.array(vel)
     for m in methods:
         per_v = []
         for v in vels:
@@ -415,6 +475,9 @@ def upstream_settings(chain: dict) -> dict:
         out["diffusion"] = chain["maa_art"]["settings"]
     if chain.get("be") is not None:
         out["behavior_embed.pt"] = chain["be"]["settings"]
+    for key, art in (("offline_data.pt", "data_art"), ("mt_bc", "mt_bc_art"), ("prompt_dt", "prompt_dt_art")):
+        if chain.get(art) is not None:
+            out[key] = chain[art]["settings"]
     return out
 
 
@@ -422,7 +485,8 @@ def upstream_code(chain: dict) -> dict:
     """The code fingerprint of every stage the evaluated policies come from, and the evaluation's own:
     aggregate.py pools runs as seeds of one method only where these agree."""
     arts = {"autoencoder.pt": chain["ae_art"], "hyplatent": chain["hl_art"], "hypformer": chain["hf_art"],
-            "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be")}
+            "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be"), "mt_bc": chain.get("mt_bc_art"),
+            "prompt_dt": chain.get("prompt_dt_art"), "offline_data.pt": chain.get("data_art")}
     out = {k: a.get("code", "unrecorded") for k, a in arts.items() if a is not None}
     stage0 = [chain["parent"], *chain["shards"], *(chain.get("oracle") or {}).values()]  # every stage-0 artifact
     out["stage0"] = ",".join(sorted({a.get("code", "unrecorded") for a in stage0}))  # several: a resumed mix
@@ -430,10 +494,16 @@ def upstream_code(chain: dict) -> dict:
 
 
 def cheetah_report(generated: dict, chain: dict | None):
-    """Run and score the Cheetah-Vel policies of `generated` (its velocities and episode count):
-    (rows, header, table, figure, fields for results.json)."""
+    """Run and score the Cheetah-Vel policies of `generated` (its velocities and episode count), and Prompt-DT's
+    episodes when the chain has it (not from a saved generated.pt): (rows, header, table, figure, fields for
+    results.json)."""
     vels, episodes = sorted(set(generated["target_velocity"].tolist())), generated["episodes"]
-    rows = score_rows(generated, evaluate(generated, episodes))
+    method, vel, returns = list(generated["method"]), generated["target_velocity"].tolist(), evaluate(generated, episodes)
+    dt = None
+    if chain is not None and chain.get("prompt_dt") is not None:
+        dt = prompt_dt_episodes(chain, vels, episodes)
+        method, vel, returns = method + dt["method"], vel + dt["target_velocity"], np.concatenate([returns, dt["returns"]])
+    rows = score_rows(method, vel, returns)
     n, k = len(generated["method"]), generated["method"].count("hyplatent") // len(vels)
     header = (f"Cheetah-Vel zero-shot, mean return over 200 steps; {k} generated policies x {episodes} episodes per "
               f"velocity and method; {n} policies, {n * episodes} episodes in lockstep; training velocities "
@@ -443,7 +513,13 @@ def cheetah_report(generated: dict, chain: dict | None):
     if mem:
         md += "\n\nMemorisation check (are generated policies new?):\n\n" + memorisation_table(mem)
     figure = ("return_vs_velocity.png", lambda p: plot(rows, vels, generated["train_velocities"], p))
-    return rows, header, md, figure, {"train_velocities": generated["train_velocities"], "memorisation": mem}
+    if dt is not None:
+        md += ("\n\nPrompt-DT: prompted with the last 5 steps of one episode of the oracle expert at each test velocity "
+               "(a demonstration of the test task, which no generator sees); target returns "
+               + ", ".join(f"{t:.1f}" for t in dt.get("target_return", [])) + " (the best data return of the nearest "
+               "training velocity).")
+    return rows, header, md, figure, {"train_velocities": generated["train_velocities"], "memorisation": mem,
+                                      "prompt_dt_target_return": dt.get("target_return") if dt else None}
 
 
 def metaworld_report(generated: dict, chain: dict | None, workers: int, progress: bool):
@@ -452,8 +528,9 @@ def metaworld_report(generated: dict, chain: dict | None, workers: int, progress
     goals, select_goals = generated["goals"], generated.get("select_goals", 2)
     single = generated.get("single_policy_goals", goals)
     t_eval = time.time()
+    prompted = (lambda pairs: prompt_dt_success(chain, generated, pairs, progress)) if chain else None
     success, select, picks, first_pass = evaluate_metaworld(generated, goals, select_goals, workers, progress, single,
-                                                            tie_seed=generated.get("tie_seed", 0))
+                                                            tie_seed=generated.get("tie_seed", 0), prompted=prompted)
     rows = metaworld_rows(generated, success, picks, first_pass)
     print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
     print(goal_weights_table(rows, generated["task"][0]))

@@ -30,7 +30,10 @@ import torch
 import artifacts
 import common
 from latents import decode_generated
-from methods import GENERATORS, MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
+from baselines.mt_bc import fold_condition
+from baselines.prompt_dt import prompt_segment, run_prompted
+from methods import CONDITIONED, GENERATORS, MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
+from offline_data import record_episodes, returns_to_go
 from stage1_behavior_embed import embed_trajectories
 from stage2_diffusion import diffusion_sample
 from stage3_hypformer import sample_latents
@@ -195,6 +198,10 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
             if chain.get("maa") is not None:  # the same conditions, raw (its artifact standardises them)
                 z = diffusion_sample(chain["maa"], chain["maa_art"], torch.stack(h), generator=g_maa)
                 generated.append(("maa", decode_generated(z, chain["maa_art"], ae)))
+            if chain.get("mt_bc") is not None:  # one deterministic policy per condition, the condition as its input
+                generated.append(("mt-bc", fold_condition(chain["mt_bc"], torch.stack(h))))
+            if chain.get("prompt_dt") is not None:  # no parameters: its episodes run apart (prompt_dt_success)
+                generated.append(("prompt-dt", torch.zeros(len(h), common.num_params(spec))))
             for m, p in generated:
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         if not baselines:
@@ -244,8 +251,47 @@ def first_pass_goals(generated: dict, goals: int, width: int, single_goals: int)
     return pairs
 
 
+def prompt_dt_success(chain: dict, generated: dict, pairs: list[tuple[int, int]], progress: bool) -> np.ndarray:
+    """Success of Prompt-DT's episodes (policy i of `generated`, a "prompt-dt" placeholder, on evaluation goal e,
+    for each (i, e) of `pairs`): the j-th Prompt-DT entry of a task is prompted with its j-th conditioning
+    rollout (the rollout whose behaviour embedding HypLatent's j-th policy reads, run again: the last steps of
+    it), and given that rollout's return as its target."""
+    model, art = chain["prompt_dt"], chain["prompt_dt_art"]
+    shards, s = {sh["task"]: sh for sh in chain["shards"]}, art["settings"]
+    rank, seen = {}, {}
+    for i, (m, t) in enumerate(zip(generated["method"], generated["task"])):
+        if m == "prompt-dt":
+            rank[i], seen[t] = seen.get(t, 0), seen.get(t, 0) + 1
+    need = sorted({i for i, _ in pairs})
+    demo_params, demo_envs = [], []
+    for i in need:  # the conditioning rollout of entry i, again (deterministic: the same episode)
+        t = generated["task"][i]
+        c = generated["conditioning"][t]
+        row = int((shards[t]["step"] == c["checkpoint_step"][rank[i]]).nonzero()[0, 0])
+        demo_params.append(shards[t]["params"][row])
+        demo_envs.append(common.make_eval_env("metaworld", t, c["goal"][rank[i]],
+                                              goal_seed=shards[t]["settings"]["seed"] + 1))  # conditioning's goals
+    demo = record_episodes(torch.stack(demo_params).float(), demo_envs, art["policy"], common.MW_STEPS)
+    prompt, target = {}, {}
+    for j, i in enumerate(need):
+        ep = {"obs": torch.from_numpy(demo["obs"][j]), "act": torch.from_numpy(demo["act"][j]),
+              "rtg": returns_to_go(torch.from_numpy(demo["rew"][j]))}
+        prompt[i] = prompt_segment(ep, s["prompt_length"], s["return_scale"], art["obs_mean"], art["obs_std"])
+        target[i] = float(demo["rew"][j].sum())
+    out = []
+    for a in range(0, len(pairs), MAX_ENVS):
+        part = pairs[a : a + MAX_ENVS]
+        envs = [common.make_eval_env("metaworld", generated["task"][i], episode=e) for i, e in part]
+        out.append(run_prompted(model, art, envs, [prompt[i] for i, _ in part], [target[i] for i, _ in part],
+                                common.MW_STEPS, stop_on_success=True)["success"])
+        if progress:
+            print(f"Prompt-DT: {a + len(part)}/{len(pairs)} episodes", flush=True)
+    return np.concatenate(out)
+
+
 def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int, progress: bool = True,
-                       single_goals: int | None = None, tie_seed: int = 0) -> tuple[np.ndarray, ...]:
+                       single_goals: int | None = None, tie_seed: int = 0,
+                       prompted=None) -> tuple[np.ndarray, ...]:
     """Success of every policy on the task's evaluation goals [N, G] (NaN where it did not run), of every
     generated policy on the top-k selection goals [N, select_goals] (NaN for the baselines, which top-k
     never ranks), the top-k picks {(method, task): policy indices, best first}, and which episodes are of
@@ -253,7 +299,8 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
     every policy on its first-pass goals (`first_pass_goals`) and the generated ones on the selection
     goals; then the max(TOP_K) picked policies of each group on the rest of the list, so top-k is scored
     on the same goals as every other row. The selection goals are those `generated` records
-    (`selection_goals`, printed); one made before they were recorded used goals 0.. of SELECT_GOAL_SEED."""
+    (`selection_goals`, printed); one made before they were recorded used goals 0.. of SELECT_GOAL_SEED.
+    Prompt-DT's entries (no parameters) run their first-pass episodes through `prompted` (pairs -> success)."""
     n, width = len(generated["method"]), max(goals, single_goals or goals)
     ranked = [i for i in range(n) if generated["method"][i] in GENERATORS]
     first = first_pass_goals(generated, goals, width, single_goals or goals)
@@ -265,12 +312,18 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
         print(selection_goal_table(generated))
     else:
         ids = {t: [(common.SELECT_GOAL_SEED, e) for e in range(select_goals)] for t in generated["task"]}
+    dt = [(i, e) for i, e in first if generated["method"][i] == "prompt-dt"]
+    first = [(i, e) for i, e in first if generated["method"][i] != "prompt-dt"]
     jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in first]
     jobs += [(generated["task"][i], *ids[generated["task"][i]][e]) for e in range(select_goals) for i in ranked]
     order = [i for i, _ in first] + [i for _ in range(select_goals) for i in ranked]
     out = run_episodes(generated["params"][order], jobs, workers, desc="evaluation" if progress else "")
     success = np.full((n, width), np.nan)
     success[tuple(np.array(first).T)] = out["success"][:len(first)]
+    if dt:
+        if prompted is None:
+            raise SystemExit("error: Prompt-DT's episodes need its model (re-evaluating a generated.pt runs the others only)")
+        success[tuple(np.array(dt).T)] = prompted(dt)
     select = np.full((n, select_goals), np.nan)
     select[ranked] = out["success"][len(first):].reshape(select_goals, len(ranked)).T
 
@@ -299,7 +352,7 @@ def metaworld_rows(generated: dict, success: np.ndarray, picks: dict, first_pass
     method, task = np.array(generated["method"]), np.array(generated["task"])
     n_eps = np.isfinite(success).sum(1)  # evaluation episodes per policy, the picks' extra ones included
     first = success if first_pass is None else np.where(first_pass, success, np.nan)
-    generating = [m for m in GENERATORS if m in generated["method"]]
+    generating = [m for m in CONDITIONED if m in generated["method"]]  # one policy (or episode) per condition
     rows = []
     for name in dict.fromkeys(generated["task"]):
         for m in MW_METHODS:
@@ -307,12 +360,13 @@ def metaworld_rows(generated: dict, success: np.ndarray, picks: dict, first_pass
             if not sel.any():
                 if m in generating:  # no condition for this task: a failure, not a gap in the average
                     rows += [{"method": r, "task": name, "score": 0.0, "n_policies": 0, "n_episodes": 0,
-                              "no_condition": True} for r in (m, *(f"{m}@top{k}" for k in TOP_K))]
+                              "no_condition": True}
+                             for r in (m, *(f"{m}@top{k}" for k in TOP_K if m in GENERATORS))]
                 continue
             score, weights = goal_balanced(first[sel])
             rows.append({"method": m, "task": name, "score": 100 * score, "n_policies": int(sel.sum()),
                          "n_episodes": int(np.isfinite(first[sel]).sum()), "goal_weights": weights.tolist()})
-            for k in TOP_K if m in generating else ():
+            for k in TOP_K if m in GENERATORS else ():
                 top = picks[(m, name)][:k]
                 score, weights = goal_balanced(success[top])
                 rows.append({"method": f"{m}@top{k}", "task": name, "score": 100 * score, "n_policies": len(top),
@@ -360,13 +414,13 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
         names = [t for t in dict.fromkeys(generated["task"]) if (t in generated["seen"]) == (split == "seen")]
         if not names:
             continue
-        head = "| task | conditions | HypLatent | HypFormer | MAA | " + \
+        head = "| task | conditions | HypLatent | HypFormer | MAA | MT-BC | Prompt-DT | " + \
             ("expert | decoded expert | all checkpoints | decoded checkpoints | " if split == "seen" else
              "own checkpoints (oracle) | ") + "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
-            cells = [conditions_cell(generated, t), f("hyplatent", t), f("hypformer", t), f("maa", t)]
+            cells = [conditions_cell(generated, t), *(f(m, t) for m in ("hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt"))]
             cells += [f(m, t) for m in (("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")
                                         if split == "seen" else ("checkpoints",))]
             cells += [f("parent", t), *map(str, p)]
@@ -377,6 +431,8 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
            for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"), ("maa", "MAA"))]
     for m, label in (("hyplatent", "AMT-Hyp w/o HypFormer"), ("hypformer", "AMT-Hyp"),
                      ("maa", "MAA (diffusion on the same latents and conditions)"), *top,
+                     ("mt-bc", "MT-BC (one policy, the behaviour embedding as input; no top-k: no noise to sample)"),
+                     ("prompt-dt", "Prompt-DT (prompted with the conditioning rollout; no top-k)"),
                      ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
                      ("decoded-expert", "decoded expert (its autoencoder round trip)"),
                      ("checkpoints", "all stage-0 checkpoints of the task (seen: the training data; unseen: the "

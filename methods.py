@@ -4,9 +4,11 @@ numbers of the paper that the tables show beside ours, marked as printed.
 """
 
 # Cheetah-Vel (Table IV): the generated methods, the baselines, the oracle upper bound, in table order
-METHODS = ["hyplatent", "hypformer", "maa", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
+METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
 LABELS = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
           "maa": "MAA (diffusion, Make-An-Agent)",
+          "mt-bc": "MT-BC (one policy, condition as input)",
+          "prompt-dt": "Prompt-DT (prompted with a test-task demonstration)",
           "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
           "interpolated-expert": "interpolated expert", "parent": "parent",
           "oracle-expert": "oracle expert (trained at v*: upper bound)"}
@@ -21,11 +23,13 @@ PAPER_ROWS_NOTE = ("The printed MACAW and Prompt-DT rows come from another obser
 MW_LABELS = {**LABELS, "expert": "expert (the task's best stage-0 checkpoint)",
              "decoded-expert": "decoded expert (its autoencoder round trip)",
              "checkpoints": "all stage-0 checkpoints of the task (unseen: the oracle)",
-             "decoded-checkpoints": "decoded checkpoints (their round trips)"}
+             "decoded-checkpoints": "decoded checkpoints (their round trips)",
+             "prompt-dt": "Prompt-DT (prompted with the conditioning rollout)"}
 # MetaWorld (Tables I-III): one policy per task: only more goals sharpen its rate
 SINGLE = ("expert", "decoded-expert", "parent")
-GENERATORS = ("hyplatent", "hypformer", "maa")  # the methods that generate one policy per condition
-MW_METHODS = ["hyplatent", "hypformer", "maa", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
+GENERATORS = ("hyplatent", "hypformer", "maa")  # the methods that generate policies (top-k ranks their samples)
+CONDITIONED = (*GENERATORS, "mt-bc", "prompt-dt")  # one policy (Prompt-DT: one prompted episode) per condition
+MW_METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
 # every MetaWorld row name: the methods, then top-k of the generated ones (picked on goals never scored)
 MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}" for m in GENERATORS for k in (5, 10))]
 # the paper's printed success rates (%): MAA, AMT-Hyp w/o HypFormer, AMT-Hyp (Tables I and III)

@@ -186,7 +186,12 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
     python aggregate.py "${dirs[@]}" "${flags[@]}" ${MIXED_CODE:+--mixed-code} --out "$RUNS/aggregate-$(basename "$page" .md)" \
       --publish "$page"
   }
-  publish results/cheetah-vel.md $(with results.json "$RUNS"/cheetah-vel-quick-seed*) --
+  without() { local f=$1 d; shift; for d in "$@"; do [ -f "$d/$f" ] || echo "$d"; done; return 0; }  # dirs lacking $f
+  # Table IV: the runs made before the conditioned-policy baselines existed (no mt_bc.pt) on one page, those with
+  # every row (generators, MAA, MT-BC, Prompt-DT, the experts) on another
+  publish results/cheetah-vel.md $(without mt_bc.pt $(with results.json "$RUNS"/cheetah-vel-quick-seed*)) --
+  publish results/cheetah-vel-baselines.md $(with mt_bc.pt $(with results.json "$RUNS"/cheetah-vel-quick-seed*)) \
+    -- --title "Cheetah-Vel: AMT-Hyp against MAA, MT-BC and Prompt-DT on the same data"
   bases=$(for b in "$RUNS"/cheetah-vel-quick-seed*; do  # the seeds whose ablation finished: all three nested sets
     [ -n "$(with results.json "$b"/n20)" ] && [ -n "$(with results.json "$b"/n25)" ] && [ -n "$(with results.json "$b"/n35)" ] && echo "$b"
   done; true)
@@ -196,7 +201,9 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
   publish results/components.md $(with results-regressor.json "$RUNS"/cheetah-vel-quick-seed*) -- --components
   publish results/dense-sweep.md $(with results-sweep.json "$RUNS"/cheetah-vel-quick-seed*) -- --tag sweep \
     --title "Cheetah-Vel: every velocity of the grid"
-  publish results/metaworld.md $(with results.json "$RUNS"/metaworld-quick-seed*) --
+  publish results/metaworld.md $(without mt_bc.pt $(with results.json "$RUNS"/metaworld-quick-seed*)) --
+  publish results/metaworld-baselines.md $(with mt_bc.pt $(with results.json "$RUNS"/metaworld-quick-seed*)) \
+    -- --title "MetaWorld: AMT-Hyp against MAA, MT-BC and Prompt-DT on the same data"
   publish results/metaworld-tokens.md $(for d in "$RUNS"/metaworld-quick-seed*; do  # the seeds that ran the tokens
     ls "$d"/results-L*.json > /dev/null 2>&1 && echo "$d"; done; true) -- --tokens
   exit 0
@@ -344,6 +351,12 @@ run_from 2 "stage 2 (HypLatent, Eqs. 3-5)" python stage2_hyplatent.py "${COMMON[
 run_from 2 "stage 2 (MAA's diffusion, the baseline)" python stage2_diffusion.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" \
   "${XD[@]}"
 run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" "${X3[@]}"
+# the conditioned-policy baselines (DESIGN.md section 15): episodes of the training checkpoints, then one policy
+# that takes the condition as input (MT-BC) and Prompt-DT, both trained on them; made again with the evaluation
+# (FROM_STAGE=4), since no stage of the method reads them
+run_from 4 "offline data (episodes of the training checkpoints)" python offline_data.py "${COMMON[@]}" "${DONE[@]}"
+run_from 4 "MT-BC (the baseline)" python baselines/mt_bc.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+run_from 4 "Prompt-DT (the baseline)" python baselines/prompt_dt.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${JOBS[@]}" "${DONE[@]}" \
   "${XE[@]}"
 

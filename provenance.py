@@ -28,6 +28,7 @@ PACKAGES = ("torch", "numpy", "mujoco", "gymnasium", "metaworld")
 CHAIN_STAGES = ("stage 0 (SAC experts)", "stage 0 (oracle experts at the test velocities)",
                 "stage 1 (autoencoder, Eq. 1)", "stage 1 (behaviour embedding, Eq. 2)", "stage 2 (HypLatent, Eqs. 3-5)",
                 "stage 2 (MAA's diffusion, the baseline)", "stage 3 (HypFormer, Eqs. 6-9)",
+                "offline data (episodes of the training checkpoints)", "MT-BC (the baseline)", "Prompt-DT (the baseline)",
                 "evaluation (Table IV or Tables I-III)")
 # the stages `pipeline.sh ablation` adds in a seed's run directory: the velocity ablation's and dense sweep's pages show them
 ABLATION_STAGES = ("stage 0 (the other 25 training velocities, into oracle/)", "evaluation (dense sweep)")
@@ -48,15 +49,20 @@ def git_commit(repo: str | Path | None = None, outputs: tuple[str, ...] = ()) ->
     return head + ("+dirty" if dirty else "")
 
 
-def project_imports(path: Path) -> set[str]:
-    """The project's top-level modules that the file at `path` imports, anywhere in it (inside functions too)."""
+def project_imports(path: Path) -> set[Path]:
+    """The project's modules that the file at `path` imports, anywhere in it (inside functions too): top-level
+    files and those of the `baselines/` package (`from baselines.prompt_dt import ...`, `from baselines import
+    mt_bc`)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return {n for n in names if (ROOT / f"{n}.py").exists()}
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # a module imported from a package
+    files = {ROOT / (n.split(".")[0] + ".py") for n in names}
+    files |= {ROOT.joinpath(*n.split(".")[:2]).with_suffix(".py") for n in names if "." in n}
+    return {f for f in files if f.is_file()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,26 +73,31 @@ def code_fingerprint(script: str | Path) -> str:
     files, todo = {}, [Path(script).resolve()]
     while todo:
         f = todo.pop()
-        if f.name in files:
+        name = f.relative_to(ROOT).as_posix() if f.is_relative_to(ROOT) else f.name
+        if name in files:
             continue
-        files[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
-        todo += [ROOT / f"{n}.py" for n in project_imports(f)]
+        files[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+        todo += project_imports(f)
     return hashlib.sha256("".join(f"{k} {v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:12]
+
+
+SCRIPT_DIRS = (ROOT, ROOT / "baselines")  # where the project's runnable files lie
 
 
 def running_script() -> Path | None:
     """The project script whose code is running: the main program when it is one of the project's files,
-    else (a stage's main() called from a test) the innermost caller that is a top-level project file other
-    than the shared plumbing (artifacts, provenance, common, training, latents)."""
+    else (a stage's main() called from a test) the innermost caller that is a project file (top level or
+    baselines/) other than the shared plumbing (artifacts, provenance, common, training, latents, offline_data)."""
     main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main and Path(main).resolve().parent == ROOT and Path(main).is_file():
+    if main and Path(main).resolve().parent in SCRIPT_DIRS and Path(main).is_file():
         return Path(main).resolve()
     frame = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename  # `<string>`, `<frozen runpy>`: no file
         f = Path(name).resolve()
-        if not name.startswith("<") and f.parent == ROOT and f.is_file() and \
-                f.name not in ("artifacts.py", "provenance.py", "common.py", "training.py", "latents.py"):
+        if not name.startswith("<") and f.parent in SCRIPT_DIRS and f.is_file() and f.name not in (
+                "artifacts.py", "provenance.py", "common.py", "training.py", "latents.py", "offline_data.py",
+                "__init__.py"):
             return f
         frame = frame.f_back
     return None

@@ -1,0 +1,185 @@
+"""The conditioned-policy baselines (baselines/prompt_dt.py, baselines/mt_bc.py) and their data
+(offline_data.py): the transformer's token layout and causal mask, returns-to-go, segments and prompts, the
+losses by hand, MT-BC's folded policies, and tiny runs that fit."""
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from baselines.mt_bc import ConditionedPolicy, bc_loss, fold_condition
+from baselines.prompt_dt import (PromptDT, action_loss, attention_allowed, interleave, prompt_segment, run_prompted,
+                                 segment)
+from offline_data import record_episodes, returns_to_go
+
+
+def sequence(B: int, T: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(B, T, obs_dim, generator=g), "act": torch.rand(B, T, act_dim, generator=g) * 2 - 1,
+            "rtg": torch.randn(B, T, 1, generator=g), "t": torch.arange(T).expand(B, -1).clone(),
+            "mask": torch.ones(B, T, dtype=torch.bool)}
+
+
+def test_tokens_interleave_return_state_action():
+    r = torch.tensor([[[1.0], [4.0]]])
+    s, a = r + 1, r + 2  # step 1: R=1, s=2, a=3; step 2: R=4, s=5, a=6
+    assert interleave(r, s, a)[0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_attention_allowed_by_hand():
+    allowed = attention_allowed(torch.tensor([[False, True, True, True]]))[0, 0]
+    expected = [[1, 0, 0, 0],  # a padding query: itself only
+                [0, 1, 0, 0],  # the first real token: itself (the padding key is never seen)
+                [0, 1, 1, 0],
+                [0, 1, 1, 1]]
+    assert allowed.int().tolist() == expected
+
+
+def test_no_action_prediction_sees_the_future():
+    """The prediction at step t must not move when anything after s_t changes (a_t, then every token of later
+    steps), and must move when s_t or an earlier token changes: the test that fails if the mask lets a token
+    see the future."""
+    torch.manual_seed(0)
+    model = PromptDT(3, 2, max_steps=16, embed=16, layers=2, heads=2, dropout=0.0).eval()
+    seq, prompt = sequence(1, 6), sequence(1, 2, seed=1)
+    base = model(seq, prompt)
+    for t in range(6):
+        later = {k: v.clone() for k, v in seq.items()}
+        later["act"][:, t:] += 5.0  # a_t and later actions
+        later["obs"][:, t + 1:] += 5.0
+        later["rtg"][:, t + 1:] += 5.0
+        assert torch.allclose(model(later, prompt)[:, : t + 1], base[:, : t + 1], atol=1e-6), f"step {t} saw the future"
+        now = {k: v.clone() for k, v in seq.items()}
+        now["obs"][:, t] += 5.0
+        assert not torch.allclose(model(now, prompt)[:, t], base[:, t]), f"step {t} does not see its own state"
+    other = {k: v.clone() for k, v in prompt.items()}
+    other["obs"] += 5.0
+    assert not torch.allclose(model(seq, other)[:, 0], base[:, 0]), "the first step does not see the prompt"
+
+
+def test_padding_is_invisible():
+    """Left padding: whatever the padded steps hold, the real steps' predictions are the same."""
+    torch.manual_seed(0)
+    model = PromptDT(3, 2, max_steps=16, embed=16, layers=2, heads=1, dropout=0.0).eval()
+    seq, prompt = sequence(1, 5), sequence(1, 2, seed=1)
+    seq["mask"][:, :2] = False
+    other = {k: v.clone() for k, v in seq.items()}
+    other["obs"][:, :2] += 100.0
+    other["act"][:, :2] -= 3.0
+    assert torch.allclose(model(other, prompt)[:, 2:], model(seq, prompt)[:, 2:], atol=1e-6)
+
+
+def test_returns_to_go_by_hand():
+    assert returns_to_go(torch.tensor([1.0, 2.0, 3.0])).tolist() == [6.0, 5.0, 3.0]
+    assert returns_to_go(torch.tensor([[1.0, -1.0], [0.5, 0.5]])).tolist() == [[0.0, -1.0], [1.0, 0.5]]
+
+
+def test_segment_pads_on_the_left_and_prompt_takes_the_end():
+    ep = {"obs": torch.arange(10.0)[:, None], "act": torch.arange(10.0)[:, None] * 10,
+          "rtg": torch.arange(10.0) * 100}
+    s = segment(ep, start=8, length=4, scale=2.0, obs_mean=torch.zeros(1), obs_std=torch.ones(1))
+    assert s["mask"].tolist() == [False, False, True, True]
+    assert s["t"].tolist() == [0, 0, 8, 9]
+    assert s["obs"][:, 0].tolist() == [0.0, 0.0, 8.0, 9.0]
+    assert s["rtg"][:, 0].tolist() == [0.0, 0.0, 400.0, 450.0]  # divided by the scale
+    p = prompt_segment(ep, 5, 1.0, torch.zeros(1), torch.ones(1))  # Prompt-DT's fixed prompt: start T - 5 - 1 = 4
+    assert p["t"].tolist() == [4, 5, 6, 7, 8] and p["mask"].all()
+
+
+def test_action_loss_counts_real_steps_only():
+    pred, act = torch.zeros(1, 4, 2), torch.ones(1, 4, 2)
+    act[0, :2] = 1000.0  # padding: ignored
+    mask = torch.tensor([[False, False, True, True]])
+    assert action_loss(pred, act, mask).item() == pytest.approx(1.0)
+
+
+def test_bc_loss_by_hand():
+    policy = ConditionedPolicy(2, 1, 2, hidden=4)
+    torch.nn.init.zeros_(policy.fc_mean.weight), torch.nn.init.zeros_(policy.fc_mean.bias)  # a_hat = tanh(0) = 0
+    act = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # mean over the batch of the squared error summed over action dimensions: (1 + 4) / 2
+    assert bc_loss(policy, torch.randn(2, 2), torch.randn(2, 1), act).item() == pytest.approx(2.5)
+
+
+def test_mt_bc_folds_into_the_generated_layout():
+    torch.manual_seed(0)
+    policy = ConditionedPolicy(17, 3, 6)
+    policy.obs_mean.uniform_(-1, 1), policy.obs_std.uniform_(0.5, 2)
+    policy.cond_mean.uniform_(-1, 1), policy.cond_std.uniform_(0.5, 2)
+    cond, obs = torch.randn(4, 3), torch.randn(4, 7, 17)
+    spec = common.policy_spec(17, 6)
+    flat = fold_condition(policy, cond)
+    assert flat.shape == (4, common.num_params(spec))
+    expected = policy(obs, cond[:, None].expand(-1, 7, -1))
+    assert torch.allclose(common.batched_act(flat, obs, spec), expected, atol=1e-5)
+
+
+def test_prompt_dt_fits_one_trajectory():
+    """A tiny Prompt-DT on one 8-step episode whose action is a function of the state: the action loss falls
+    below 1% of its start, and the trained model reproduces the actions."""
+    torch.manual_seed(0)
+    T = 8
+    obs = torch.randn(T, 3)
+    ep = {"obs": obs, "act": torch.tanh(obs[:, :2] * 2), "rtg": returns_to_go(torch.ones(T))}
+    zero, one = torch.zeros(3), torch.ones(3)
+    seq = {k: v[None] for k, v in segment(ep, 0, T, 10.0, zero, one).items()}
+    prompt = {k: v[None] for k, v in prompt_segment(ep, 2, 10.0, zero, one).items()}
+    model = PromptDT(3, 2, max_steps=T, embed=32, layers=1, heads=1, dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    first = None
+    for _ in range(150):
+        loss = action_loss(model(seq, prompt), seq["act"], seq["mask"])
+        first = first if first is not None else loss.item()
+        opt.zero_grad(), loss.backward(), opt.step()
+    assert loss.item() < 0.01 * first
+    assert torch.allclose(model.eval()(seq, prompt), seq["act"], atol=0.1)
+
+
+class CountingEnv:
+    """reward 1 per step; observation: the step count."""
+
+    def __init__(self):
+        self.t = 0
+
+    def reset(self):
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(3, self.t, np.float32), 1.0, False, False, {"success": float(self.t >= 3)}
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in model: remembers the return-to-go the policy is given at the newest step, acts 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.rtg = []
+
+    def forward(self, seq, prompt):
+        self.rtg.append(seq["rtg"][:, -1, 0].clone())
+        return torch.zeros(*seq["act"].shape)
+
+
+def test_run_prompted_decrements_the_target_return():
+    model, art = Recorder(), {"settings": {"context": 3, "return_scale": 10.0}, "obs_mean": torch.zeros(3),
+                              "obs_std": torch.ones(3), "policy": {"act_dim": 2}}
+    prompt = {"obs": torch.zeros(2, 3), "act": torch.zeros(2, 2), "rtg": torch.zeros(2, 1),
+              "t": torch.zeros(2, dtype=torch.long), "mask": torch.ones(2, dtype=torch.bool)}
+    out = run_prompted(model, art, [CountingEnv(), CountingEnv()], [prompt, prompt], [50.0, 20.0], steps=5)
+    # R_t = target - (rewards so far), divided by the scale
+    expected = [[5.0, 2.0], [4.9, 1.9], [4.8, 1.8], [4.7, 1.7], [4.6, 1.6]]
+    assert torch.allclose(torch.stack(model.rtg), torch.tensor(expected))
+    assert out["return"].tolist() == [5.0, 5.0] and out["success"].tolist() == [1.0, 1.0]
+    stopped = run_prompted(Recorder(), art, [CountingEnv()], [prompt], [50.0], steps=5, stop_on_success=True)
+    assert stopped["return"].tolist() == [3.0]  # not stepped after its success at step 3
+
+
+def test_record_episodes_keeps_every_step():
+    spec = common.policy_spec(3, 2, hidden=4)
+    params = torch.zeros(2, common.num_params(spec))  # tanh(0): action 0
+    out = record_episodes(params, [CountingEnv(), CountingEnv()], spec, steps=4)
+    assert out["obs"][0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # the state each action was taken in
+    assert out["rew"].sum(1).tolist() == [4.0, 4.0] and out["success"].tolist() == [1.0, 1.0]
+    assert (out["act"] == 0).all()
