@@ -302,6 +302,7 @@ def exact_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
 
 
+@torch.no_grad()
 def memorisation(generated: dict, shards: list[dict], ae, ae_art: dict) -> dict:
     """Are the generated policies new, or copies of training checkpoints? Each generated policy against
     its nearest stage-0 checkpoint (any training velocity) and the interpolated expert of its target
@@ -560,6 +561,11 @@ def main(args: Args) -> None:
     if args.from_generated:  # re-evaluate saved policies; nothing is written
         generated = artifacts.load_artifact(args.from_generated, GENERATED_FORMAT, ("params", "method", "task"),
                                             spec=common.suite_spec(args.suite), suite=args.suite)
+        keep = torch.tensor([m != "prompt-dt" for m in generated["method"]])  # Prompt-DT has no parameters to re-run
+        if not keep.all():
+            print("evaluation: Prompt-DT's episodes need its model and prompts: left out of a re-run of saved policies")
+            generated |= {"params": generated["params"][keep], "method": [m for m, k in zip(generated["method"], keep) if k],
+                          "task": [t for t, k in zip(generated["task"], keep) if k]}
         out = cheetah_report(generated, None) if args.suite == "cheetah-vel" else \
             metaworld_report(generated, None, workers, args.progress)
         print(out[1] + "\n\n" + out[2])

@@ -10,7 +10,9 @@ at any step. Baselines in the same run: the shared parent on every task; on seen
 stage-0 checkpoint (`expert`) and its autoencoder round trip (`decoded-expert`), and every stage-0 checkpoint
 (`checkpoints`, the data stages 1-3 learn from) with its round trip (`decoded-checkpoints`): they tell which
 stage loses success; on unseen tasks the task's own stage-0 checkpoints (`checkpoints`, SAC on the task
-itself, which no stage trained on): the oracle. Every row weighs each of the task's evaluation goals equally
+itself, which no stage trained on): the oracle. The conditioned-policy baselines (DESIGN.md section 15) get the
+same conditions: MT-BC one policy per embedding, Prompt-DT one episode per embedding and goal, prompted with
+the end of that embedding's rollout (`prompt_dt_success`). Every row weighs each of the task's evaluation goals equally
 (`goal_balanced`). Top-k: the k best policies of a task, picked on `select_goals` other goal configurations
 that are never scored, each at least SELECT_MIN_DISTANCE from every scored one (`selection_goals`; ties
 broken at random with the evaluation's seed), then run on the whole goal list.
@@ -174,8 +176,10 @@ def selection_goal_table(generated: dict) -> str:
 @torch.no_grad()
 def generate_metaworld(chain: dict, workers: int, conditions: int, success_only: bool, seed: int, baselines: bool,
                        goals: int, select_goals: int, single_policy_goals: int, progress: bool, config: dict) -> dict:
-    """Every policy to evaluate on MetaWorld: one HypLatent and one HypFormer policy per conditioning
-    embedding of each task, and (with `baselines`) the expert, checkpoints, their round trips and the parent."""
+    """Every policy to evaluate on MetaWorld: one HypLatent, HypFormer, MAA and MT-BC policy per conditioning
+    embedding of each task, one Prompt-DT entry per embedding (no parameters: `prompt_dt_success` runs its
+    episodes, prompted with that embedding's rollout), and (with `baselines`) the expert, checkpoints, their
+    round trips and the parent."""
     spec = common.suite_spec("metaworld")
     ae, ae_art, G, hl_art, hf, be = (chain[k] for k in ("ae", "ae_art", "G", "hl_art", "hf", "be"))
     shards = {s["task"]: s for s in chain["shards"]}

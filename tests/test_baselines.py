@@ -183,3 +183,37 @@ def test_record_episodes_keeps_every_step():
     assert out["obs"][0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # the state each action was taken in
     assert out["rew"].sum(1).tolist() == [4.0, 4.0] and out["success"].tolist() == [1.0, 1.0]
     assert (out["act"] == 0).all()
+
+
+# ------------------------------------------------- chains -------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chain", ["cheetah_chain", "metaworld_chain"])
+def test_the_chain_trains_and_scores_both_baselines(chain, request):
+    """In each smoke chain: the offline data is the episodes of the autoencoder's training checkpoints, with
+    their conditions, each episode's return the sum of its rewards; both baselines get rows in the same
+    results.json as the generated methods, over the same tasks; the evaluation records their artifacts."""
+    import json
+
+    import latents
+    from offline_data import load_offline_data
+
+    run, r = request.getfixturevalue(chain)
+    suite = "cheetah-vel" if chain == "cheetah_chain" else "metaworld"
+    data = load_offline_data(run / "offline_data.pt", suite, "smoke")
+    inputs = latents.load_inputs(run, suite, "smoke")
+    assert len(data["obs"]) == int(inputs["ae_art"]["train"].sum())  # one episode per training checkpoint
+    assert torch.equal(data["cond"], inputs["cond"].float()) and torch.equal(data["task"], inputs["task_index"])
+    assert torch.allclose(data["return"], data["rew"].sum(1))
+    assert data["obs"].shape[1] == (common.CHEETAH_STEPS if suite == "cheetah-vel" else common.MW_STEPS)
+    res = json.loads((run / "results.json").read_text())
+    tasks = lambda m: {row["task"] for row in res["rows"] if row["method"] == m}  # noqa: E731
+    assert tasks("mt-bc") == tasks("hyplatent") and tasks("prompt-dt") == tasks("hyplatent")
+    assert {"offline_data.pt", "mt_bc.pt", "prompt_dt.pt"} <= set(res["made_from"])
+    assert {"mt_bc", "prompt_dt", "offline_data.pt"} <= set(res["code"])
+    from baselines.mt_bc import load_mt_bc
+    from baselines.prompt_dt import load_prompt_dt
+
+    for load, name in ((load_mt_bc, "mt_bc.pt"), (load_prompt_dt, "prompt_dt.pt")):
+        assert load(run / name, suite, "smoke")[1]["made_from"] == {"offline_data.pt": data["uid"]}
+    assert not (run / "prompt_dt.partial.pt").exists()
