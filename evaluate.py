@@ -99,8 +99,8 @@ class Args:
     """MetaWorld: goal configurations (another seed, never scored) on which top-k picks its k policies
     (ties, left at random, are rarer with more)"""
     baselines: bool = True
-    """MetaWorld: also run the baselines (expert, checkpoints, their round trips, parent); --no-baselines runs
-    the generated policies only (the token ablation, pipeline.sh mw-tokens)"""
+    """MetaWorld: also run the baselines (expert, checkpoints, their round trips, parent, MT-BC, Prompt-DT);
+    --no-baselines runs the generated policies only (the token ablation, pipeline.sh mw-tokens)"""
     success_only: bool = True
     """MetaWorld: condition on successful rollouts only (smoke scale: any, since its experts rarely succeed)"""
     jobs: int = 0
@@ -517,8 +517,8 @@ def cheetah_report(generated: dict, chain: dict | None):
     if dt is not None:
         md += ("\n\nPrompt-DT: prompted with the last 5 steps of one episode of the oracle expert at each test velocity "
                "(a demonstration of the test task, which no generator sees); target returns "
-               + ", ".join(f"{t:.1f}" for t in dt.get("target_return", [])) + " (the best data return of the nearest "
-               "training velocity).")
+               + (", ".join(f"{t:.1f}" for t in dt.get("target_return", [])) or "none (no oracle shard: no row)")
+               + " (the best data return of the nearest training velocity).")
     return rows, header, md, figure, {"train_velocities": generated["train_velocities"], "memorisation": mem,
                                       "prompt_dt_target_return": dt.get("target_return") if dt else None}
 

@@ -202,9 +202,9 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
             if chain.get("maa") is not None:  # the same conditions, raw (its artifact standardises them)
                 z = diffusion_sample(chain["maa"], chain["maa_art"], torch.stack(h), generator=g_maa)
                 generated.append(("maa", decode_generated(z, chain["maa_art"], ae)))
-            if chain.get("mt_bc") is not None:  # one deterministic policy per condition, the condition as its input
+            if baselines and chain.get("mt_bc") is not None:  # one deterministic policy per condition, the condition as input
                 generated.append(("mt-bc", fold_condition(chain["mt_bc"], torch.stack(h))))
-            if chain.get("prompt_dt") is not None:  # no parameters: its episodes run apart (prompt_dt_success)
+            if baselines and chain.get("prompt_dt") is not None:  # no parameters: its episodes run apart (prompt_dt_success)
                 generated.append(("prompt-dt", torch.zeros(len(h), common.num_params(spec))))
             for m, p in generated:
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
@@ -273,9 +273,13 @@ def prompt_dt_success(chain: dict, generated: dict, pairs: list[tuple[int, int]]
         c = generated["conditioning"][t]
         row = int((shards[t]["step"] == c["checkpoint_step"][rank[i]]).nonzero()[0, 0])
         demo_params.append(shards[t]["params"][row])
-        demo_envs.append(common.make_eval_env("metaworld", t, c["goal"][rank[i]],
-                                              goal_seed=shards[t]["settings"]["seed"] + 1))  # conditioning's goals
-    demo = record_episodes(torch.stack(demo_params).float(), demo_envs, art["policy"], common.MW_STEPS)
+        demo_envs.append((t, c["goal"][rank[i]], shards[t]["settings"]["seed"] + 1))  # the conditioning's goals
+    demo_params = torch.stack(demo_params).float()
+    parts = [record_episodes(demo_params[a : a + MAX_ENVS], [common.make_eval_env("metaworld", t, g, goal_seed=gs)
+                                                             for t, g, gs in demo_envs[a : a + MAX_ENVS]],
+                             art["policy"], common.MW_STEPS)
+             for a in range(0, len(need), MAX_ENVS)]  # at most MAX_ENVS simulators alive
+    demo = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     prompt, target = {}, {}
     for j, i in enumerate(need):
         ep = {"obs": torch.from_numpy(demo["obs"][j]), "act": torch.from_numpy(demo["act"][j]),

@@ -78,7 +78,7 @@ def record_episodes(params: torch.Tensor, envs: list, spec: dict, steps: int) ->
     return {"obs": obs, "act": act, "rew": rew, "success": success}
 
 
-def make_offline_data(args: Args, chain: dict, chunk: int = 256) -> dict:
+def make_offline_data(args: Args, chain: dict, chunk: int = 128) -> dict:
     """The episodes of every training checkpoint of `chain` (`latents.load_inputs`), in the autoencoder's
     row order, `episodes_per_checkpoint` per checkpoint, in lockstep chunks of `chunk` episodes."""
     shards, ae = chain["shards"], chain["ae_art"]
@@ -122,7 +122,8 @@ def load_offline_data(path: str | Path, suite: str, scale: str) -> dict:
     n = len(d["obs"])
     bad = [k for k in ("act", "rew", "done", "return", "success", "task", "cond", "checkpoint_step") if len(d[k]) != n]
     if bad or n == 0:
-        raise SystemExit(f"error: {path}: {n} episodes, but " + ", ".join(f"{len(d[k])} {k} rows" for k in bad))
+        raise SystemExit(f"error: {path}: {n} episodes" + "".join(f", {len(d[k])} {k} rows" for k in bad)
+                         + "; make it again (offline_data.py)")
     return d
 
 

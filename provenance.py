@@ -87,7 +87,7 @@ SCRIPT_DIRS = (ROOT, ROOT / "baselines")  # where the project's runnable files l
 def running_script() -> Path | None:
     """The project script whose code is running: the main program when it is one of the project's files,
     else (a stage's main() called from a test) the innermost caller that is a project file (top level or
-    baselines/) other than the shared plumbing (artifacts, provenance, common, training, latents, offline_data)."""
+    baselines/) other than the shared plumbing (artifacts, provenance, common, training, latents)."""
     main = getattr(sys.modules.get("__main__"), "__file__", None)
     if main and Path(main).resolve().parent in SCRIPT_DIRS and Path(main).is_file():
         return Path(main).resolve()
@@ -96,8 +96,7 @@ def running_script() -> Path | None:
         name = frame.f_code.co_filename  # `<string>`, `<frozen runpy>`: no file
         f = Path(name).resolve()
         if not name.startswith("<") and f.parent in SCRIPT_DIRS and f.is_file() and f.name not in (
-                "artifacts.py", "provenance.py", "common.py", "training.py", "latents.py", "offline_data.py",
-                "__init__.py"):
+                "artifacts.py", "provenance.py", "common.py", "training.py", "latents.py", "__init__.py"):
             return f
         frame = frame.f_back
     return None

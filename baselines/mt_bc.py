@@ -80,6 +80,13 @@ class ConditionedPolicy(nn.Module):
         return torch.tanh(self.fc_mean(F.relu(self.fc2(F.elu(self.fc1(x))))))
 
 
+def input_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-dimension std of the inputs [N, d], 1 where a dimension never varies in the data (MetaWorld's second
+    object, absent from every training task): scaling it up would amplify whatever a test task puts there."""
+    std = x.std(0)
+    return torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
 def bc_loss(policy: ConditionedPolicy, obs: torch.Tensor, cond: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
     return (policy(obs, cond) - act).square().sum(-1).mean()  # L_BC = E || a_hat(s, tau_e) - a ||^2
 
@@ -116,8 +123,8 @@ def main(args: Args) -> None:
     obs, act = data["obs"].flatten(0, 1), data["act"].flatten(0, 1)  # every step of every episode
     cond = data["cond"].repeat_interleave(T, 0)  # each step with its episode's condition
     policy = ConditionedPolicy(obs.shape[1], cond.shape[1], act.shape[1])
-    policy.obs_mean.copy_(obs.mean(0)), policy.obs_std.copy_(obs.std(0).clamp_min(1e-6))
-    policy.cond_mean.copy_(cond.mean(0)), policy.cond_std.copy_(cond.std(0).clamp_min(1e-6))
+    policy.obs_mean.copy_(obs.mean(0)), policy.obs_std.copy_(input_std(obs))
+    policy.cond_mean.copy_(cond.mean(0)), policy.cond_std.copy_(input_std(cond))
     policy, obs, cond, act = policy.to(dev), obs.to(dev), cond.to(dev), act.to(dev)
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     print(f"MT-BC: {len(obs)} (state, condition, action) triples of {len(data['obs'])} episodes, "
@@ -147,7 +154,8 @@ def load_mt_bc(path, suite: str, scale: str) -> tuple[ConditionedPolicy, dict]:
     art = artifacts.load_artifact(path, FORMAT, ("model", "cond_dim", "settings", "made_from"),
                                   spec=common.suite_spec(suite), suite=suite, scale=scale)
     spec = art["policy"]
-    policy = ConditionedPolicy(spec["obs_dim"], art["cond_dim"], spec["act_dim"], spec["hidden"])
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: the global stream stays as it was
+        policy = ConditionedPolicy(spec["obs_dim"], art["cond_dim"], spec["act_dim"], spec["hidden"])
     policy.load_state_dict(art["model"])
     return policy.eval().requires_grad_(False), art
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 import artifacts  # noqa: E402
 import common  # noqa: E402
 import training  # noqa: E402
+from baselines.mt_bc import input_std  # noqa: E402
 from offline_data import load_offline_data, returns_to_go  # noqa: E402
 
 FORMAT = "amt-hyp/prompt-dt v1"
@@ -117,7 +118,8 @@ def interleave(returns: torch.Tensor, states: torch.Tensor, actions: torch.Tenso
 
 def attention_allowed(valid: torch.Tensor) -> torch.Tensor:
     """valid [B, L] (False: a padding token) -> [B, 1, L, L], True where query i may attend to key j: j <= i
-    and j a real token (a padding query attends to itself only, its output unused)."""
+    and j a real token; every query also attends to itself (a padding query's output is never read, but its
+    softmax needs one key)."""
     L = valid.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=valid.device).tril()
     return ((causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=valid.device))[:, None]
@@ -275,7 +277,7 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     flat = data["obs"].flatten(0, 1)
-    data["obs_mean"], data["obs_std"] = flat.mean(0), flat.std(0).clamp_min(1e-6)
+    data["obs_mean"], data["obs_std"] = flat.mean(0), input_std(flat)
     present = [t for t in range(len(data["tasks"])) if (data["task"] == t).any()]  # the training tasks
     episodes_of = [(data["task"] == t).nonzero().squeeze(1) for t in present]
     best = [int(rows[data["return"][rows].argmax()]) for rows in episodes_of]  # each task's prompt episode
@@ -300,8 +302,7 @@ def main(args: Args) -> None:
                                save_every=args.save_every)
     model.train()
     for step in range(log.start, args.steps):
-        if step % args.save_every == 0:  # a resumed run (it resumes at such a step) draws the same batches
-            g.manual_seed(args.seed + step)
+        g.manual_seed(args.seed * 1_000_003 + step)  # each step's batch from (seed, step): a resumed run draws the same
         seq, prompt = training_batch(data, episodes_of, prompts, args, g, dev)
         loss = action_loss(model(seq, prompt), seq["act"], seq["mask"])
         opt.zero_grad(set_to_none=True)

@@ -114,6 +114,29 @@ def test_mt_bc_folds_into_the_generated_layout():
     assert torch.allclose(common.batched_act(flat, obs, spec), expected, atol=1e-5)
 
 
+def test_loading_a_baseline_leaves_the_global_random_stream_alone(tmp_path):
+    """The evaluation seeds torch's stream, loads the chain, then samples HypLatent's noise from it: loading
+    MT-BC or Prompt-DT must not draw from it, or their presence would change HypLatent's policies."""
+    import artifacts
+    from baselines import mt_bc, prompt_dt
+
+    spec = common.suite_spec("cheetah-vel")
+    arch = {"obs_dim": 17, "act_dim": 6, "max_steps": 200, "embed": 16, "layers": 1, "heads": 1, "dropout": 0.0}
+    arts = {"mt_bc.pt": {"format": mt_bc.FORMAT, "cond_dim": 1, "model": mt_bc.ConditionedPolicy(17, 1, 6).state_dict()},
+            "prompt_dt.pt": {"format": prompt_dt.FORMAT, "arch": arch, "model": prompt_dt.PromptDT(**arch).state_dict(),
+                             "obs_mean": torch.zeros(17), "obs_std": torch.ones(17), "tasks": ["vel-0.3"],
+                             "task_best_return": [-10.0], "step": 1}}
+    for name, art in arts.items():
+        art |= {"suite": "cheetah-vel", "policy": spec, "settings": {"scale": "smoke", "steps": 1}, "made_from": {}}
+        artifacts.save_artifact(art, tmp_path / name)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    for load, name in ((mt_bc.load_mt_bc, "mt_bc.pt"), (prompt_dt.load_prompt_dt, "prompt_dt.pt")):
+        torch.manual_seed(0)
+        load(tmp_path / name, "cheetah-vel", "smoke")
+        assert torch.equal(torch.rand(3), expected), f"loading {name} drew from the global stream"
+
+
 def test_prompt_dt_fits_one_trajectory():
     """A tiny Prompt-DT on one 8-step episode whose action is a function of the state: the action loss falls
     below 1% of its start, and the trained model reproduces the actions."""
