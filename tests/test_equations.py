@@ -324,7 +324,8 @@ def test_metaworld_chain_artifacts(metaworld_chain):
 
 def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path, monkeypatch):
     run, _ = cheetah_chain
-    for f in ("parent.pt", "autoencoder.pt", "hyplatent.pt", "hypformer.pt", "diffusion.pt"):
+    for f in ("parent.pt", "autoencoder.pt", "hyplatent.pt", "hypformer.pt", "diffusion.pt", "offline_data.pt",
+              "mt_bc.pt", "prompt_dt.pt"):
         (tmp_path / f).write_bytes((run / f).read_bytes())
     (tmp_path / "stage0").symlink_to(run / "stage0")
     seen = {}
@@ -359,6 +360,15 @@ def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path
     assert "maa" in gen["method"] and "maa" not in no_maa["method"]
     keep = [i for i, m in enumerate(gen["method"]) if m != "maa"]
     assert no_maa["method"] == [gen["method"][i] for i in keep] and torch.equal(no_maa["params"], gen["params"][keep])
+    # loading the conditioned-policy baselines draws nothing from the stream the generators sample from: the
+    # evaluation seeds it, then loads the chain, then generates
+    torch.manual_seed(0)
+    gen = ev.generate(args_at(ev, run_dir=str(tmp_path)), ev.load_chain(args_at(ev, run_dir=str(tmp_path))), [0.6])
+    torch.manual_seed(0)
+    bare = args_at(ev, run_dir=str(tmp_path), mt_bc="", prompt_dt="")
+    no_bl = ev.generate(bare, ev.load_chain(bare), [0.6])
+    keep = [i for i, m in enumerate(gen["method"]) if m != "mt-bc"]
+    assert "mt-bc" in gen["method"] and torch.equal(no_bl["params"], gen["params"][keep])
 
 
 def test_hyplatent_short_run(cheetah_chain, tmp_path):

