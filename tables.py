@@ -22,7 +22,10 @@ def fmt(m: float, h: float) -> str:
 
 
 def fmt_p(p: float) -> str:
-    return "-" if np.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+    """Three decimals, four where three would round a p below 0.05 up to 0.050 (beside a call)."""
+    if np.isnan(p):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.4f}" if p < 0.05 <= round(p, 3) else f"{p:.3f}"
 
 
 def leaves_0_100(lo: float, hi: float) -> bool:

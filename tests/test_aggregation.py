@@ -526,3 +526,11 @@ def test_a_fork_is_compared_with_its_default_seed_by_seed(tmp_path):
     assert "| (b) the fork `hinge` | -23.00 ± 3.29 | -21.00 ± 2.48 |" in md
     with pytest.raises(SystemExit, match="give --components or --fork"):
         agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), fork="hinge", components=True))
+
+
+def test_p_values_never_print_a_call_as_0050():
+    from tables import fmt_p
+
+    assert fmt_p(0.04956) == "0.0496"  # called (below 0.05): three decimals would print 0.050
+    assert fmt_p(0.0504) == "0.050" and fmt_p(0.123) == "0.123" and fmt_p(0.0004) == "< 0.001"
+    assert fmt_p(float("nan")) == "-"
