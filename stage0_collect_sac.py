@@ -26,6 +26,7 @@ otherwise stops the run with one line.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -201,142 +202,202 @@ class MetaWorldTraining:
 
 
 # ----------------------------------------------------------------------------------------------------
-# SAC, as CleanRL's sac_continuous_action.py: networks, losses, update, training loop
+# SAC, as CleanRL's sac_continuous_action.py, for K experts trained side by side as one ensemble
 # ----------------------------------------------------------------------------------------------------
 # Twin critics with targets, a tanh-Gaussian actor (the generated policy, common.Actor), automatic entropy
-# tuning, delayed actor updates. Five speed-ups that keep the algorithm, each named where it is: stacked
-# twin critics, numpy acting, a preallocated replay tensor, fused Adam and one foreach target update.
+# tuning, delayed actor updates. The experts of a run train in one process: every weight carries a leading
+# member dimension (as CORL's VectorizedLinear), so one batched matmul serves all K members. Each member
+# keeps its own environment, replay rows, random streams (numpy and torch) and entropy temperature; the
+# members' losses are summed, so member k's gradient is its own loss's, and Adam works element by element.
+# A 1-member ensemble is a single CleanRL-style expert (tests/test_stage0.py). Further speed-ups, each
+# named where it is: stacked twin critics, numpy acting, a preallocated replay tensor, fused Adam and one
+# foreach target update.
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-class TwinQ(nn.Module):
-    """Both SAC critics in one network with stacked weights (speed-up: one batched matmul per layer)."""
+class EnsembleLinear(nn.Module):
+    """K independent nn.Linear(i, o) layers in one batched matmul: weight [K, o, i], bias [K, o]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2):
+    def __init__(self, members: int, i: int, o: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(i)  # nn.Linear's default init range
+        self.weight = nn.Parameter(torch.empty(members, o, i).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, o).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[K, B, i] -> [K, B, o]."""
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class EnsembleActor(nn.Module):
+    """K actors of common.Actor's shape; member k's slice of the state dict is a common.Actor state dict."""
+
+    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: int = common.HIDDEN):
+        super().__init__()
+        self.fc1, self.fc2 = EnsembleLinear(members, obs_dim, hidden), EnsembleLinear(members, hidden, hidden)
+        self.fc_mean, self.fc_logstd = EnsembleLinear(members, hidden, act_dim), EnsembleLinear(members, hidden, act_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[K, B, obs] -> mean, log_std [K, B, act] (common.Actor's layers: ELU, then ReLU)."""
+        h = F.relu(self.fc2(F.elu(self.fc1(x))))
+        return self.fc_mean(h), self.fc_logstd(h)
+
+    def flat(self, k: int) -> torch.Tensor:
+        """Member k as one flat policy in common.param_shapes' layout (what a checkpoint saves)."""
+        return torch.cat([p[k].detach().reshape(-1) for p in self.parameters()]).float()
+
+
+class TwinQ(nn.Module):
+    """Both SAC critics of each of K members in one network, weights [K, 2, in, out] (speed-up: one
+    batched matmul per layer for all 2K critics)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, members: int = 1):
         super().__init__()
 
-        def linear(i, o):  # nn.Linear's default init, for n stacked layers
+        def linear(i, o):  # nn.Linear's default init, for the stacked layers
             bound = 1.0 / math.sqrt(i)
-            return (nn.Parameter(torch.empty(n, i, o).uniform_(-bound, bound)),
-                    nn.Parameter(torch.empty(n, 1, o).uniform_(-bound, bound)))
+            return (nn.Parameter(torch.empty(members, 2, i, o).uniform_(-bound, bound)),
+                    nn.Parameter(torch.empty(members, 2, 1, o).uniform_(-bound, bound)))
 
         self.w1, self.b1 = linear(obs_dim + act_dim, hidden)
         self.w2, self.b2 = linear(hidden, hidden)
         self.w3, self.b3 = linear(hidden, 1)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """[B, obs], [B, act] -> Q values [2, B]."""
-        x = torch.cat([obs, act], 1).expand(self.w1.shape[0], -1, -1)
-        h = F.relu(torch.baddbmm(self.b1, x, self.w1))
-        h = F.relu(torch.baddbmm(self.b2, h, self.w2))
-        return torch.baddbmm(self.b3, h, self.w3).squeeze(-1)
+        """[K, B, obs], [K, B, act] -> Q values [K, 2, B]."""
+        k, b = obs.shape[:2]
+        x = torch.cat([obs, act], -1).unsqueeze(1).expand(-1, 2, -1, -1).reshape(2 * k, b, -1)
+        h = F.relu(torch.baddbmm(self.b1.flatten(0, 1), x, self.w1.flatten(0, 1)))
+        h = F.relu(torch.baddbmm(self.b2.flatten(0, 1), h, self.w2.flatten(0, 1)))
+        return torch.baddbmm(self.b3.flatten(0, 1), h, self.w3.flatten(0, 1)).view(k, 2, b)
 
 
-def sample_action(actor: common.Actor, obs: torch.Tensor):
-    """Reparameterised tanh-Gaussian sample and its log-probability (CleanRL's SAC actor)."""
+def sample_action(actor: EnsembleActor, obs: torch.Tensor, gens: list):
+    """Reparameterised tanh-Gaussian sample and its log-probability (CleanRL's SAC actor), member k's noise
+    from its own generator gens[k]: obs [K, B, obs] -> action [K, B, act], log-prob [K, B], mean."""
     mean, log_std = actor(obs)
     log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
-    eps = torch.randn_like(mean)
+    eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
     y = torch.tanh(mean + log_std.exp() * eps)
     log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-                - torch.log(1 - y.pow(2) + 1e-6)).sum(1)
+                - torch.log(1 - y.pow(2) + 1e-6)).sum(-1)
     return y, log_prob, mean
 
 
 class NumpyActor:
-    """Speed-up for acting: the actor's forward in numpy on views that share memory with the torch
+    """Speed-up for acting: the actors' forward in numpy on views that share memory with the torch
     parameters (the optimizer updates them in place), with no torch call per environment step."""
 
-    def __init__(self, actor: common.Actor):
+    def __init__(self, actor: EnsembleActor):
         self.w = [p.detach().numpy() for p in actor.parameters()]
 
     def __call__(self, obs: np.ndarray):
+        """One observation per member, [K, obs] -> mean, log_std [K, act]."""
         w1, b1, w2, b2, wm, bm, ws, bs = self.w
-        h = obs @ w1.T + b1
+        h = (w1 @ obs[:, :, None])[..., 0] + b1
         h = np.where(h > 0, h, np.expm1(np.minimum(h, 0)))  # ELU
-        h = np.maximum(h @ w2.T + b2, 0)
-        return h @ wm.T + bm, h @ ws.T + bs
+        h = np.maximum((w2 @ h[:, :, None])[..., 0] + b2, 0)
+        return (wm @ h[:, :, None])[..., 0] + bm, (ws @ h[:, :, None])[..., 0] + bs
 
-    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, obs: np.ndarray, rngs: list) -> np.ndarray:
+        """[K, obs] -> actions [K, act]; member k's noise from rngs[k]."""
         mean, log_std = self(obs)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (np.tanh(log_std) + 1)
-        return np.tanh(mean + np.exp(log_std) * rng.standard_normal(mean.shape).astype(np.float32))
+        noise = np.stack([rng.standard_normal(mean.shape[1]).astype(np.float32) for rng in rngs])
+        return np.tanh(mean + np.exp(log_std) * noise)
 
 
 class Replay:
-    """Replay buffer, one preallocated float32 tensor [capacity, obs + act + 1 + 1 + obs] (speed-up: a
-    transition is one row write through a numpy view, a batch one index_select)."""
+    """The K members' replay buffers, one preallocated float32 tensor [K, capacity, obs + act + 1 + 1 + obs]
+    (speed-up: a step's K transitions are one write through a numpy view, a batch one gather). Member k
+    samples its own rows only, with its own generator."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+    def __init__(self, members: int, capacity: int, obs_dim: int, act_dim: int):
         self.o, self.a = obs_dim, act_dim
-        self.data = torch.zeros(capacity, 2 * obs_dim + act_dim + 2)
+        self.data = torch.zeros(members, capacity, 2 * obs_dim + act_dim + 2)
         self.np = self.data.numpy()
         self.size = self.pos = 0
 
     def add(self, obs, act, rew, term, next_obs):
+        """One transition per member: [K, obs], [K, act], [K], [K], [K, obs]."""
         o, a = self.o, self.a
-        row = self.np[self.pos]
-        row[:o], row[o : o + a], row[o + a], row[o + a + 1], row[o + a + 2 :] = obs, act, rew, term, next_obs
-        self.pos = (self.pos + 1) % len(self.data)
-        self.size = min(self.size + 1, len(self.data))
+        row = self.np[:, self.pos]
+        row[:, :o], row[:, o : o + a], row[:, o + a], row[:, o + a + 1], row[:, o + a + 2 :] = \
+            obs, act, rew, term, next_obs
+        self.pos = (self.pos + 1) % self.data.shape[1]
+        self.size = min(self.size + 1, self.data.shape[1])
 
-    def sample(self, n: int) -> torch.Tensor:
-        return self.data[torch.randint(self.size, (n,))]
+    def sample(self, n: int, gens: list) -> torch.Tensor:
+        """n rows of each member's own buffer, drawn with its generator: [K, n, row]."""
+        idx = torch.stack([torch.randint(self.size, (n,), generator=g) for g in gens])
+        return self.data[torch.arange(len(gens))[:, None], idx]
 
     def split(self, batch: torch.Tensor):
         o, a = self.o, self.a
-        return batch[:, :o], batch[:, o : o + a], batch[:, o + a], batch[:, o + a + 1], batch[:, o + a + 2 :]
+        return (batch[..., :o], batch[..., o : o + a], batch[..., o + a], batch[..., o + a + 1],
+                batch[..., o + a + 2 :])
 
 
-def new_agent(args: Args, obs_dim: int, act_dim: int) -> dict:
-    """Actor, twin critics, their targets, log alpha and the optimizers (speed-up: fused Adam)."""
-    torch.manual_seed(args.seed)  # one shared init for every child when there is no parent
-    actor, qf, qf_target = common.Actor(obs_dim, act_dim), TwinQ(obs_dim, act_dim, args.critic_hidden), \
-        TwinQ(obs_dim, act_dim, args.critic_hidden)
+def new_agent(args: Args, obs_dim: int, act_dim: int, init_seeds: list[int]) -> dict:
+    """Actors, twin critics, their targets, log alpha [K, 1] and the optimizers of K = len(init_seeds)
+    members; member k starts as a single expert seeded init_seeds[k] would (speed-up: fused Adam)."""
+    members = []
+    for s in init_seeds:
+        torch.manual_seed(s)
+        members.append({"actor": common.Actor(obs_dim, act_dim).state_dict(),
+                        "qf": member_of(TwinQ(obs_dim, act_dim, args.critic_hidden).state_dict(), 0)})
+    k = len(init_seeds)
+    actor, qf = EnsembleActor(k, obs_dim, act_dim), TwinQ(obs_dim, act_dim, args.critic_hidden, k)
+    qf_target = TwinQ(obs_dim, act_dim, args.critic_hidden, k)
+    actor.load_state_dict(stack_members([m["actor"] for m in members]))
+    qf.load_state_dict(stack_members([m["qf"] for m in members]))
     qf_target.load_state_dict(qf.state_dict())
-    log_alpha = torch.tensor(math.log(args.alpha), requires_grad=True)
+    log_alpha = torch.full((k, 1), math.log(args.alpha), requires_grad=True)
     return {"actor": actor, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha,
             "actor_opt": torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True),
             "q_opt": torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True),
             "alpha_opt": torch.optim.Adam([log_alpha], lr=args.q_lr), "target_entropy": -float(act_dim)}
 
 
-def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n_demo: int = 0) -> dict:
-    """One SAC update: the body of CleanRL's loop. `batch` = (obs, act, rew, term, next_obs); its first
-    `n_demo` rows are demonstrations for the behaviour-cloning term (MetaWorld quick)."""
+def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: torch.Tensor, gens: list,
+               n_demo: int = 0) -> dict:
+    """One SAC update of every member: the body of CleanRL's loop with a leading member dimension. `batch` =
+    (obs, act, rew, term, next_obs), each [K, B, ...]; `alpha` [K, 1]; member k's noise from gens[k]; the
+    first `n_demo` rows of each member's batch are demonstrations for the behaviour-cloning term (MetaWorld
+    quick). Returns each member's losses, [K]."""
     actor, qf, qf_target, log_alpha = agent["actor"], agent["qf"], agent["qf_target"], agent["log_alpha"]
     obs, act, rew, term, next_obs = batch
     with torch.no_grad():  # soft Bellman target with the smaller target critic
-        next_a, next_logp, _ = sample_action(actor, next_obs)
-        q_next = qf_target(next_obs, next_a).min(0).values - alpha * next_logp
+        next_a, next_logp, _ = sample_action(actor, next_obs, gens)
+        q_next = qf_target(next_obs, next_a).min(1).values - alpha * next_logp
         q_target = rew + args.gamma * (1 - term) * q_next
-    q_loss = (qf(obs, act) - q_target).pow(2).mean(1).sum()  # MSE of both critics, summed
+    q_loss = (qf(obs, act) - q_target.unsqueeze(1)).pow(2).mean(2).sum(1)  # MSE of both critics, summed
     agent["q_opt"].zero_grad(set_to_none=True)
-    q_loss.backward()
+    q_loss.sum().backward()  # summed over members: each member's gradient is its own loss's
     agent["q_opt"].step()
 
-    out = {"q_loss": q_loss}
+    out = {"q_loss": q_loss.detach()}
     if step % args.policy_frequency == 0:  # delayed actor updates, policy_frequency of them at once
         qf.requires_grad_(False)  # speed-up: the actor's backward needs no critic weight gradients
         for _ in range(args.policy_frequency):
-            a, logp, mean = sample_action(actor, obs)
-            q = qf(obs, a).min(0).values
-            actor_loss = (alpha * logp - q).mean()
+            a, logp, mean = sample_action(actor, obs, gens)
+            q = qf(obs, a).min(1).values
+            actor_loss = (alpha * logp - q).mean(1)
             if n_demo:  # BC on the demonstrations, scaled by the batch's mean |Q| as in TD3+BC
-                w = args.bc_weight * q.abs().mean().detach()
-                actor_loss = actor_loss + w * (torch.tanh(mean[:n_demo]) - act[:n_demo]).pow(2).mean()
+                w = args.bc_weight * q.abs().mean(1).detach()
+                actor_loss = actor_loss + w * (torch.tanh(mean[:, :n_demo]) - act[:, :n_demo]).pow(2).mean((1, 2))
             agent["actor_opt"].zero_grad(set_to_none=True)
-            actor_loss.backward()
+            actor_loss.sum().backward()
             agent["actor_opt"].step()
             # entropy tuning, on log alpha with the actor step's own sample (CleanRL: alpha, a fresh sample)
-            alpha_loss = -(log_alpha * (logp.detach() + agent["target_entropy"])).mean()
+            alpha_loss = -(log_alpha * (logp.detach() + agent["target_entropy"])).mean(1)
             agent["alpha_opt"].zero_grad(set_to_none=True)
-            alpha_loss.backward()
+            alpha_loss.sum().backward()
             agent["alpha_opt"].step()
-            alpha = log_alpha.exp().item()  # the next actor update uses the new temperature (as CleanRL)
+            alpha = log_alpha.detach().exp()  # the next actor update uses the new temperature (as CleanRL)
         qf.requires_grad_(True)
-        out["actor_loss"] = actor_loss
+        out["actor_loss"] = actor_loss.detach()
     with torch.no_grad():  # Polyak averaging of the target critics (speed-up: one foreach call)
         torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
     return out
@@ -345,72 +406,78 @@ def sac_update(agent: dict, args: Args, batch: tuple, step: int, alpha: float, n
 RECORD_KEYS = ("params", "step", "return", "success", "first_success", "traj", "post_success")
 
 
-def run_sac(args: Args, agent: dict, task, total_steps: int, checkpoints: list[int], from_parent: bool,
-            tag: str, state_path: Path, made_from: dict, demos: list | None = None, report=None,
-            writer=None) -> dict:
-    """SAC on `task` for `total_steps`; at each step in `checkpoints` the actor is saved and one
-    deterministic episode recorded. Every `args.save_every` seconds, between two episodes, the whole state
-    goes to `state_path` (`save_state`); a re-run resumes from it to the same result. Returns the records
-    (and `resumed_at`, the steps it was resumed at)."""
-    actor = agent["actor"]
-    spec = common.policy_spec(actor.fc1.in_features, actor.fc_mean.out_features)
-    rb, demo_rb = Replay(total_steps, spec["obs_dim"], spec["act_dim"]), demo_replay(demos, spec)
-    env, eval_env = make_env(args, task, seed=args.seed), make_env(args, task, seed=args.seed + 1)
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    records = {k: [] for k in RECORD_KEYS} | {"resumed_at": []}
-    start = resume_state(state_path, args, made_from, agent, rb, rng, env, eval_env, records, tag)
-    np_actor, alpha = NumpyActor(actor), agent["log_alpha"].exp().item()
+def run_sac(args: Args, agent: dict, tasks: list, seeds: list[int], total_steps: int, checkpoints: list[int],
+            from_parent: bool, tags: list[str], state_paths: list[Path], made_from: dict,
+            demos: list | None = None, report=None, writers: list | None = None) -> list[dict]:
+    """SAC for `total_steps`, member k on tasks[k], the members in lockstep. Member k's training environment,
+    numpy and torch streams are seeded seeds[k] and its checkpoint-episode environment seeds[k] + 1, as a
+    single expert's would be. At each step in `checkpoints` every actor is saved and one deterministic episode
+    recorded. Every `args.save_every` seconds, between two episodes, member k's whole state goes to
+    state_paths[k] (`save_state`); a re-run resumes from them to the same result. Returns each member's
+    records (and `resumed_at`, the steps it was resumed at)."""
+    actor, k_members = agent["actor"], len(tasks)
+    spec = common.policy_spec(actor.fc1.weight.shape[2], actor.fc_mean.weight.shape[1])
+    rb, demo_rb = Replay(k_members, total_steps, spec["obs_dim"], spec["act_dim"]), demo_replay(demos, spec)
+    envs = [make_env(args, t, seed=s) for t, s in zip(tasks, seeds)]
+    eval_envs = [make_env(args, t, seed=s + 1) for t, s in zip(tasks, seeds)]
+    rngs, gens = [np.random.default_rng(s) for s in seeds], [torch.Generator().manual_seed(s) for s in seeds]
+    records = [{k: [] for k in RECORD_KEYS} | {"resumed_at": []} for _ in tasks]
+    start = resume_state(state_paths, args, made_from, agent, rb, rngs, gens, envs, eval_envs, records, tags)
+    np_actor, alpha = NumpyActor(actor), agent["log_alpha"].detach().exp()
     ckpt_set, next_save, last_report, t_start = set(checkpoints), time.time() + args.save_every, start, time.time()
-    obs = None  # no episode running: the next step starts one
+    obs, ep_ret = [None] * k_members, [0.0] * k_members  # None: no episode running, the next step starts one
     for step in range(start, total_steps):
-        if obs is None:
-            (obs, _), ep_ret = env.reset(), 0.0
+        for k in range(k_members):
+            if obs[k] is None:
+                (obs[k], _), ep_ret[k] = envs[k].reset(), 0.0
         if step < args.learning_starts and not from_parent:
-            action = rng.uniform(-1, 1, spec["act_dim"]).astype(np.float32)
+            action = np.stack([rng.uniform(-1, 1, spec["act_dim"]).astype(np.float32) for rng in rngs])
         else:
-            action = np_actor.sample(obs, rng)
-        next_obs, reward, term, trunc, _ = env.step(action)
-        rb.add(obs, action, reward, float(term), next_obs)
-        obs, ep_ret = next_obs, ep_ret + reward
-        if term or trunc:
-            if writer is not None:
-                writer.add_scalar("train/episode_return", ep_ret, step)
-            obs = None
+            action = np_actor.sample(np.stack(obs), rngs)
+        steps = [env.step(a) for env, a in zip(envs, action)]  # (next_obs, reward, term, trunc, info) each
+        rb.add(np.stack(obs), action, [s[1] for s in steps], [float(s[2]) for s in steps], np.stack([s[0] for s in steps]))
+        for k, (next_obs, reward, term, trunc, _) in enumerate(steps):
+            obs[k], ep_ret[k] = next_obs, ep_ret[k] + reward
+            if term or trunc:
+                if writers:
+                    writers[k].add_scalar("train/episode_return", ep_ret[k], step)
+                obs[k] = None
 
         if step >= args.learning_starts:
-            batch = rb.sample(args.batch_size if demo_rb is None else args.batch_size // 2)
-            n_demo = 0 if demo_rb is None else args.batch_size - len(batch)
+            batch = rb.sample(args.batch_size if demo_rb is None else args.batch_size // 2, gens)
+            n_demo = 0 if demo_rb is None else args.batch_size - batch.shape[1]
             if n_demo:  # half demonstrations, half online data
-                batch = torch.cat([demo_rb.sample(n_demo), batch])
-            losses = sac_update(agent, args, rb.split(batch), step, alpha, n_demo)
-            alpha = agent["log_alpha"].exp().item()
-            if writer is not None and step % 1000 == 0:
-                for k, v in losses.items():
-                    writer.add_scalar(f"losses/{k}", v.item(), step)
-                writer.add_scalar("losses/alpha", alpha, step)
-                writer.add_scalar("charts/SPS", (step - start) / (time.time() - t_start + 1e-9), step)
+                batch = torch.cat([demo_rb.sample(n_demo, gens), batch], 1)
+            losses = sac_update(agent, args, rb.split(batch), step, alpha, gens, n_demo)
+            alpha = agent["log_alpha"].detach().exp()
+            if writers and step % 1000 == 0:
+                for k, w in enumerate(writers):
+                    for name, v in losses.items():
+                        w.add_scalar(f"losses/{name}", v[k].item(), step)
+                    w.add_scalar("losses/alpha", alpha[k].item(), step)
+                    w.add_scalar("charts/SPS", (step - start) / (time.time() - t_start + 1e-9), step)
 
-        if step + 1 in ckpt_set:  # checkpoint: save the actor, record one deterministic episode
-            flat = common.flatten(actor)
-            r = common.run_lockstep(flat[None], [eval_env], spec, record=True)
-            records["params"].append(flat)
-            records["step"].append(step + 1)
-            for k in ("return", "success", "first_success"):
-                records[k].append(r[k][0].item())
-            for k in ("traj", "post_success"):  # tensors: the resumable state must load with weights_only
-                records[k].append(torch.from_numpy(r[k][0]))
-            if writer is not None:
-                writer.add_scalar("checkpoint/return", records["return"][-1], step + 1)
-                writer.add_scalar("checkpoint/success", records["success"][-1], step + 1)
-        if obs is None and time.time() > next_save and step + 1 < total_steps:
-            save_state(state_path, args, made_from, step + 1, agent, rb, rng, env, eval_env, records)
+        if step + 1 in ckpt_set:  # checkpoint: save the actors, record one deterministic episode each
+            flat = torch.stack([actor.flat(k) for k in range(k_members)])
+            r = common.run_lockstep(flat, eval_envs, spec, record=True)
+            for k, rec in enumerate(records):
+                rec["params"].append(flat[k].clone())  # clone: a view would save the whole stack
+                rec["step"].append(step + 1)
+                for key in ("return", "success", "first_success"):
+                    rec[key].append(r[key][k].item())
+                for key in ("traj", "post_success"):  # tensors: the resumable state must load with weights_only
+                    rec[key].append(torch.from_numpy(r[key][k].copy()))
+                if writers:
+                    writers[k].add_scalar("checkpoint/return", rec["return"][-1], step + 1)
+                    writers[k].add_scalar("checkpoint/success", rec["success"][-1], step + 1)
+        if all(o is None for o in obs) and time.time() > next_save and step + 1 < total_steps:
+            save_state(state_paths, args, made_from, step + 1, agent, rb, rngs, gens, envs, eval_envs, records)
             next_save = time.time() + args.save_every
         if report is not None and step + 1 - last_report >= 500:
-            report(step + 1 - last_report)
+            report(k_members * (step + 1 - last_report))
             last_report = step + 1
     if report is not None:
-        report(total_steps - last_report)
+        report(k_members * (total_steps - last_report))
     return records
 
 
@@ -438,32 +505,51 @@ def scripted_episodes(task: str, n: int, steps: int, noise: float, seed: int) ->
 
 
 def demo_replay(demos: list | None, spec: dict) -> Replay | None:
-    """The demonstration buffer, or None without demonstrations."""
+    """The demonstration buffers of the members (demos[k]: member k's episodes, as many steps for each
+    member), or None without demonstrations."""
     if not demos:
         return None
-    rb = Replay(sum(len(A) for _, A, _ in demos), spec["obs_dim"], spec["act_dim"])
-    for O, A, R in demos:
-        for t in range(len(A)):
-            rb.add(O[t], A[t], R[t], 0.0, O[t + 1])
+    rb = Replay(len(demos), sum(len(A) for _, A, _ in demos[0]), spec["obs_dim"], spec["act_dim"])
+    for episodes in zip(*demos):  # the i-th episode of every member
+        for t in range(len(episodes[0][1])):
+            rb.add(*(np.stack([e[j][t] for e in episodes]) for j in (0, 1, 2)), np.zeros(len(demos)),
+                   np.stack([e[0][t + 1] for e in episodes]))
     return rb
 
 
 # ----------------------------------------------------------------------------------------------------
-# Resume: the whole training state between two episodes, saved and restored
+# Resume: the whole training state between two episodes, saved and restored, one file per member
 # ----------------------------------------------------------------------------------------------------
 
-PARTIAL_FORMAT = "amt-hyp/stage0-partial v4"  # artifacts.save_partial's layout, made_from: the parent
+PARTIAL_FORMAT = "amt-hyp/stage0-partial v5"  # artifacts.save_partial's layout, made_from: the parent
 NETS, OPTIMIZERS = ("actor", "qf", "qf_target"), ("actor_opt", "q_opt", "alpha_opt")
 
 
-def agent_state(agent: dict) -> dict:
-    """The networks and log alpha: what a child starts from (the parent's)."""
-    return {k: agent[k].state_dict() for k in NETS} | {"log_alpha": agent["log_alpha"].detach().clone()}
+def member_of(state, k: int):
+    """Member k's slice of an ensemble's state (networks, log alpha, optimizer states): every tensor with a
+    dimension is indexed on its leading, member dimension; 0-dim tensors (Adam's step count) are shared."""
+    if isinstance(state, dict):
+        return {key: member_of(v, k) for key, v in state.items()}
+    return state[k].clone() if isinstance(state, torch.Tensor) and state.dim() > 0 else state
+
+
+def stack_members(members: list):
+    """The inverse of `member_of`: the members' slices stacked into one ensemble state."""
+    if isinstance(members[0], dict):
+        return {key: stack_members([m[key] for m in members]) for key in members[0]}
+    return torch.stack(members) if isinstance(members[0], torch.Tensor) and members[0].dim() > 0 else members[0]
+
+
+def agent_state(agent: dict, optimizers: bool = False) -> dict:
+    """The networks and log alpha (and with `optimizers`, their states): a parent's is what a child starts from."""
+    return ({k: agent[k].state_dict() for k in NETS + (OPTIMIZERS if optimizers else ())}
+            | {"log_alpha": agent["log_alpha"].detach().clone()})
 
 
 def load_agent_state(agent: dict, state: dict) -> None:
-    for k in NETS:
-        agent[k].load_state_dict(state[k])
+    for k in NETS + OPTIMIZERS:
+        if k in state:
+            agent[k].load_state_dict(state[k])
     with torch.no_grad():
         agent["log_alpha"].copy_(state["log_alpha"])
 
@@ -484,41 +570,55 @@ def set_env_rng_state(env, state: dict) -> None:
         env.seed = state["seed"]
 
 
-def save_state(path: Path, args: Args, made_from: dict, step: int, agent: dict, rb: Replay, rng, env, eval_env,
-               records: dict) -> None:
-    """Everything the rest of the run depends on, taken between two episodes (so no episode is cut): the
-    networks with their optimizers, log alpha, the replay data, the random states of torch, numpy and both
-    environments, and the records so far (artifacts.save_partial)."""
-    extra = {"log_alpha": agent["log_alpha"].detach().clone(), "replay": rb.data[: rb.size].clone(),
-             "np_rng": rng.bit_generator.state, "env_rng": env_rng_state(env), "eval_env_rng": env_rng_state(eval_env)}
-    artifacts.save_partial(path, PARTIAL_FORMAT, step, shard_settings(args), made_from,
-                           {k: agent[k] for k in NETS + OPTIMIZERS}, records, extra)
+def save_state(paths: list[Path], args: Args, made_from: dict, step: int, agent: dict, rb: Replay, rngs, gens,
+               envs, eval_envs, records: list[dict]) -> None:
+    """Everything the rest of the run depends on, taken between two episodes (so no episode is cut), one file
+    per member: its networks with their optimizer states, log alpha, its replay rows, the random states of its
+    numpy and torch streams and of both its environments, and its records so far (artifacts.save_partial)."""
+    state = agent_state(agent, optimizers=True)
+    for k, path in enumerate(paths):
+        extra = {"agent": member_of(state, k), "replay": rb.data[k, : rb.size].clone(),
+                 "np_rng": rngs[k].bit_generator.state, "torch_gen": gens[k].get_state(),
+                 "env_rng": env_rng_state(envs[k]), "eval_env_rng": env_rng_state(eval_envs[k])}
+        artifacts.save_partial(path, PARTIAL_FORMAT, step, shard_settings(args), made_from, {}, records[k], extra)
 
 
-def resume_state(path: Path, args: Args, made_from: dict, agent: dict, rb: Replay, rng, env, eval_env, records,
-                 tag: str) -> int:
-    """Restore what `save_state` wrote (in place) and return the step to go on from (0: nothing to resume)."""
-    extra = {}
-    step, saved = artifacts.resume_partial(path, PARTIAL_FORMAT, shard_settings(args), made_from,
-                                           {k: agent[k] for k in NETS + OPTIMIZERS}, tag, extra)
-    if saved is None:
+def resume_state(paths: list[Path], args: Args, made_from: dict, agent: dict, rb: Replay, rngs, gens, envs,
+                 eval_envs, records: list[dict], tags: list[str]) -> int:
+    """Restore what `save_state` wrote (in place) and return the step to go on from (0: nothing to resume).
+    The members of one ensemble were saved together, so their states are of one step (main groups by step)."""
+    found = []
+    for k, path in enumerate(paths):
+        extra = {}
+        step, saved = artifacts.resume_partial(path, PARTIAL_FORMAT, shard_settings(args), made_from, {}, tags[k],
+                                               extra)
+        if saved is not None:
+            found.append((k, step, extra))
+            records[k].update(saved)
+            records[k]["resumed_at"].append(step)
+            print(f"{tags[k]}: {len(records[k]['step'])} checkpoints saved before step {step}")
+    if not found:
         return 0
-    with torch.no_grad():
-        agent["log_alpha"].copy_(extra["log_alpha"])
-    rb.data[: len(extra["replay"])] = extra["replay"]
-    rb.size = rb.pos = len(extra["replay"])
-    rng.bit_generator.state = extra["np_rng"]
-    set_env_rng_state(env, extra["env_rng"])
-    set_env_rng_state(eval_env, extra["eval_env_rng"])
-    records.update(saved)
-    records["resumed_at"].append(step)
-    print(f"{tag}: {len(records['step'])} checkpoints saved before step {step}")
-    return step
+    if len(found) < len(paths) or len({step for _, step, _ in found}) > 1:
+        raise SystemExit(f"error: {', '.join(str(p) for p in paths)}: saved at different steps, so they cannot "
+                         "train as one ensemble (run them in separate processes, or delete the .partial.pt files)")
+    extras = [e for _, _, e in found]
+    load_agent_state(agent, stack_members([e["agent"] for e in extras]))
+    rb.data[:, : len(extras[0]["replay"])] = torch.stack([e["replay"] for e in extras])
+    rb.size = rb.pos = len(extras[0]["replay"])
+    for k, e in enumerate(extras):
+        rngs[k].bit_generator.state = e["np_rng"]
+        gens[k].set_state(e["torch_gen"])
+        set_env_rng_state(envs[k], e["env_rng"])
+        set_env_rng_state(eval_envs[k], e["eval_env_rng"])
+    return found[0][1]
 
 
 # ----------------------------------------------------------------------------------------------------
-# The parent, and one child per task
+# The parent (upright, or tried again), and the children: one ensemble of experts per worker
 # ----------------------------------------------------------------------------------------------------
+
+PARENT_TRIES = 5  # Cheetah-Vel: a parent ending upside down is trained again from seed + 1000 k, k < 5
 
 
 def parent_velocity(velocities: list[float]) -> float:
@@ -527,22 +627,48 @@ def parent_velocity(velocities: list[float]) -> float:
     return min(velocities, key=lambda v: (round(abs(v - mid), 9), v))
 
 
+def deterministic_episode(params: torch.Tensor, velocities: list[float], spec: dict) -> list[tuple[float, bool]]:
+    """(return, upright at the end) of one deterministic Cheetah-Vel episode of each flat policy at its velocity."""
+    envs = [common.make_eval_env("cheetah-vel", v) for v in velocities]
+    ret = common.run_lockstep(params, envs, spec)["return"]
+    return [(float(r), not e.upside_down()) for r, e in zip(ret, envs)]
+
+
+def parent_member(parent: dict) -> dict:
+    """The parent's agent state as one ensemble member's (log alpha [1]; parents of older code kept a scalar)."""
+    return parent["agent"] | {"log_alpha": parent["agent"]["log_alpha"].reshape(1)}
+
+
 def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
-    """Train the parent and save its whole SAC state, or load it if `path` holds one of these settings."""
+    """Train the parent and save its whole SAC state, or load it if `path` holds one of these settings.
+    Cheetah-Vel: the parent is kept only if its deterministic episode at v* ends upright; otherwise it is
+    trained again from seed + 1000 k (k = 1..4), each try logged. The rule reads the parent alone, before any
+    child exists (DESIGN.md section 4). A re-run killed during a later try trains the earlier ones again."""
     if path.exists():
         parent = artifacts.load_artifact(path, artifacts.PARENT_FORMAT, ("agent", "params", "settings"), spec=spec,
                                          suite=args.suite, scale=args.scale)
         artifacts.check_settings(path, parent["settings"], shard_settings(args))
         print(f"parent: using {path} ({parent['task']})")
         return parent
-    t0, resumed_at = time.time(), []
-    agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
+    t0, resumed_at, tries = time.time(), [], []
+    agent = new_agent(args, spec["obs_dim"], spec["act_dim"], [args.seed])
     if args.suite == "cheetah-vel":
         task = parent_velocity(tasks)
-        if args.parent_steps > 0:
-            print(f"parent: SAC for {args.parent_steps} steps at v* = {task}")
-            resumed_at = run_sac(args, agent, task, total_steps=args.parent_steps, checkpoints=[], from_parent=False,
-                                 tag="parent", state_path=path.with_suffix(".partial.pt"), made_from={})["resumed_at"]
+        for k in range(PARENT_TRIES if args.parent_steps > 0 else 0):
+            seed = args.seed + 1000 * k
+            agent = new_agent(args, spec["obs_dim"], spec["act_dim"], [seed])
+            print(f"parent: SAC for {args.parent_steps} steps at v* = {task}, try {k + 1} (seed {seed})")
+            partial = path.with_suffix(".partial.pt" if k == 0 else f".try{k + 1}.partial.pt")
+            resumed_at = run_sac(args, agent, [task], [seed], total_steps=args.parent_steps, checkpoints=[],
+                                 from_parent=False, tags=["parent"], state_paths=[partial], made_from={})[0]["resumed_at"]
+            ret, upright = deterministic_episode(agent["actor"].flat(0)[None], [task], spec)[0]
+            tries.append({"seed": seed, "return": ret, "upright": upright})
+            print(f"parent try {k + 1} (seed {seed}): deterministic return {ret:.1f} at v* = {task}, "
+                  + ("upright at the end" if upright else "UPSIDE DOWN at the end"))
+            if upright:
+                break
+        if tries and not tries[-1]["upright"]:
+            print(f"parent: no upright parent in {PARENT_TRIES} tries; keeping the last (every expert inherits its gait)")
         name = common.task_name(args.suite, task)
     else:  # behaviour cloning: MSE between tanh(mean) and noisy scripted actions, pooled over tasks
         obs, act = [], []
@@ -554,7 +680,7 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
         opt = torch.optim.Adam(agent["actor"].parameters(), lr=1e-3)
         for _ in range(args.parent_bc_steps):
             idx = torch.randint(len(obs), (args.batch_size,))
-            loss = F.mse_loss(agent["actor"].act(obs[idx]), act[idx])
+            loss = F.mse_loss(torch.tanh(agent["actor"](obs[idx][None])[0][0]), act[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -562,11 +688,12 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
               f"final MSE {loss.item() if args.parent_bc_steps else float('nan'):.4f}")
         name = "bc:" + ",".join(args.parent_tasks)
     parent = {"format": artifacts.PARENT_FORMAT, "suite": args.suite, "task": name, "policy": spec,
-              "params": common.flatten(agent["actor"]), "agent": agent_state(agent),
+              "params": agent["actor"].flat(0), "agent": member_of(agent_state(agent), 0), "tries": tries,
               "trained_with_sac": args.suite == "cheetah-vel" and args.parent_steps > 0, "resumed_at": resumed_at,
               "settings": shard_settings(args), "config": asdict(args), "seconds": time.time() - t0}
     artifacts.save_artifact(parent, path)
-    path.with_suffix(".partial.pt").unlink(missing_ok=True)
+    for partial in path.parent.glob(f"{path.stem}*.partial.pt"):
+        partial.unlink()
     print(f"parent: saved {path} in {parent['seconds']:.0f}s")
     return parent
 
@@ -584,71 +711,88 @@ def check_shard(args: Args, path: Path, parent: dict) -> dict:
     return shard
 
 
-def train_task(args: Args, task, parent: dict, spec: dict, stage_dir: Path, report=None) -> str:
-    """Fine-tune one expert from the parent and write its shard. Returns a one-line summary."""
+def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: Path, report=None) -> list[str]:
+    """Fine-tune one expert per task from the parent, all of them as one ensemble, and write each one's shard.
+    Returns a one-line summary per task."""
     torch.set_num_threads(args.torch_threads)
-    name = common.task_name(args.suite, task)
-    lock = artifacts.lock_run_dir(stage_dir, f"stage 0 ({name})", name=f".{name}.lock")  # noqa: F841 - one process per task
-    if (stage_dir / f"{name}.pt").exists():  # finished by another process meanwhile
-        check_shard(args, stage_dir / f"{name}.pt", parent)
-        return f"{name}: finished by another process"
-    t0 = time.time()
-    agent = new_agent(args, spec["obs_dim"], spec["act_dim"])
-    load_agent_state(agent, parent["agent"])
-    demos = None
-    if args.suite == "metaworld" and args.demo_episodes > 0:
-        demos = scripted_episodes(task, args.demo_episodes, args.demo_steps, args.demo_noise,
-                                  seed=goal_seeds(args)["demonstrations"])
-    checkpoints = [args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
-    from torch.utils.tensorboard import SummaryWriter
+    names = [common.task_name(args.suite, t) for t in tasks]
+    with contextlib.ExitStack() as locks:  # one process per task
+        for name in names:
+            locks.enter_context(artifacts.lock_run_dir(stage_dir, f"stage 0 ({name})", name=f".{name}.lock"))
+        lines = []
+        for t, name in list(zip(tasks, names)):
+            if (stage_dir / f"{name}.pt").exists():  # finished by another process meanwhile
+                check_shard(args, stage_dir / f"{name}.pt", parent)
+                lines.append(f"{name}: finished by another process")
+                tasks, names = [x for x in tasks if x != t], [x for x in names if x != name]
+        if not tasks:
+            return lines
+        t0 = time.time()
+        seeds = [args.seed] * len(tasks)  # every expert's streams seeded as a single expert's were
+        agent = new_agent(args, spec["obs_dim"], spec["act_dim"], seeds)
+        load_agent_state(agent, stack_members([parent_member(parent)] * len(tasks)))
+        demos = None
+        if args.suite == "metaworld" and args.demo_episodes > 0:
+            demos = [scripted_episodes(t, args.demo_episodes, args.demo_steps, args.demo_noise,
+                                       seed=goal_seeds(args)["demonstrations"]) for t in tasks]
+        checkpoints = [args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(Path(args.run_dir) / "tb" / "stage0" / name))
-    rec = run_sac(args, agent, task, total_steps=checkpoints[-1], checkpoints=checkpoints,
-                  from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tag=name,
-                  state_path=stage_dir / f"{name}.partial.pt", made_from={"parent.pt": parent["uid"]}, demos=demos,
-                  report=report, writer=writer)
-    writer.close()
-    shard = {"format": artifacts.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
-             "params": torch.stack(rec["params"]), "step": torch.tensor(rec["step"], dtype=torch.int64),
-             "return": torch.tensor(rec["return"], dtype=torch.float32),
-             "success": torch.tensor(rec["success"], dtype=torch.float32),
-             "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
-             "traj": torch.stack(rec["traj"]), "post_success": torch.stack(rec["post_success"]),
-             "resumed_at": rec["resumed_at"], "settings": shard_settings(args),
-             "made_from": {"parent.pt": parent["uid"]}, "config": asdict(args), "seconds": time.time() - t0}
-    if args.suite == "cheetah-vel":
-        shard["target_velocity"] = float(task)
-    artifacts.save_artifact(shard, stage_dir / f"{name}.pt")
-    (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
-    best = int(shard["return"].argmax())
-    line = (f"{name}: {len(rec['step'])} checkpoints in {shard['seconds']:.0f}s; best return "
-            f"{shard['return'][best]:.1f} at step {int(shard['step'][best])}")
-    if rec["resumed_at"]:
-        line += f"; resumed at step {', '.join(map(str, rec['resumed_at']))}"
-    if args.suite == "metaworld":
-        line += f"; success rate of the last 20 checkpoints {100 * shard['success'][-20:].mean():.0f}%"
-    return line
+        writers = [SummaryWriter(str(Path(args.run_dir) / "tb" / "stage0" / name)) for name in names]
+        made_from = {"parent.pt": parent["uid"]}
+        recs = run_sac(args, agent, tasks, seeds, total_steps=checkpoints[-1], checkpoints=checkpoints,
+                       from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tags=names,
+                       state_paths=[stage_dir / f"{name}.partial.pt" for name in names], made_from=made_from,
+                       demos=demos, report=report, writers=writers)
+        for w in writers:
+            w.close()
+        seconds = time.time() - t0
+        for t, name, rec in zip(tasks, names, recs):
+            shard = {"format": artifacts.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
+                     "params": torch.stack(rec["params"]), "step": torch.tensor(rec["step"], dtype=torch.int64),
+                     "return": torch.tensor(rec["return"], dtype=torch.float32),
+                     "success": torch.tensor(rec["success"], dtype=torch.float32),
+                     "first_success": torch.tensor(rec["first_success"], dtype=torch.int64),
+                     "traj": torch.stack(rec["traj"]), "post_success": torch.stack(rec["post_success"]),
+                     "resumed_at": rec["resumed_at"], "settings": shard_settings(args), "made_from": made_from,
+                     "ensemble": names, "config": asdict(args), "seconds": seconds}
+            if args.suite == "cheetah-vel":
+                shard["target_velocity"] = float(t)
+            artifacts.save_artifact(shard, stage_dir / f"{name}.pt")
+            (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
+            best = int(shard["return"].argmax())
+            line = (f"{name}: {len(rec['step'])} checkpoints in {seconds:.0f}s (ensemble of {len(tasks)}); best "
+                    f"return {shard['return'][best]:.1f} at step {int(shard['step'][best])}")
+            if rec["resumed_at"]:
+                line += f"; resumed at step {', '.join(map(str, rec['resumed_at']))}"
+            if args.suite == "metaworld":
+                line += f"; success rate of the last 20 checkpoints {100 * shard['success'][-20:].mean():.0f}%"
+            lines.append(line)
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------
-# Summary (parent check, shard table) and the queue the worker processes report their steps on
+# Summary (parent tries, shard table, experts ending upside down) and the queue workers report steps on
 # ----------------------------------------------------------------------------------------------------
 
 
-def check_parent(parent: dict, spec: dict) -> str:
-    """One deterministic episode of the Cheetah-Vel parent at its velocity: its return, and whether it ends
-    upside down, a gait every expert fine-tuned from it inherits (their returns at high velocities show it)."""
+def parent_report(parent: dict, spec: dict) -> str:
+    """The Cheetah-Vel parent's tries and the kept parent's deterministic episode at its velocity: a gait
+    that ends upside down is inherited by every expert fine-tuned from it."""
     v = float(parent["task"].removeprefix("vel-"))
-    env = common.make_eval_env("cheetah-vel", v)
-    ret = float(common.run_lockstep(parent["params"][None], [env], spec)["return"][0])
-    return (f"parent at v* = {v:g}: deterministic return {ret:.1f}, " + ("UPSIDE DOWN at the end (running on its back; "
-            "every expert of this run descends from it)" if env.upside_down() else "upright at the end"))
+    ret, upright = deterministic_episode(parent["params"][None], [v], spec)[0]
+    lines = [f"parent try {i + 1} (seed {t['seed']}): deterministic return {t['return']:.1f}, "
+             + ("upright" if t["upright"] else "upside down") + " at the end" for i, t in enumerate(parent.get("tries", []))]
+    lines.append(f"parent at v* = {v:g}: deterministic return {ret:.1f}, " + (
+        "upright at the end" if upright else "UPSIDE DOWN at the end (running on its back; every expert of this "
+        "run descends from it)"))
+    return "\n\n".join(lines)
 
 
-def summarize(args: Args, shards: dict) -> str:
-    """A markdown table of the shards ({task: shard}). Cheetah-Vel: the best checkpoint per velocity;
-    MetaWorld: success of all and of the last 20 checkpoints. (How well neighbouring experts mix:
-    benchmarks/stage0_midpoints.py.)"""
+def summarize(args: Args, shards: dict, spec: dict) -> str:
+    """A markdown table of the shards ({task: shard}). Cheetah-Vel: the best checkpoint per velocity and
+    whether the last checkpoint's deterministic episode ends upright; MetaWorld: success of all and of the
+    last 20 checkpoints. (How well neighbouring experts mix: benchmarks/stage0_midpoints.py.)"""
     if args.suite == "metaworld":
         rows = ["| task | checkpoints | steps | success, all checkpoints | success, last 20 | first success at step |",
                 "|---|---|---|---|---|---|"]
@@ -658,11 +802,15 @@ def summarize(args: Args, shards: dict) -> str:
                         f"{100 * s['success'].mean():.0f}% | {100 * s['success'][-20:].mean():.0f}% | "
                         f"{int(hit[0]) if len(hit) else '-'} |")
         return "\n".join(rows)
-    rows = ["| v* | best checkpoint return | at step |", "|---|---|---|"]
-    for v in sorted(shards):
+    velocities = sorted(shards)
+    last = deterministic_episode(torch.stack([shards[v]["params"][-1] for v in velocities]), velocities, spec)
+    rows = ["| v* | best checkpoint return | at step | last checkpoint: return, end |", "|---|---|---|---|"]
+    for v, (ret, upright) in zip(velocities, last):
         s = shards[v]
-        rows.append(f"| {v:g} | {float(s['return'].max()):.1f} | {int(s['step'][s['return'].argmax()])} |")
-    return "\n".join(rows)
+        rows.append(f"| {v:g} | {float(s['return'].max()):.1f} | {int(s['step'][s['return'].argmax()])} | "
+                    f"{ret:.1f}, {'upright' if upright else 'UPSIDE DOWN'} |")
+    down = sum(not u for _, u in last)
+    return "\n".join(rows) + f"\n\nexperts whose last checkpoint ends upside down: {down} of {len(last)}"
 
 
 _report_queue = None
@@ -673,13 +821,26 @@ def _set_report_queue(q) -> None:
     _report_queue = q
 
 
-def _worker(args, task, parent, spec, stage_dir):
-    return train_task(args, task, parent, spec, stage_dir, report=_report_queue.put)
+def _worker(args, tasks, parent, spec, stage_dir):
+    return train_experts(args, tasks, parent, spec, stage_dir, report=_report_queue.put)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Main: the parent, then the children in worker processes
+# Main: the parent, then the children as ensembles, one per worker process
 # ----------------------------------------------------------------------------------------------------
+
+
+def ensembles(todo: list, resume_steps: dict, jobs: int) -> list[list]:
+    """The tasks split into ensembles: tasks resumed at one step train together (their states are of one
+    step), each such group in up to `jobs` near-equal parts, one per worker process."""
+    groups = {}
+    for t in todo:
+        groups.setdefault(resume_steps.get(t, 0), []).append(t)
+    out = []
+    for group in groups.values():
+        parts = min(jobs, len(group))
+        out += [list(p) for p in np.array_split(np.array(group, dtype=object), parts)]
+    return out
 
 
 def main(args: Args) -> None:
@@ -698,36 +859,40 @@ def main(args: Args) -> None:
     else:  # one process trains it; another one started meanwhile stops with one line
         with artifacts.lock_run_dir(run, "stage 0 (parent)", name=".parent.lock"):
             parent = train_parent(args, tasks, spec, run / "parent.pt")
-    parent_line = check_parent(parent, spec) if parent["trained_with_sac"] else ""
+    parent_line = parent_report(parent, spec) if parent["trained_with_sac"] else ""
     if parent_line:
         print(parent_line)
     if args.parent_only:
         return
-    todo = []  # the tasks to train; finished shards and resumable states are checked before the work starts
+    todo, resume_steps = [], {}  # the tasks to train; finished shards and resumable states are checked first
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
         partial = path.with_suffix(".partial.pt")
         if partial.exists():
-            artifacts.check_partial(partial, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]})
+            resume_steps[t] = artifacts.check_partial(partial, PARTIAL_FORMAT, shard_settings(args),
+                                                      {"parent.pt": parent["uid"]}, ("step",))["step"]
         if path.exists():
             check_shard(args, path, parent)  # finished: it must belong to this run
         else:
             todo.append(t)
+    parts = ensembles(todo, resume_steps, jobs)
     steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
-          f"and {args.num_checkpoints} checkpoints each, {min(jobs, max(len(todo), 1))} worker(s)")
+          f"and {args.num_checkpoints} checkpoints each, in {len(parts)} ensemble(s) of "
+          f"{'/'.join(str(len(p)) for p in parts) or 0} on {min(jobs, max(len(parts), 1))} worker(s)")
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo) * steps_per_task, unit="step", disable=not args.progress, smoothing=0.05)
-    if jobs == 1 or len(todo) <= 1:
-        for t in todo:
-            bar.write(train_task(args, t, parent, spec, stage_dir, report=bar.update))
+    if jobs == 1 or len(parts) <= 1:
+        for p in parts:
+            for line in train_experts(args, p, parent, spec, stage_dir, report=bar.update):
+                bar.write(line)
     else:
         import multiprocessing as mp
 
         q = mp.get_context("spawn").Queue()
-        with artifacts.process_pool(min(jobs, len(todo)), _set_report_queue, (q,)) as pool:
-            pending = {pool.submit(_worker, args, t, parent, spec, stage_dir) for t in todo}
+        with artifacts.process_pool(min(jobs, len(parts)), _set_report_queue, (q,)) as pool:
+            pending = {pool.submit(_worker, args, p, parent, spec, stage_dir) for p in parts}
             while pending:
                 try:
                     bar.update(q.get(timeout=0.5))
@@ -735,7 +900,8 @@ def main(args: Args) -> None:
                     pass
                 for f in [f for f in pending if f.done()]:
                     pending.discard(f)
-                    bar.write(f.result())  # a failed task raises here: process_pool kills the others
+                    for line in f.result():  # a failed ensemble raises here: process_pool kills the others
+                        bar.write(line)
         while not q.empty():
             bar.update(q.get())
     bar.close()
@@ -745,7 +911,7 @@ def main(args: Args) -> None:
         if not p.name.endswith(".partial.pt"):
             s = check_shard(args, p, parent)
             shards[s.get("target_velocity", s["task"])] = s
-    summary = (parent_line + "\n\n" if parent_line else "") + summarize(args, shards)
+    summary = (parent_line + "\n\n" if parent_line else "") + summarize(args, shards, spec)
     artifacts.write_atomic(run / f"{args.shard_dir}_summary.md", lambda p: p.write_text(summary + "\n"))
     print(summary)
 

@@ -52,15 +52,15 @@ def sac_seconds_per_step(suite: str, steps: int) -> tuple[float, float]:
     a = replace(a, learning_starts=0, save_every=1e9, demo_episodes=0)
     task = 1.35 if suite == "cheetah-vel" else "door-open-v3"
     spec = common.suite_spec(suite)
-    agent = s0.new_agent(a, spec["obs_dim"], spec["act_dim"])
+    agent = s0.new_agent(a, spec["obs_dim"], spec["act_dim"], [a.seed])  # one expert: a 1-member ensemble
     with tempfile.TemporaryDirectory() as tmp:
         def train(n):
-            s0.run_sac(a, agent, task, total_steps=n, checkpoints=[], from_parent=True, tag="bench",
-                       state_path=Path(tmp) / "none.partial.pt", made_from={})
+            s0.run_sac(a, agent, [task], [a.seed], total_steps=n, checkpoints=[], from_parent=True, tags=["bench"],
+                       state_paths=[Path(tmp) / "none.partial.pt"], made_from={})
         sac = per_step(train, steps)
     env = s0.make_env(a, task, seed=1)
     t = time.perf_counter()
-    common.run_lockstep(common.flatten(agent["actor"])[None], [env], spec, record=True)
+    common.run_lockstep(agent["actor"].flat(0)[None], [env], spec, record=True)
     return sac, time.perf_counter() - t
 
 
