@@ -66,7 +66,8 @@ class Args:
     """stage0: the shards stages 1-3 learn from; oracle: experts at velocities no stage trains on, trained
     the same way from the same parent (evaluate.py's upper bound, `<run_dir>/oracle/`)"""
     jobs: int = 0
-    """worker processes, one task at a time each (0 = all cores)"""
+    """worker processes, each training its share of the tasks as one ensemble (0 = all cores); a member's
+    numbers depend on its ensemble within float rounding, so the split is part of the result"""
     parent_only: bool = False
     """train (or check) the parent and stop: the first job of a job array (slurm/), whose tasks then each
     run one --velocities / --tasks entry in the same run directory at once"""
@@ -407,13 +408,13 @@ RECORD_KEYS = ("params", "step", "return", "success", "first_success", "traj", "
 
 
 def run_sac(args: Args, agent: dict, tasks: list, seeds: list[int], total_steps: int, checkpoints: list[int],
-            from_parent: bool, tags: list[str], state_paths: list[Path], made_from: dict,
+            from_parent: bool, tags: list[str], state_path: Path, made_from: dict,
             demos: list | None = None, report=None, writers: list | None = None) -> list[dict]:
     """SAC for `total_steps`, member k on tasks[k], the members in lockstep. Member k's training environment,
     numpy and torch streams are seeded seeds[k] and its checkpoint-episode environment seeds[k] + 1, as a
     single expert's would be. At each step in `checkpoints` every actor is saved and one deterministic episode
-    recorded. Every `args.save_every` seconds, between two episodes, member k's whole state goes to
-    state_paths[k] (`save_state`); a re-run resumes from them to the same result. Returns each member's
+    recorded. Every `args.save_every` seconds, between two episodes, and once more at the end, the whole state
+    goes to `state_path` (`save_state`); a re-run resumes from it to the same result. Returns each member's
     records (and `resumed_at`, the steps it was resumed at)."""
     actor, k_members = agent["actor"], len(tasks)
     spec = common.policy_spec(actor.fc1.weight.shape[2], actor.fc_mean.weight.shape[1])
@@ -422,7 +423,7 @@ def run_sac(args: Args, agent: dict, tasks: list, seeds: list[int], total_steps:
     eval_envs = [make_env(args, t, seed=s + 1) for t, s in zip(tasks, seeds)]
     rngs, gens = [np.random.default_rng(s) for s in seeds], [torch.Generator().manual_seed(s) for s in seeds]
     records = [{k: [] for k in RECORD_KEYS} | {"resumed_at": []} for _ in tasks]
-    start = resume_state(state_paths, args, made_from, agent, rb, rngs, gens, envs, eval_envs, records, tags)
+    start = resume_state(state_path, args, made_from, agent, rb, rngs, gens, envs, eval_envs, records, tags)
     np_actor, alpha = NumpyActor(actor), agent["log_alpha"].detach().exp()
     ckpt_set, next_save, last_report, t_start = set(checkpoints), time.time() + args.save_every, start, time.time()
     obs, ep_ret = [None] * k_members, [0.0] * k_members  # None: no episode running, the next step starts one
@@ -471,13 +472,15 @@ def run_sac(args: Args, agent: dict, tasks: list, seeds: list[int], total_steps:
                     writers[k].add_scalar("checkpoint/return", rec["return"][-1], step + 1)
                     writers[k].add_scalar("checkpoint/success", rec["success"][-1], step + 1)
         if all(o is None for o in obs) and time.time() > next_save and step + 1 < total_steps:
-            save_state(state_paths, args, made_from, step + 1, agent, rb, rngs, gens, envs, eval_envs, records)
+            save_state(state_path, args, made_from, step + 1, agent, rb, rngs, gens, envs, eval_envs, records, tags)
             next_save = time.time() + args.save_every
         if report is not None and step + 1 - last_report >= 500:
             report(k_members * (step + 1 - last_report))
             last_report = step + 1
     if report is not None:
         report(k_members * (total_steps - last_report))
+    if checkpoints and start < total_steps:  # the finished state: a kill while the shards are written resumes here
+        save_state(state_path, args, made_from, total_steps, agent, rb, rngs, gens, envs, eval_envs, records, tags)
     return records
 
 
@@ -518,7 +521,7 @@ def demo_replay(demos: list | None, spec: dict) -> Replay | None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Resume: the whole training state between two episodes, saved and restored, one file per member
+# Resume: the whole training state between two episodes, saved and restored, one file per ensemble
 # ----------------------------------------------------------------------------------------------------
 
 PARTIAL_FORMAT = "amt-hyp/stage0-partial v5"  # artifacts.save_partial's layout, made_from: the parent
@@ -570,48 +573,48 @@ def set_env_rng_state(env, state: dict) -> None:
         env.seed = state["seed"]
 
 
-def save_state(paths: list[Path], args: Args, made_from: dict, step: int, agent: dict, rb: Replay, rngs, gens,
-               envs, eval_envs, records: list[dict]) -> None:
-    """Everything the rest of the run depends on, taken between two episodes (so no episode is cut), one file
-    per member: its networks with their optimizer states, log alpha, its replay rows, the random states of its
-    numpy and torch streams and of both its environments, and its records so far (artifacts.save_partial)."""
-    state = agent_state(agent, optimizers=True)
-    for k, path in enumerate(paths):
-        extra = {"agent": member_of(state, k), "replay": rb.data[k, : rb.size].clone(),
-                 "np_rng": rngs[k].bit_generator.state, "torch_gen": gens[k].get_state(),
-                 "env_rng": env_rng_state(envs[k]), "eval_env_rng": env_rng_state(eval_envs[k])}
-        artifacts.save_partial(path, PARTIAL_FORMAT, step, shard_settings(args), made_from, {}, records[k], extra)
+def partial_path(stage_dir: Path, names: list[str]) -> Path:
+    """Where an ensemble's resumable state goes: `<task>.partial.pt` for one member, `<first task>+<K - 1>.partial.pt`
+    for K; the file lists its members, which decide (the name is for reading)."""
+    return stage_dir / (f"{names[0]}.partial.pt" if len(names) == 1 else f"{names[0]}+{len(names) - 1}.partial.pt")
 
 
-def resume_state(paths: list[Path], args: Args, made_from: dict, agent: dict, rb: Replay, rngs, gens, envs,
-                 eval_envs, records: list[dict], tags: list[str]) -> int:
-    """Restore what `save_state` wrote (in place) and return the step to go on from (0: nothing to resume).
-    The members of one ensemble were saved together, so their states are of one step (main groups by step)."""
-    found = []
-    for k, path in enumerate(paths):
-        extra = {}
-        step, saved = artifacts.resume_partial(path, PARTIAL_FORMAT, shard_settings(args), made_from, {}, tags[k],
-                                               extra)
-        if saved is not None:
-            found.append((k, step, extra))
-            records[k].update(saved)
-            records[k]["resumed_at"].append(step)
-            print(f"{tags[k]}: {len(records[k]['step'])} checkpoints saved before step {step}")
-    if not found:
+def save_state(path: Path, args: Args, made_from: dict, step: int, agent: dict, rb: Replay, rngs, gens, envs,
+               eval_envs, records: list[dict], members: list[str]) -> None:
+    """Everything the rest of the run depends on, taken between two episodes (so no episode is cut), in one file
+    written atomically: the members' names, the networks with their optimizer states, log alpha, the replay
+    rows, each member's numpy and torch random states and its environments', the records so far. One file for
+    the whole ensemble: a member's numbers depend (within float rounding) on the ensemble it trains in, so it
+    resumes in the same one."""
+    extra = {"members": members, "agent": agent_state(agent, optimizers=True), "replay": rb.data[:, : rb.size].clone(),
+             "np_rng": [r.bit_generator.state for r in rngs], "torch_gen": [g.get_state() for g in gens],
+             "env_rng": [env_rng_state(e) for e in envs], "eval_env_rng": [env_rng_state(e) for e in eval_envs]}
+    artifacts.save_partial(path, PARTIAL_FORMAT, step, shard_settings(args), made_from, {}, {"members": records}, extra)
+
+
+def resume_state(path: Path, args: Args, made_from: dict, agent: dict, rb: Replay, rngs, gens, envs, eval_envs,
+                 records: list[dict], members: list[str]) -> int:
+    """Restore what `save_state` wrote (in place) and return the step to go on from (0: nothing to resume)."""
+    extra = {}
+    step, saved = artifacts.resume_partial(path, PARTIAL_FORMAT, shard_settings(args), made_from, {},
+                                           "+".join(members), extra)
+    if saved is None:
         return 0
-    if len(found) < len(paths) or len({step for _, step, _ in found}) > 1:
-        raise SystemExit(f"error: {', '.join(str(p) for p in paths)}: saved at different steps, so they cannot "
-                         "train as one ensemble (run them in separate processes, or delete the .partial.pt files)")
-    extras = [e for _, _, e in found]
-    load_agent_state(agent, stack_members([e["agent"] for e in extras]))
-    rb.data[:, : len(extras[0]["replay"])] = torch.stack([e["replay"] for e in extras])
-    rb.size = rb.pos = len(extras[0]["replay"])
-    for k, e in enumerate(extras):
-        rngs[k].bit_generator.state = e["np_rng"]
-        gens[k].set_state(e["torch_gen"])
-        set_env_rng_state(envs[k], e["env_rng"])
-        set_env_rng_state(eval_envs[k], e["eval_env_rng"])
-    return found[0][1]
+    if extra["members"] != members:
+        raise SystemExit(f"error: {path}: the resumable state of {', '.join(extra['members'])}, not of "
+                         f"{', '.join(members)} (delete it to start those tasks afresh)")
+    load_agent_state(agent, extra["agent"])
+    rb.data[:, : extra["replay"].shape[1]] = extra["replay"]
+    rb.size = rb.pos = extra["replay"].shape[1]
+    for k, rec in enumerate(records):
+        rec.update(saved["members"][k])
+        rec["resumed_at"].append(step)
+        rngs[k].bit_generator.state = extra["np_rng"][k]
+        gens[k].set_state(extra["torch_gen"][k])
+        set_env_rng_state(envs[k], extra["env_rng"][k])
+        set_env_rng_state(eval_envs[k], extra["eval_env_rng"][k])
+    print(f"{'+'.join(members)}: {len(records[0]['step'])} checkpoints saved before step {step}")
+    return step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -643,7 +646,8 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
     """Train the parent and save its whole SAC state, or load it if `path` holds one of these settings.
     Cheetah-Vel: the parent is kept only if its deterministic episode at v* ends upright; otherwise it is
     trained again from seed + 1000 k (k = 1..4), each try logged. The rule reads the parent alone, before any
-    child exists (DESIGN.md section 4). A re-run killed during a later try trains the earlier ones again."""
+    child exists (DESIGN.md section 4). A re-run after a kill during a later try goes through the earlier ones
+    again (each resumed from its last saved state) to the same tries."""
     if path.exists():
         parent = artifacts.load_artifact(path, artifacts.PARENT_FORMAT, ("agent", "params", "settings"), spec=spec,
                                          suite=args.suite, scale=args.scale)
@@ -660,7 +664,7 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
             print(f"parent: SAC for {args.parent_steps} steps at v* = {task}, try {k + 1} (seed {seed})")
             partial = path.with_suffix(".partial.pt" if k == 0 else f".try{k + 1}.partial.pt")
             resumed_at = run_sac(args, agent, [task], [seed], total_steps=args.parent_steps, checkpoints=[],
-                                 from_parent=False, tags=["parent"], state_paths=[partial], made_from={})[0]["resumed_at"]
+                                 from_parent=False, tags=["parent"], state_path=partial, made_from={})[0]["resumed_at"]
             ret, upright = deterministic_episode(agent["actor"].flat(0)[None], [task], spec)[0]
             tries.append({"seed": seed, "return": ret, "upright": upright})
             print(f"parent try {k + 1} (seed {seed}): deterministic return {ret:.1f} at v* = {task}, "
@@ -677,9 +681,9 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
                                              seed=goal_seeds(args)[f"parent demonstrations of {t}"]):
                 obs.append(O[:-1]), act.append(A)
         obs, act = torch.as_tensor(np.concatenate(obs)), torch.as_tensor(np.concatenate(act))
-        opt = torch.optim.Adam(agent["actor"].parameters(), lr=1e-3)
+        opt, gen = torch.optim.Adam(agent["actor"].parameters(), lr=1e-3), torch.Generator().manual_seed(args.seed)
         for _ in range(args.parent_bc_steps):
-            idx = torch.randint(len(obs), (args.batch_size,))
+            idx = torch.randint(len(obs), (args.batch_size,), generator=gen)
             loss = F.mse_loss(torch.tanh(agent["actor"](obs[idx][None])[0][0]), act[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -720,13 +724,14 @@ def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: 
         for name in names:
             locks.enter_context(artifacts.lock_run_dir(stage_dir, f"stage 0 ({name})", name=f".{name}.lock"))
         lines = []
-        for t, name in list(zip(tasks, names)):
-            if (stage_dir / f"{name}.pt").exists():  # finished by another process meanwhile
-                check_shard(args, stage_dir / f"{name}.pt", parent)
-                lines.append(f"{name}: finished by another process")
-                tasks, names = [x for x in tasks if x != t], [x for x in names if x != name]
-        if not tasks:
-            return lines
+        if not partial_path(stage_dir, names).exists():  # a fresh ensemble: tasks finished meanwhile are left out
+            done = [n for n in names if (stage_dir / f"{n}.pt").exists()]
+            for n in done:
+                check_shard(args, stage_dir / f"{n}.pt", parent)
+                lines.append(f"{n}: finished by another process")
+            tasks, names = [t for t, n in zip(tasks, names) if n not in done], [n for n in names if n not in done]
+            if not tasks:
+                return lines
         t0 = time.time()
         seeds = [args.seed] * len(tasks)  # every expert's streams seeded as a single expert's were
         agent = new_agent(args, spec["obs_dim"], spec["act_dim"], seeds)
@@ -742,12 +747,15 @@ def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: 
         made_from = {"parent.pt": parent["uid"]}
         recs = run_sac(args, agent, tasks, seeds, total_steps=checkpoints[-1], checkpoints=checkpoints,
                        from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tags=names,
-                       state_paths=[stage_dir / f"{name}.partial.pt" for name in names], made_from=made_from,
+                       state_path=partial_path(stage_dir, names), made_from=made_from,
                        demos=demos, report=report, writers=writers)
         for w in writers:
             w.close()
-        seconds = time.time() - t0
+        seconds = time.time() - t0  # the ensemble's wall time, in each member's shard
         for t, name, rec in zip(tasks, names, recs):
+            if (stage_dir / f"{name}.pt").exists():  # written before a kill; the ensemble resumed at its end
+                lines.append(f"{name}: written before the re-run")
+                continue
             shard = {"format": artifacts.STAGE0_FORMAT, "suite": args.suite, "task": name, "policy": spec,
                      "params": torch.stack(rec["params"]), "step": torch.tensor(rec["step"], dtype=torch.int64),
                      "return": torch.tensor(rec["return"], dtype=torch.float32),
@@ -759,7 +767,6 @@ def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: 
             if args.suite == "cheetah-vel":
                 shard["target_velocity"] = float(t)
             artifacts.save_artifact(shard, stage_dir / f"{name}.pt")
-            (stage_dir / f"{name}.partial.pt").unlink(missing_ok=True)
             best = int(shard["return"].argmax())
             line = (f"{name}: {len(rec['step'])} checkpoints in {seconds:.0f}s (ensemble of {len(tasks)}); best "
                     f"return {shard['return'][best]:.1f} at step {int(shard['step'][best])}")
@@ -768,6 +775,7 @@ def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: 
             if args.suite == "metaworld":
                 line += f"; success rate of the last 20 checkpoints {100 * shard['success'][-20:].mean():.0f}%"
             lines.append(line)
+        partial_path(stage_dir, names).unlink(missing_ok=True)
     return lines
 
 
@@ -830,17 +838,28 @@ def _worker(args, tasks, parent, spec, stage_dir):
 # ----------------------------------------------------------------------------------------------------
 
 
-def ensembles(todo: list, resume_steps: dict, jobs: int) -> list[list]:
-    """The tasks split into ensembles: tasks resumed at one step train together (their states are of one
-    step), each such group in up to `jobs` near-equal parts, one per worker process."""
-    groups = {}
-    for t in todo:
-        groups.setdefault(resume_steps.get(t, 0), []).append(t)
-    out = []
-    for group in groups.values():
-        parts = min(jobs, len(group))
-        out += [list(p) for p in np.array_split(np.array(group, dtype=object), parts)]
+def resumable_ensembles(args: Args, stage_dir: Path, tasks: list, parent: dict) -> list[list]:
+    """The ensembles with a resumable state in `stage_dir` whose members are all tasks of this run (each is
+    resumed whole, as it was saved); states of finished ensembles are deleted, other processes' left alone."""
+    by_name, out = {common.task_name(args.suite, t): t for t in tasks}, []
+    for p in sorted(stage_dir.glob("*.partial.pt")):
+        members = artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]},
+                                          ("extra",))["extra"]["members"]
+        if not set(members) <= set(by_name):
+            if set(members) & set(by_name):
+                raise SystemExit(f"error: {p}: the resumable state of an ensemble of {', '.join(members)}; run those "
+                                 "tasks together to resume it, or delete it to start them afresh")
+            continue  # another process's (a job array's other tasks)
+        if all((stage_dir / f"{n}.pt").exists() for n in members):
+            p.unlink()  # finished: the kill came after the shards, before this state was deleted
+            continue
+        out.append([by_name[n] for n in members])
     return out
+
+
+def split(tasks: list, parts: int) -> list[list]:
+    """`tasks` in `parts` near-equal consecutive ensembles (fewer when there are fewer tasks)."""
+    return [list(p) for p in np.array_split(np.array(tasks, dtype=object), min(parts, len(tasks)))] if tasks else []
 
 
 def main(args: Args) -> None:
@@ -864,18 +883,16 @@ def main(args: Args) -> None:
         print(parent_line)
     if args.parent_only:
         return
-    todo, resume_steps = [], {}  # the tasks to train; finished shards and resumable states are checked first
+    resumed = resumable_ensembles(args, stage_dir, tasks, parent)  # each goes on as the ensemble it was
+    todo = []  # the other tasks to train; finished shards are checked before the work starts
     for t in tasks:
         path = stage_dir / f"{common.task_name(args.suite, t)}.pt"
-        partial = path.with_suffix(".partial.pt")
-        if partial.exists():
-            resume_steps[t] = artifacts.check_partial(partial, PARTIAL_FORMAT, shard_settings(args),
-                                                      {"parent.pt": parent["uid"]}, ("step",))["step"]
         if path.exists():
             check_shard(args, path, parent)  # finished: it must belong to this run
-        else:
+        elif not any(t in e for e in resumed):
             todo.append(t)
-    parts = ensembles(todo, resume_steps, jobs)
+    parts = resumed + split(todo, jobs)
+    todo = [t for p in parts for t in p]
     steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
           f"and {args.num_checkpoints} checkpoints each, in {len(parts)} ensemble(s) of "

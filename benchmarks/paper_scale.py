@@ -56,7 +56,7 @@ def sac_seconds_per_step(suite: str, steps: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         def train(n):
             s0.run_sac(a, agent, [task], [a.seed], total_steps=n, checkpoints=[], from_parent=True, tags=["bench"],
-                       state_paths=[Path(tmp) / "none.partial.pt"], made_from={})
+                       state_path=Path(tmp) / "none.partial.pt", made_from={})
         sac = per_step(train, steps)
     env = s0.make_env(a, task, seed=1)
     t = time.perf_counter()

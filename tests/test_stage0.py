@@ -178,16 +178,17 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 
 def partial_with(path: Path, checkpoints: int) -> bool:
     try:
-        return len(torch.load(path, weights_only=True)["history"]["step"]) >= checkpoints
+        return len(torch.load(path, weights_only=True)["history"]["members"][0]["step"]) >= checkpoints
     except Exception:  # noqa: BLE001 - not there yet, or being replaced
         return False
 
 
 @pytest.mark.slow
 def test_resume_after_kills_gives_the_uninterrupted_run_bit_for_bit(tmp_path):
-    """Killed after a periodic save of the parent, then of the child, the re-runs resume and end with the
-    parent and the shard of a run that was never interrupted, bit for bit, and say where they resumed."""
-    flags = ["--scale", "smoke", "--velocities", "0.6", "--save-every", "0", "--num-checkpoints", "12",
+    """Killed after a periodic save of the parent, then of a 2-member ensemble, then after the ensemble's
+    first shard is written, the re-runs resume (the ensemble as the same ensemble) and end with the parent
+    and the shards of a run that was never interrupted, bit for bit, and say where they resumed."""
+    flags = ["--scale", "smoke", "--velocities", "0.6", "1.2", "--save-every", "0", "--num-checkpoints", "12",
              "--checkpoint-every", "50", "--first-checkpoint", "200", "--jobs", "1"]
     r = run_stage0("--run-dir", str(tmp_path / "whole"), *flags)
     assert r.returncode == 0, r.stderr
@@ -196,22 +197,61 @@ def test_resume_after_kills_gives_the_uninterrupted_run_bit_for_bit(tmp_path):
     start = lambda: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: E731
     kill_when(start(), lambda: (run / "parent.partial.pt").exists())
     assert not (run / "parent.pt").exists()
-    partial = run / "stage0" / "vel-0.6.partial.pt"
+    partial = run / "stage0" / "vel-0.6+1.partial.pt"  # one state for the ensemble of vel-0.6 and vel-1.2
     kill_when(start(), lambda: partial_with(partial, 4))
     saved = torch.load(partial, weights_only=True)
-    assert not (run / "stage0" / "vel-0.6.pt").exists()
+    assert saved["extra"]["members"] == ["vel-0.6", "vel-1.2"] and not list((run / "stage0").glob("vel-*.pt"))
     r = run_stage0("--run-dir", str(run), *flags)
     assert r.returncode == 0, r.stderr
     assert f"resuming from {partial} at step {saved['step']}" in r.stdout
-    assert f"{len(saved['history']['step'])} checkpoints saved before step {saved['step']}" in r.stdout
-    whole = {p: torch.load(tmp_path / "whole" / p, weights_only=True) for p in ("parent.pt", "stage0/vel-0.6.pt")}
+    checkpoints = len(saved["history"]["members"][0]["step"])
+    assert f"vel-0.6+vel-1.2: {checkpoints} checkpoints saved before step {saved['step']}" in r.stdout
+    whole = {p: torch.load(tmp_path / "whole" / p, weights_only=True)
+             for p in ("parent.pt", "stage0/vel-0.6.pt", "stage0/vel-1.2.pt")}
     again = {p: torch.load(run / p, weights_only=True) for p in whole}
     assert torch.equal(whole["parent.pt"]["params"], again["parent.pt"]["params"])
     assert again["parent.pt"]["resumed_at"] and not whole["parent.pt"]["resumed_at"]
-    assert again["stage0/vel-0.6.pt"]["resumed_at"] == [saved["step"]]
-    for k in s0.RECORD_KEYS:
-        assert torch.equal(whole["stage0/vel-0.6.pt"][k], again["stage0/vel-0.6.pt"][k]), k
+    for shard in ("stage0/vel-0.6.pt", "stage0/vel-1.2.pt"):
+        assert again[shard]["resumed_at"] == [saved["step"]] and again[shard]["ensemble"] == ["vel-0.6", "vel-1.2"]
+        for k in s0.RECORD_KEYS:
+            assert torch.equal(whole[shard][k], again[shard][k]), (shard, k)
     assert not partial.exists()
+
+
+@pytest.mark.slow
+def test_a_failure_while_the_shards_are_written_resumes_from_the_finished_state(tmp_path, monkeypatch, one_thread):
+    """The ensemble saves its finished state before it writes the shards; a failure after the first shard
+    leaves that state, and the re-run writes the second shard from it, without training, equal bit for bit
+    to the shard of a run that never failed."""
+    argv = ["--scale", "smoke", "--velocities", "0.3", "1.5", "--num-checkpoints", "2", "--first-checkpoint", "250",
+            "--checkpoint-every", "50"]
+    spec, shards = common.suite_spec("cheetah-vel"), {}
+    for name in ("whole", "failed"):
+        args = common.parse_args(s0.Args, s0.SCALES, "", argv=[*argv, "--run-dir", str(tmp_path / name)])
+        (tmp_path / name / "stage0").mkdir(parents=True)
+        parent = s0.train_parent(args, [0.3, 1.5], spec, tmp_path / name / "parent.pt")
+        parent = artifacts.load_artifact(tmp_path / name / "parent.pt", artifacts.PARENT_FORMAT)  # with its uid
+        if name == "failed":
+            real, written = artifacts.save_artifact, []
+
+            def fail_on_the_second_shard(obj, path):
+                if obj.get("format") == artifacts.STAGE0_FORMAT and written:
+                    raise OSError("disk full")
+                written.append(path)
+                real(obj, path)
+
+            monkeypatch.setattr(artifacts, "save_artifact", fail_on_the_second_shard)
+            with pytest.raises(OSError):
+                s0.train_experts(args, [0.3, 1.5], parent, spec, tmp_path / name / "stage0")
+            monkeypatch.setattr(artifacts, "save_artifact", real)
+            state = torch.load(tmp_path / name / "stage0" / "vel-0.3+1.partial.pt", weights_only=True)
+            assert state["step"] == 300 and (tmp_path / name / "stage0" / "vel-0.3.pt").exists()
+        lines = s0.train_experts(args, [0.3, 1.5], parent, spec, tmp_path / name / "stage0")
+        shards[name] = torch.load(tmp_path / name / "stage0" / "vel-1.5.pt", weights_only=True)
+    assert lines[0] == "vel-0.3: written before the re-run" and "resumed at step 300" in lines[1]
+    for k in s0.RECORD_KEYS:
+        assert torch.equal(shards["whole"][k], shards["failed"][k]), k
+    assert not list((tmp_path / "failed" / "stage0").glob("*.partial.pt"))
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -504,7 +544,7 @@ def test_a_k_member_run_gives_the_k_single_runs_checkpoints(tmp_path, one_thread
     def run(tasks):
         agent = s0.new_agent(args, 17, 6, [args.seed] * len(tasks))
         return s0.run_sac(args, agent, tasks, [args.seed] * len(tasks), 220, [160, 220], False,
-                          [f"v{t}" for t in tasks], [tmp_path / f"{t}-{len(tasks)}.partial.pt" for t in tasks], {})
+                          [f"v{t}" for t in tasks], tmp_path / f"{len(tasks)}-{tasks[0]}.partial.pt", {})
 
     both, alone = run([0.3, 1.5]), [run([0.3])[0], run([1.5])[0]]
     for b, a in zip(both, alone):
