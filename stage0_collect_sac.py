@@ -332,7 +332,8 @@ class Replay:
     def sample(self, n: int, gens: list) -> torch.Tensor:
         """n rows of each member's own buffer, drawn with its generator: [K, n, row]."""
         idx = torch.stack([torch.randint(self.size, (n,), generator=g) for g in gens])
-        return self.data[torch.arange(len(gens))[:, None], idx]
+        rows = idx + torch.arange(len(gens))[:, None] * self.data.shape[1]  # speed-up: one index_select
+        return self.data.view(-1, self.data.shape[2]).index_select(0, rows.view(-1)).view(len(gens), n, -1)
 
     def split(self, batch: torch.Tensor):
         o, a = self.o, self.a
@@ -843,8 +844,9 @@ def resumable_ensembles(args: Args, stage_dir: Path, tasks: list, parent: dict) 
     resumed whole, as it was saved); states of finished ensembles are deleted, other processes' left alone."""
     by_name, out = {common.task_name(args.suite, t): t for t in tasks}, []
     for p in sorted(stage_dir.glob("*.partial.pt")):
-        members = artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]},
-                                          ("extra",))["extra"]["members"]
+        st = artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]})
+        if not (members := st.get("extra", {}).get("members")):
+            raise SystemExit(f"error: {p}: lists no ensemble members (delete it to start its tasks afresh)")
         if not set(members) <= set(by_name):
             if set(members) & set(by_name):
                 raise SystemExit(f"error: {p}: the resumable state of an ensemble of {', '.join(members)}; run those "

@@ -38,9 +38,18 @@ def test_job_array_bodies_make_the_chain(cheetah_chain, tmp_path):
     assert job("shard", SLURM_ARRAY_TASK_ID="2").returncode == 0
     assert sorted(p.name for p in (run / "stage0").glob("*.pt")) == ["vel-0.3.pt", "vel-1.5.pt"]
     assert [p.name for p in (run / "oracle").glob("*.pt")] == ["vel-0.225.pt"]
-    # the same experts as the chain that trained them in one process (same seed, same parent)
+    # the same experts as a local stage 0 that trains each task as its own ensemble (--jobs 2 for 2 tasks; same
+    # seed, same parent). The smoke chain trains the two as one ensemble, equal to these within float rounding
+    # only (DESIGN.md section 4), so the comparison is with a local run of the job array's split.
+    local = tmp_path / "local"
+    local.mkdir()
+    shutil.copy(chain_run / "parent.pt", local / "parent.pt")
+    r = subprocess.run([sys.executable, str(ROOT / "stage0_collect_sac.py"), "--scale", "smoke", "--run-dir", str(local),
+                        "--velocities", "0.3", "1.5", "--jobs", "2", "--no-progress"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "in 2 ensemble(s) of 1/1" in r.stdout, r.stderr
     for name in ("vel-0.3.pt", "vel-1.5.pt"):  # everything a later stage reads, uid and timings aside
-        a, b = (torch.load(d / "stage0" / name, weights_only=True) for d in (run, chain_run))
+        a, b = (torch.load(d / "stage0" / name, weights_only=True) for d in (run, local))
         for k in ("params", "step", "return", "success", "first_success", "traj", "post_success"):
             assert torch.equal(a[k], b[k]), k
         assert a["settings"] == b["settings"] and a["made_from"] == b["made_from"] and a["task"] == b["task"]

@@ -88,6 +88,21 @@ def test_ensemble_actor_member_is_common_actor_in_the_flat_layout():
     torch.testing.assert_close(agent["actor"](obs)[0][1], single(obs[1])[0])
 
 
+def test_replay_member_samples_only_its_own_rows_with_its_own_generator():
+    rb = s0.Replay(3, 10, 2, 1)  # rows of 2 + 1 + 1 + 1 + 2 = 7 values
+    for t in range(6):  # member k's transition t holds 10 k + t everywhere
+        v = np.array([10.0 * k + t for k in range(3)], np.float32)
+        rb.add(np.stack([v, v], 1), v[:, None], v, v, np.stack([v, v], 1))  # obs, act, reward, term, next obs
+    batch = rb.sample(50, [torch.Generator().manual_seed(s) for s in (0, 1, 0)])
+    assert batch.shape == (3, 50, 7)
+    for k in range(3):
+        rows = batch[k, :, 0]
+        assert ((rows >= 10 * k) & (rows < 10 * k + 6)).all()  # its own 6 rows only, none beyond the size
+        assert (batch[k] == rows[:, None]).all()
+    torch.testing.assert_close(batch[2] - 20, batch[0])  # members 0 and 2: one seed, so the same row draws
+    assert not torch.equal(batch[1, :, 0] - 10, batch[0, :, 0])
+
+
 def test_sample_action_log_prob_matches_torch_distributions():
     actor = s0.new_agent(s0.Args(), 4, 3, [0, 1])["actor"]
     obs = torch.randn(2, 6, 4)
@@ -200,7 +215,8 @@ def test_resume_after_kills_gives_the_uninterrupted_run_bit_for_bit(tmp_path):
     partial = run / "stage0" / "vel-0.6+1.partial.pt"  # one state for the ensemble of vel-0.6 and vel-1.2
     kill_when(start(), lambda: partial_with(partial, 4))
     saved = torch.load(partial, weights_only=True)
-    assert saved["extra"]["members"] == ["vel-0.6", "vel-1.2"] and not list((run / "stage0").glob("vel-*.pt"))
+    assert saved["extra"]["members"] == ["vel-0.6", "vel-1.2"]
+    assert not (run / "stage0" / "vel-0.6.pt").exists() and not (run / "stage0" / "vel-1.2.pt").exists()
     r = run_stage0("--run-dir", str(run), *flags)
     assert r.returncode == 0, r.stderr
     assert f"resuming from {partial} at step {saved['step']}" in r.stdout
@@ -224,7 +240,7 @@ def test_a_failure_while_the_shards_are_written_resumes_from_the_finished_state(
     leaves that state, and the re-run writes the second shard from it, without training, equal bit for bit
     to the shard of a run that never failed."""
     argv = ["--scale", "smoke", "--velocities", "0.3", "1.5", "--num-checkpoints", "2", "--first-checkpoint", "250",
-            "--checkpoint-every", "50"]
+            "--checkpoint-every", "50", "--parent-steps", "200", "--learning-starts", "100"]
     spec, shards = common.suite_spec("cheetah-vel"), {}
     for name in ("whole", "failed"):
         args = common.parse_args(s0.Args, s0.SCALES, "", argv=[*argv, "--run-dir", str(tmp_path / name)])
@@ -235,9 +251,10 @@ def test_a_failure_while_the_shards_are_written_resumes_from_the_finished_state(
             real, written = artifacts.save_artifact, []
 
             def fail_on_the_second_shard(obj, path):
-                if obj.get("format") == artifacts.STAGE0_FORMAT and written:
-                    raise OSError("disk full")
-                written.append(path)
+                if obj.get("format") == artifacts.STAGE0_FORMAT:
+                    if written:
+                        raise OSError("disk full")
+                    written.append(path)
                 real(obj, path)
 
             monkeypatch.setattr(artifacts, "save_artifact", fail_on_the_second_shard)
@@ -580,3 +597,22 @@ def test_an_upside_down_parent_is_trained_again_from_the_next_seed(tmp_path, mon
     again = s0.train_parent(common.parse_args(s0.Args, s0.SCALES, "", argv=[*argv, "--seed", "2001"]), [0.3, 1.5], spec,
                             tmp_path / "seed2001.pt")
     assert torch.equal(again["params"], parent["params"])
+
+
+def test_compare_stage0_finds_equal_and_changed_checkpoints(cheetah_chain, tmp_path):
+    """benchmarks/compare_stage0.py: a run against a copy of itself is equal bit for bit with difference 0;
+    against a copy whose vel-0.3 expert returns 2 more at every checkpoint and has one changed weight, that
+    expert is 'no' and the mean difference is 2 / 2 experts = +1.00."""
+    run, _ = cheetah_chain
+    shutil.copytree(run / "stage0", tmp_path / "stage0")
+    bench = [sys.executable, str(ROOT / "benchmarks" / "compare_stage0.py"), str(run), str(tmp_path)]
+    r = subprocess.run(bench, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("| yes |") == 2 and "over 2 experts: +0.00" in r.stdout
+    shard = torch.load(tmp_path / "stage0" / "vel-0.3.pt", weights_only=True)
+    shard["return"] = shard["return"] + 2.0
+    shard["params"][0, 0] += 1e-6
+    artifacts.save_artifact(shard, tmp_path / "stage0" / "vel-0.3.pt")
+    r = subprocess.run(bench, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "| stage0 | vel-0.3 |" in r.stdout and r.stdout.count("| yes |") == 1 and r.stdout.count("| no |") == 1
+    assert "over 2 experts: +1.00" in r.stdout
