@@ -4,7 +4,8 @@ The paper trains SAC [32] per task and saves a policy every 500 steps after the 
 later learns the distribution of these checkpoints, so all experts of a suite descend from one parent:
 
 1. parent: Cheetah-Vel, SAC at the middle training velocity (`parent_steps`; 0: independent runs from one
-   init seed); MetaWorld, behaviour cloning of metaworld's scripted experts pooled over the training tasks.
+   init seed), trained again from seed + 1000 k (up to 5 tries) if its deterministic episode ends upside
+   down; MetaWorld, behaviour cloning of metaworld's scripted experts pooled over the training tasks.
 2. children: each task's expert is fine-tuned from the parent with SAC on that task's reward; from
    `first_checkpoint` on, every `checkpoint_every` steps, the actor's flat vector is saved and one
    deterministic episode recorded (return, success, first-success step, MAA's `traj` and `post_success`).
@@ -12,11 +13,15 @@ later learns the distribution of these checkpoints, so all experts of a suite de
    cloning term on that half weighted by `bc_weight` (2.5) x the batch's mean |Q|: TD3+BC's normalisation,
    with more weight on cloning (TD3+BC's alpha = 2.5 is `bc_weight` 0.4; docs/metaworld-experts.md).
 
+Each worker process trains its share of the tasks as one ensemble: every weight has a leading member
+dimension, and each member keeps its own environment, replay rows, random streams and temperature.
 The file reads, one headed section each: options, environments, SAC (networks, `sac_update`, the training
-loop, set beside CleanRL's `sac_continuous_action.py`), then MetaWorld's demonstrations and resume (which a
-Cheetah-Vel reader may skip), parent and children, summary and report queue, the process pool.
-One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; every `save_every` seconds, between two
-episodes, the whole training state goes to `<task>.partial.pt`, from which a re-run resumes to the same result.
+loop, set beside CleanRL's `sac_continuous_action.py`, with the member dimension), then MetaWorld's
+demonstrations and resume (which a Cheetah-Vel reader may skip), parent and children, summary and report
+queue, the process pool. One shard per task, `<run_dir>/stage0/<task>.pt`, written atomically; every
+`save_every` seconds, between two episodes, the ensemble's whole training state goes to one
+`<task>.partial.pt` (`<first task>+<K - 1>.partial.pt` for K members), from which a re-run resumes to the
+same result.
 Parent, shards and partial states record their scale and settings; a run directory holding any made
 otherwise stops the run with one line.
 
