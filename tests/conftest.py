@@ -72,3 +72,15 @@ def pytest_collection_finish(session):
         params = getattr(item, "callspec", None)
         asked = [*getattr(item, "fixturenames", ()), *(params.params.values() if params else ())]
         _needed.update(a for a in asked if isinstance(a, str) and a in CHAINS)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (stage 0's --torch-threads 1): small nets and batched kernels run faster
+    on one thread than on two that a busy machine makes wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

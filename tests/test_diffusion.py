@@ -69,13 +69,6 @@ def test_unet_shapes_film_conditioning_and_schedules():
     assert sd.lr_factor(1750, 500, 3000) == pytest.approx(0.5) and sd.lr_factor(3000, 500, 3000) == pytest.approx(0.0)
 
 
-@pytest.fixture
-def one_thread():
-    """A net this small trains faster on one thread (two threads on a busy machine wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_diffusion_learns_two_conditions(one_thread):

@@ -542,13 +542,6 @@ def test_bad_options_refused_before_any_work(flags, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.fixture
-def one_thread():
-    """Stage 0's setting (--torch-threads 1): small batched kernels run slower on more threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_a_k_member_run_gives_the_k_single_runs_checkpoints(tmp_path, one_thread):
