@@ -73,6 +73,10 @@ class Args:
     jobs: int = 0
     """worker processes, each training its share of the tasks as one ensemble (0 = all cores); a member's
     numbers depend on its ensemble within float rounding, so the split is part of the result"""
+    experts: Literal["one-parent", "independent"] = "one-parent"
+    """one-parent: every expert fine-tuned from one parent (DESIGN.md section 4); independent: no parent, each
+    expert SAC from its own random initialisation and seeds for parent_steps + its checkpoint span (the
+    paper's data; Cheetah-Vel only so far)"""
     parent_only: bool = False
     """train (or check) the parent and stop: the first job of a job array (slurm/), whose tasks then each
     run one --velocities / --tasks entry in the same run directory at once"""
@@ -164,6 +168,8 @@ def validate(args: Args) -> list:
         raise SystemExit(f"error: need --tau <= 1 (got {args.tau}) and, with demonstrations, --batch-size >= 2")
     if args.suite == "cheetah-vel":
         return common.check_velocities(args.velocities)
+    if args.experts == "independent":
+        raise SystemExit("error: --experts independent is built for --suite cheetah-vel only so far")
     if args.parent_demo_episodes == 0 or not args.parent_tasks:
         raise SystemExit("error: the MetaWorld parent needs --parent-demo-episodes > 0 and --parent-tasks")
     common.check_metaworld_tasks(args.parent_tasks)
@@ -630,6 +636,12 @@ def resume_state(path: Path, args: Args, made_from: dict, agent: dict, rb: Repla
 PARENT_TRIES = 5  # Cheetah-Vel: a parent ending upside down is trained again from seed + 1000 k, k < 5
 
 
+def expert_seed(args: Args, task) -> int:
+    """An independent expert's own seed (init, noise, environments): the run's seed + 10,000 x (its index in
+    the grid of the 40 Cheetah-Vel velocities + 1), so no two experts or oracles of a run share one."""
+    return args.seed + 10_000 * (1 + common.CHEETAH_GRID.index(round(float(task), 3)))
+
+
 def parent_velocity(velocities: list[float]) -> float:
     """The training velocity nearest the middle of their range (the lower one on a tie)."""
     mid = (min(velocities) + max(velocities)) / 2
@@ -708,21 +720,27 @@ def train_parent(args: Args, tasks: list, spec: dict, path: Path) -> dict:
     return parent
 
 
-def check_shard(args: Args, path: Path, parent: dict) -> dict:
+def made_from_parent(parent: dict | None) -> dict:
+    """What every expert is made from: the parent (one-parent regime), nothing (independent experts)."""
+    return {"parent.pt": parent["uid"]} if parent is not None else {}
+
+
+def check_shard(args: Args, path: Path, parent: dict | None) -> dict:
     """A finished shard must pass every shard check, be of these settings and a child of this parent."""
     try:
         shard = artifacts.load_shard(path, args.suite, args.scale)
     except SystemExit as e:
         raise SystemExit(f"{e} (delete it to retrain that task)") from None
     artifacts.check_settings(path, shard["settings"], shard_settings(args))
-    if shard["made_from"] != {"parent.pt": parent["uid"]}:
+    if shard["made_from"] != made_from_parent(parent):
         raise SystemExit(f"error: {path}: fine-tuned from another parent than {path.parent.parent / 'parent.pt'} "
                          "(delete it to retrain that task, or use another --run-dir)")
     return shard
 
 
-def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: Path, report=None) -> list[str]:
-    """Fine-tune one expert per task from the parent, all of them as one ensemble, and write each one's shard.
+def train_experts(args: Args, tasks: list, parent: dict | None, spec: dict, stage_dir: Path, report=None) -> list[str]:
+    """Fine-tune one expert per task from the parent (None: independent experts, each from its own
+    initialisation), all of them as one ensemble, and write each one's shard.
     Returns a one-line summary per task."""
     torch.set_num_threads(args.torch_threads)
     names = [common.task_name(args.suite, t) for t in tasks]
@@ -739,20 +757,26 @@ def train_experts(args: Args, tasks: list, parent: dict, spec: dict, stage_dir: 
             if not tasks:
                 return lines
         t0 = time.time()
-        seeds = [args.seed] * len(tasks)  # every expert's streams seeded as a single expert's were
-        agent = new_agent(args, spec["obs_dim"], spec["act_dim"], seeds)
-        load_agent_state(agent, stack_members([parent_member(parent)] * len(tasks)))
+        if parent is not None:  # every expert's streams seeded as a single expert's were; weights from the parent
+            seeds = [args.seed] * len(tasks)
+            agent = new_agent(args, spec["obs_dim"], spec["act_dim"], seeds)
+            load_agent_state(agent, stack_members([parent_member(parent)] * len(tasks)))
+        else:  # independent experts: each its own initialisation and streams
+            seeds = [expert_seed(args, t) for t in tasks]
+            agent = new_agent(args, spec["obs_dim"], spec["act_dim"], seeds)
         demos = None
         if args.suite == "metaworld" and args.demo_episodes > 0:
             demos = [scripted_episodes(t, args.demo_episodes, args.demo_steps, args.demo_noise,
                                        seed=goal_seeds(args)["demonstrations"]) for t in tasks]
-        checkpoints = [args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
+        start = 0 if parent is not None else args.parent_steps  # independent: the parent's steps come first
+        checkpoints = [start + args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
         from torch.utils.tensorboard import SummaryWriter
 
         writers = [SummaryWriter(str(Path(args.run_dir) / "tb" / "stage0" / name)) for name in names]
-        made_from = {"parent.pt": parent["uid"]}
+        made_from = made_from_parent(parent)
+        from_parent = parent is not None and (parent["trained_with_sac"] or args.suite == "metaworld")
         recs = run_sac(args, agent, tasks, seeds, total_steps=checkpoints[-1], checkpoints=checkpoints,
-                       from_parent=parent["trained_with_sac"] or args.suite == "metaworld", tags=names,
+                       from_parent=from_parent, tags=names,
                        state_path=partial_path(stage_dir, names), made_from=made_from,
                        demos=demos, report=report, writers=writers)
         for w in writers:
@@ -849,7 +873,7 @@ def resumable_ensembles(args: Args, stage_dir: Path, tasks: list, parent: dict) 
     resumed whole, as it was saved); states of finished ensembles are deleted, other processes' left alone."""
     by_name, out = {common.task_name(args.suite, t): t for t in tasks}, []
     for p in sorted(stage_dir.glob("*.partial.pt")):
-        st = artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), {"parent.pt": parent["uid"]})
+        st = artifacts.check_partial(p, PARTIAL_FORMAT, shard_settings(args), made_from_parent(parent))
         if not (members := st.get("extra", {}).get("members")):
             raise SystemExit(f"error: {p}: lists no ensemble members (delete it to start its tasks afresh)")
         if not set(members) <= set(by_name):
@@ -880,12 +904,25 @@ def main(args: Args) -> None:
     lock = artifacts.lock_run_dir(run, "stage 0", shared=True)  # noqa: F841 - held till exit
     stage_dir = artifacts.prepare_run_dir(run / args.shard_dir)
     t0 = time.time()
-    if (run / "parent.pt").exists():
+    if args.experts == "independent" or not (run / "parent.pt").exists():  # shards made otherwise (another scale,
+        for p in sorted(stage_dir.glob("*.pt")):  # setting or regime) stop the run before any training
+            if not p.name.endswith(".partial.pt"):
+                try:
+                    made = artifacts.load_artifact(p, artifacts.STAGE0_FORMAT, ("settings",))["settings"]
+                except SystemExit as e:
+                    raise SystemExit(f"{e} (delete it to retrain that task)") from None
+                artifacts.check_settings(p, made, shard_settings(args))
+    if args.experts == "independent":
+        if (run / "parent.pt").exists():
+            raise SystemExit(f"error: {run / 'parent.pt'}: this run directory is of experts from one parent; give "
+                             "--experts independent its own --run-dir")
+        parent = None
+    elif (run / "parent.pt").exists():
         parent = train_parent(args, tasks, spec, run / "parent.pt")  # loads and checks it
     else:  # one process trains it; another one started meanwhile stops with one line
         with artifacts.lock_run_dir(run, "stage 0 (parent)", name=".parent.lock"):
             parent = train_parent(args, tasks, spec, run / "parent.pt")
-    parent_line = parent_report(parent, spec) if parent["trained_with_sac"] else ""
+    parent_line = parent_report(parent, spec) if parent is not None and parent["trained_with_sac"] else ""
     if parent_line:
         print(parent_line)
     if args.parent_only:
@@ -900,7 +937,8 @@ def main(args: Args) -> None:
             todo.append(t)
     parts = resumed + split(todo, jobs)
     todo = [t for p in parts for t in p]
-    steps_per_task = args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
+    steps_per_task = (args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
+                      + (args.parent_steps if parent is None else 0))
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
           f"and {args.num_checkpoints} checkpoints each, in {len(parts)} ensemble(s) of "
           f"{'/'.join(str(len(p)) for p in parts) or 0} on {min(jobs, max(len(parts), 1))} worker(s)")

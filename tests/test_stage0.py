@@ -609,3 +609,29 @@ def test_compare_stage0_finds_equal_and_changed_checkpoints(cheetah_chain, tmp_p
     r = subprocess.run(bench, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "| stage0 | vel-0.3 |" in r.stdout and r.stdout.count("| yes |") == 1 and r.stdout.count("| no |") == 1
     assert "over 2 experts: +1.00" in r.stdout
+
+
+def test_independent_experts_share_no_initial_weights_and_keep_to_their_regime(tmp_path, one_thread):
+    """--experts independent: no parent; each expert its own seed (run seed + 10,000 x (grid index + 1)), so
+    two experts' initial weights share nothing; checkpoints start after the parent's steps; a run directory
+    of one regime refuses the other before any training."""
+    args = common.parse_args(s0.Args, s0.SCALES, "", argv=["--scale", "smoke", "--experts", "independent"])
+    assert [s0.expert_seed(args, v) for v in (0.075, 0.3, 1.5)] == [10_001, 40_001, 200_001]
+    agent = s0.new_agent(args, 17, 6, [s0.expert_seed(args, v) for v in (0.3, 1.5)])
+    for p in list(agent["actor"].parameters()) + list(agent["qf"].parameters()):
+        assert not torch.isclose(p[0], p[1]).any()  # no weight equal between the two members
+    run = tmp_path / "independent"
+    flags = ["--scale", "smoke", "--velocities", "0.3", "1.5", "--num-checkpoints", "2", "--parent-steps", "150",
+             "--learning-starts", "100", "--first-checkpoint", "100", "--checkpoint-every", "50", "--jobs", "1"]
+    r = run_stage0("--run-dir", str(run), "--experts", "independent", *flags)
+    assert r.returncode == 0, r.stderr
+    assert not (run / "parent.pt").exists() and "parent" not in r.stdout.split("stage 0:")[0]
+    shard = torch.load(run / "stage0" / "vel-0.3.pt", weights_only=True)
+    assert shard["made_from"] == {} and shard["step"].tolist() == [250, 300]
+    assert shard["settings"]["experts"] == "independent"
+    r = run_stage0("--run-dir", str(run), *flags)  # the one-parent regime in the independent run's directory
+    assert r.returncode == 1 and "made with experts = 'independent', this run has experts = 'one-parent'" in r.stderr
+    assert not (run / "parent.pt").exists()  # refused before the parent was trained
+    (run / "parent.pt").write_bytes(b"")
+    r = run_stage0("--run-dir", str(run), "--experts", "independent", *flags)
+    assert r.returncode == 1 and "this run directory is of experts from one parent" in r.stderr
