@@ -146,16 +146,19 @@ def load_chain(args: Args) -> dict:
     run, suite, scale = Path(args.run_dir), args.suite, args.scale
     c = load_inputs(run, suite, scale)
     stage1 = dict(c["made_from"])  # what stage 2 (either generator) is made from
-    c["parent"] = artifacts.load_artifact(run / "parent.pt", artifacts.PARENT_FORMAT, ("params",),
-                                          spec=common.suite_spec(suite), suite=suite, scale=scale)
-    if c["shards"][0]["made_from"] != {"parent.pt": c["parent"]["uid"]}:
-        raise SystemExit(f"error: {run / 'stage0'}: its shards were fine-tuned from another parent than {run / 'parent.pt'}")
+    c["parent"] = None  # independent experts (stage 0's --experts independent) have none
+    if c["shards"][0]["made_from"] != {} or (run / "parent.pt").exists():
+        c["parent"] = artifacts.load_artifact(run / "parent.pt", artifacts.PARENT_FORMAT, ("params",),
+                                              spec=common.suite_spec(suite), suite=suite, scale=scale)
+        if c["shards"][0]["made_from"] != {"parent.pt": c["parent"]["uid"]}:
+            raise SystemExit(f"error: {run / 'stage0'}: its shards were fine-tuned from another parent than {run / 'parent.pt'}")
     c["G"], c["hl_art"] = load_generator(run / args.hyplatent, suite, scale)
     artifacts.check_made_from(run / args.hyplatent, c["hl_art"], c["made_from"])
     made_from = {args.hyplatent: c["hl_art"]["uid"], **c["made_from"]}
     c["hf"], c["hf_art"] = load_hypformer(run / args.hypformer, suite, scale)
     artifacts.check_made_from(run / args.hypformer, c["hf_art"], made_from)
-    c["made_from"] = {args.hypformer: c["hf_art"]["uid"], **made_from, "parent.pt": c["parent"]["uid"]}
+    c["made_from"] = {args.hypformer: c["hf_art"]["uid"], **made_from,
+                      **({"parent.pt": c["parent"]["uid"]} if c["parent"] is not None else {})}
     c["maa"] = c["maa_art"] = None
     if args.diffusion:  # MAA: made from the same stage 1 as HypLatent
         c["maa"], c["maa_art"] = load_diffusion(run / args.diffusion, suite, scale)
@@ -227,7 +230,8 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         add(near, "nearest-expert", v)
         add(ae.decode(ae.encode(near[None])), "decoded-expert", v)
         add(interpolate_experts(train_vels, best, v), "interpolated-expert", v)
-        add(chain["parent"]["params"], "parent", v)
+        if chain["parent"] is not None:
+            add(chain["parent"]["params"], "parent", v)
         if v in chain.get("oracle", {}):
             o = chain["oracle"][v]
             add(o["params"][o["return"].argmax()], "oracle-expert", v)
@@ -489,7 +493,7 @@ def upstream_code(chain: dict) -> dict:
             "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be"), "mt_bc": chain.get("mt_bc_art"),
             "prompt_dt": chain.get("prompt_dt_art"), "offline_data.pt": chain.get("data_art")}
     out = {k: a.get("code", "unrecorded") for k, a in arts.items() if a is not None}
-    stage0 = [chain["parent"], *chain["shards"], *(chain.get("oracle") or {}).values()]  # every stage-0 artifact
+    stage0 = [a for a in (chain["parent"], *chain["shards"], *(chain.get("oracle") or {}).values()) if a is not None]
     out["stage0"] = ",".join(sorted({a.get("code", "unrecorded") for a in stage0}))  # several: a resumed mix
     return {**out, "evaluation": provenance.code_fingerprint(Path(__file__))}
 

@@ -327,7 +327,12 @@ case "$SCALE" in
   mw-paper) SUITE=metaworld; SCALE=paper ;;
   *) echo "usage: bash pipeline.sh [smoke|quick|paper|mw-smoke|mw-quick|mw-paper|test]" >&2; exit 2 ;;
 esac
-RUN=${RUN_DIR:-"$RUNS/$SUITE-$SCALE${SEED:+-seed$SEED}"}
+case "${EXPERTS:-one-parent}" in  # the regime of stage 0's experts (DESIGN.md section 4)
+  one-parent) EXP=(); REGIME="" ;;
+  independent) EXP=(--experts independent); REGIME=-independent ;;
+  *) echo "error: EXPERTS=$EXPERTS: give one-parent or independent" >&2; exit 2 ;;
+esac
+RUN=${RUN_DIR:-"$RUNS/$SUITE-$SCALE$REGIME${SEED:+-seed$SEED}"}
 if [ -n "${VELOCITIES:-}" ]; then TASKS=(--velocities $VELOCITIES); fi
 COMMON=(--suite "$SUITE" --scale "$SCALE" --run-dir "$RUN" --seed "${SEED:-1}" --no-progress)
 
@@ -337,10 +342,10 @@ run_from() { local n=$1; shift; study_in "$n" "$RUN" "$@"; }  # run_from N NAME 
 if [ -n "${STAGE0_DONE:-}" ]; then  # stage 0 made elsewhere, by a job array (slurm/)
   echo "== stage 0: already made (by a job array); using $RUN/stage0"
 else
-  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${JOBS[@]}" "${TASKS[@]}" "${X0[@]}"
+  run_from 0 "stage 0 (SAC experts)" python stage0_collect_sac.py "${COMMON[@]}" "${JOBS[@]}" "${TASKS[@]}" "${EXP[@]}" "${X0[@]}"
   if [ "$SUITE" = cheetah-vel ]; then  # the upper bound of Table IV: experts at the test velocities (no stage trains on them)
     run_from 0 "stage 0 (oracle experts at the test velocities)" python stage0_collect_sac.py "${COMMON[@]}" \
-      "${JOBS[@]}" --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)') "${X0[@]}"
+      "${JOBS[@]}" --shard-dir oracle --velocities $(python -c 'import common; print(*common.CHEETAH_TEST)') "${EXP[@]}" "${X0[@]}"
   fi
 fi
 run_from 1 "stage 1 (autoencoder, Eq. 1)" python stage1_autoencoder.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}" "${X1[@]}"
