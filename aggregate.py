@@ -33,6 +33,8 @@ with `--publish` the same tables and figures also make a result page under resul
     python aggregate.py runs/metaworld-quick-seed* --tokens --out runs/mw-tokens  # Fig. 5
     python aggregate.py runs/cheetah-vel-quick-seed* --components --out runs/cv-components  # which loss does the work
     python aggregate.py runs/cheetah-vel-smoke-seed* --fork hinge --out runs/fork-hinge  # pipeline.sh fork: vs default
+    python aggregate.py runs/cheetah-vel-quick-seed* runs/cheetah-vel-quick-independent-seed* --regimes \
+        --out runs/regimes --publish results/regimes.md   # experts from one parent against independent ones
 """
 
 from __future__ import annotations
@@ -48,12 +50,12 @@ import tyro
 
 import artifacts
 import provenance
-from figures import plot_ablation, plot_components, plot_metaworld, plot_tokens, plot_velocity
-from methods import METHODS, task_name
-from pooling import check_comparable, check_same_seeds, group_runs, load_runs
+from figures import plot_ablation, plot_components, plot_metaworld, plot_regimes, plot_tokens, plot_velocity
+from methods import LABELS, METHODS, MW_METHODS, task_name
+from pooling import check_comparable, check_same_seeds, code_difference, differences, group_runs, load_runs
 from publish import PCA_FIGURE, archive_runs, page_commit, pca_source, sync_readme, write_page
 from publish import archive_name  # noqa: F401 - pipeline.sh's publish names the kept runs with aggregate.archive_name
-from tables import (PAIR_HEAD, components_table, family_note, group_table, headline, metaworld_table, pair_label,
+from tables import (PAIR_HEAD, components_table, family_note, fmt, fmt_p, group_table, headline, metaworld_table, pair_label,
                     pair_row, range_table, size_table, stage0_note, velocities_of)
 
 # (a, b): the differences a - b reported with intervals
@@ -112,6 +114,9 @@ class Args:
     """the page's title (default: from the suite, scale and tag)"""
     readme: str = "README.md"
     """with --publish: the README whose `<!-- headline: <page> -->` block is replaced by the page's headline"""
+    regimes: bool = False
+    """the regimes page: runs of both stage-0 regimes (experts from one parent, independent experts), each
+    regime's table and paired differences, and each method's regime-to-regime difference (Welch)"""
     mixed_code: bool = False
     """pool seeds made by different stage code (refused otherwise); the page then lists which seeds ran which code"""
 
@@ -191,7 +196,7 @@ def apply_holm(pairs: list[dict]) -> None:
 def verdict(d: dict) -> str:
     """Higher is better: a wins where the Holm-adjusted p of a - b is below ALPHA and the mean is above 0,
     loses where below 0; never from fewer than 3 seeds."""
-    n, m, h = len(d["per_seed"]), d["mean"], d["ci95"]
+    n, m, h = d.get("n", len(d["per_seed"])), d["mean"], d["ci95"]
     if n < 3:
         return f"no call ({n} seed{'s' if n > 1 else ''})"
     if np.isnan(d["p"]):  # every seed gave the same difference (up to rounding, `paired_p`): no test
@@ -308,6 +313,8 @@ def main(args: Args) -> None:
     check_out(args.out, args.runs)
     if args.components or args.fork:
         return main_components(args)
+    if args.regimes:
+        return main_regimes(args)
     groups = group_runs(load_runs(args.runs, args.tag, args.tokens), args.mixed_code)
     out = artifacts.prepare_run_dir(args.out)
     sfx = f"-{args.tag}" if args.tag else ""
@@ -508,6 +515,138 @@ def main_components(args: Args) -> None:
         title = args.title or "Cheetah-Vel: which part of stage 2's loss does the work"
         write_page(page, title, by[""], sys.argv[1:], components_table(g, variants), text,
                    {"components.png": out / "components.png"}, commit)
+        synced = sync_readme(Path(args.readme), page)
+        print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
+
+
+# The regimes page (--regimes): experts from one parent against experts trained independently (DESIGN.md
+# sections 4 and 12)
+
+REGIMES = ("one-parent", "independent")
+# within each regime (paired by seed): the primary comparisons, Holm over both regimes' together
+PRIMARY_WITHIN = {"hyplatent - interpolated-expert", "hyplatent - mt-bc"}
+
+
+def regime_of(r: dict) -> str:
+    """The stage-0 regime a run's experts come from (its shards' `experts` setting; older runs: one parent)."""
+    return r["upstream"]["stage0"].get("experts", "one-parent")
+
+
+def welch(x, y, a: str, b: str, family: str) -> dict:
+    """mean(x) - mean(y) over two sets of seeds that share nothing (no pairing): Welch's interval and two-sided
+    p (Welch-Satterthwaite df); no test with fewer than 3 seeds on either side. `apply_holm` adds the call."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    m, n = float(x.mean() - y.mean()), min(len(x), len(y))
+    out = {"per_seed": [], "n": n, "n_a": len(x), "n_b": len(y), "mean": m, "ci95": float("nan"), "df": float("nan"),
+           "p": float("nan"), "family": family, "a": a, "b": b}
+    if n < 2:
+        return out
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = np.sqrt(va + vb)
+    if se <= 1e-12:
+        return out
+    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+    out.update(ci95=float(t975(df) * se), df=float(df))
+    if n >= 3:
+        out["p"] = float(2 * stats.t.sf(abs(m / se), df))
+    return out
+
+
+def regime_pairs(agg: dict, suite: str) -> dict:
+    """independent - one-parent, per method (and per within-regime difference of PRIMARY_WITHIN), on the
+    averages: Welch's interval over the two regimes' seeds. Cheetah-Vel's HypLatent - interpolated expert is
+    the page's across-regime primary comparison (a family of one); every other row is exploratory."""
+    one, ind = agg["one-parent"], agg["independent"]
+    tasks = ["average"] if suite == "cheetah-vel" else ["average-seen", "average-unseen"]
+    out = {}
+    for t in tasks:
+        sfx = "" if t == "average" else f" ({t.removeprefix('average-')})"
+        for m in (METHODS if suite == "cheetah-vel" else MW_METHODS):
+            a, b = ind["cells"].get(f"{m}|{t}"), one["cells"].get(f"{m}|{t}")
+            if a and b:
+                out[f"{m}{sfx}"] = welch(a["seeds"], b["seeds"], "independent", "one parent", "exploratory")
+        for k in sorted(PRIMARY_WITHIN):
+            a, b = ind["pairs"].get(k + sfx), one["pairs"].get(k + sfx)
+            if a and b:
+                fam = "primary (across regimes)" if suite == "cheetah-vel" and k == "hyplatent - interpolated-expert" \
+                    else "exploratory"
+                out[f"{k}{sfx}"] = welch(a["per_seed"], b["per_seed"], "independent", "one parent", fam)
+    return out
+
+
+def regimes_table(pairs: dict) -> list[str]:
+    """The regime-to-regime rows: independent - one parent with Welch's interval, primary first."""
+    rows = sorted(pairs.items(), key=lambda kv: not kv[1]["family"].startswith("primary"))
+    lines = ["| method or difference | family | independent - one parent, mean ± 95% Welch CI | seeds | df | p | Holm p | call |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k, d in rows:
+        label = pair_label(k) if " - " in k else LABELS.get(k.split(" (")[0], k) + (f" ({k.split(' (')[1]}" if " (" in k else "")
+        lines.append(f"| {label} | {d['family']} | {fmt(d['mean'], d['ci95'])} | {d['n_a']} + {d['n_b']} | "
+                     f"{d['df']:.1f} | {fmt_p(d['p'])} | {fmt_p(d['p_holm'])} | {d['verdict']} |")
+    return lines
+
+
+def main_regimes(args: Args) -> None:
+    """The regimes page: both regimes' runs, each pooled like seeds of one table (one code, one setting but the
+    regime); within each regime its paired differences; across them, Welch's interval per method."""
+    runs = load_runs(args.runs, args.tag)
+    by = {reg: [r for r in runs if regime_of(r) == reg] for reg in REGIMES}
+    if missing := [reg for reg, rs in by.items() if not rs]:
+        raise SystemExit(f"error: --regimes: no run of the {missing[0]} regime among these run directories")
+    groups = {}
+    for reg, rs in by.items():
+        g = group_runs(rs, args.mixed_code)
+        if len(g) > 1:
+            raise SystemExit(f"error: --regimes: the {reg} runs were trained on different velocities or token counts")
+        groups[reg] = next(iter(g.values()))
+    a, b = groups["one-parent"][0], groups["independent"][0]
+    if diff := differences(a, b, upstream_free=("stage0: experts", "stage0: parent_")):
+        raise SystemExit(f"error: {b['dir']} and {a['dir']}: made or evaluated with other settings ({', '.join(diff[:6])}); "
+                         "the two regimes must differ in stage 0's experts alone")
+    if (diff := code_difference(a["code"], b["code"])) and not args.mixed_code:
+        raise SystemExit(f"error: {b['dir']} and {a['dir']}: made by other code ({', '.join(diff[:4])}); the regimes "
+                         "page compares runs of one code (--mixed-code compares them anyway)")
+    suite = a["suite"]
+    primary = PRIMARY_WITHIN if suite == "cheetah-vel" else set()
+    agg = {reg: {**({"train_velocities": list(a["train_velocities"])} if suite == "cheetah-vel" else
+                    {"num_tokens": a["num_tokens"], "seen": a["seen"]}), **aggregate_group(rs, primary)}
+           for reg, rs in groups.items()}
+    across = regime_pairs(agg, suite)
+    apply_holm([*across.values(), *(d for g in agg.values() for d in g["pairs"].values())])
+    out = artifacts.prepare_run_dir(args.out)
+    unit = "Mean return over 200 steps" if suite == "cheetah-vel" else "Success rate %"
+    md = ["## Each method: independent experts against experts from one parent", "",
+          f"{unit} on the averages; the regimes share seed numbers but not their stage 0, so nothing pairs them: "
+          "Welch's interval and t-test over the two sets of seeds. Rows `a - b` compare the within-regime paired "
+          "difference across the regimes. " + family_note(list(across.values()), "Welch t-test"), "", *regimes_table(across), ""]
+    for reg, g in agg.items():
+        md += [f"## {'Experts from one parent' if reg == 'one-parent' else 'Independent experts (the paper data)'}: "
+               f"{g['n_seeds']} seed(s) ({', '.join(map(str, g['seeds']))})", "",
+               f"{unit} (mean ± 95% Student-t interval over seeds); run directories: {', '.join(g['dirs'])}."
+               + stage0_note(g), "", group_table(g, velocities_of(g)) if suite == "cheetah-vel" else metaworld_table(g), ""]
+    text = "\n".join(md)
+    res = {"regimes": agg, "across": across}
+    artifacts.write_atomic(out / "results-regimes.md", lambda p: p.write_text(text))
+    artifacts.write_atomic(out / "results-regimes.json", lambda p: p.write_text(json.dumps(res, indent=1)))
+    artifacts.write_atomic(out / "regimes.png", lambda p: plot_regimes(agg, suite, p))
+    print(text)
+    print(f"aggregate: wrote results-regimes.md, results-regimes.json and regimes.png in {out}")
+    if args.publish:
+        page = Path(args.publish)
+        runs = [r for rs in groups.values() for r in rs]
+        data, commit = page.parent / "data" / page.stem, page_commit(page, args.readme)
+        archive_runs(runs, data)
+        text += (f"\n\nThe results file and provenance.jsonl of every run are kept in [data/{page.stem}/](data/{page.stem}/); "
+                 f"`python aggregate.py {data}/* --regimes{' --mixed-code' if args.mixed_code else ''} --publish {page}` "
+                 "makes this page again from them.")
+        title = args.title or (f"{'Cheetah-Vel' if suite == 'cheetah-vel' else 'MetaWorld'}: experts from one parent "
+                               "against independent experts")
+        head = "\n\n".join([*(f"**{reg}**\n\n" + headline({reg: g}, suite) for reg, g in agg.items()),
+                             "**independent - one parent**\n\n" + "\n".join(regimes_table(across))])
+        write_page(page, title, runs, sys.argv[1:], head, text, {"regimes.png": out / "regimes.png"}, commit,
+                   provenance.CHAIN_STAGES)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 

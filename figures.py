@@ -144,3 +144,27 @@ def plot_components(g: dict, variants: list[tuple[str, str, str]], path: Path) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_regimes(agg: dict, suite: str, path: Path) -> None:
+    """The regimes page: each method's average (Cheetah-Vel: return; MetaWorld: seen and unseen success) in
+    both stage-0 regimes side by side, bars the 95% t interval over each regime's seeds."""
+    plt = pyplot()
+    tasks = ["average"] if suite == "cheetah-vel" else ["average-seen", "average-unseen"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(8 * len(tasks), 4.5), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        methods = [m for m in dict.fromkeys(k.split("|")[0] for g in agg.values() for k in g["cells"])
+                   if any(f"{m}|{t}" in g["cells"] for g in agg.values())]
+        x = np.arange(len(methods))
+        for i, (reg, g) in enumerate(agg.items()):
+            cs = [g["cells"].get(f"{m}|{t}") for m in methods]
+            ax.bar(x + (i - 0.5) * 0.38, [c["mean"] if c else np.nan for c in cs], 0.36,
+                   yerr=[0 if not c or np.isnan(c["ci95"]) else c["ci95"] for c in cs], capsize=3,
+                   label=f"{reg} ({g['n_seeds']} seeds)")
+        ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("mean return at the test velocities" if suite == "cheetah-vel" else f"success % ({t.removeprefix('average-')})")
+        ax.legend(fontsize=8)
+    fig.suptitle("experts from one parent against independent experts (bars: 95% t interval)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,7 +1,8 @@
 """Stage 0: SAC experts and their policy checkpoints (paper Sec. IV-A "Datasets"; DESIGN.md section 4).
 
 The paper trains SAC [32] per task and saves a policy every 500 steps after the first 150k. The hypernetwork
-later learns the distribution of these checkpoints, so all experts of a suite descend from one parent:
+later learns the distribution of these checkpoints. By default (`--experts one-parent`) all experts of a
+suite descend from one parent:
 
 1. parent: Cheetah-Vel, SAC at the middle training velocity (`parent_steps`; 0: independent runs from one
    init seed), trained again from seed + 1000 k (up to 5 tries) if its deterministic episode ends upside
@@ -12,6 +13,10 @@ later learns the distribution of these checkpoints, so all experts of a suite de
 3. MetaWorld quick: half of each batch comes from 50 noisy scripted-expert episodes, with a behaviour-
    cloning term on that half weighted by `bc_weight` (2.5) x the batch's mean |Q|: TD3+BC's normalisation,
    with more weight on cloning (TD3+BC's alpha = 2.5 is `bc_weight` 0.4; docs/metaworld-experts.md).
+
+`--experts independent` (the paper's data) has no parent: each expert starts from its own initialisation and
+seeds (`expert_seed`); Cheetah-Vel, SAC for `parent_steps` + the children's span, checkpoints over the last
+part; MetaWorld, `parent_bc_steps` of cloning its own demonstrations, then the children's span and anchor.
 
 Each worker process trains its share of the tasks as one ensemble: every weight has a leading member
 dimension, and each member keeps its own environment, replay rows, random streams and temperature.
@@ -75,8 +80,8 @@ class Args:
     numbers depend on its ensemble within float rounding, so the split is part of the result"""
     experts: Literal["one-parent", "independent"] = "one-parent"
     """one-parent: every expert fine-tuned from one parent (DESIGN.md section 4); independent: no parent, each
-    expert SAC from its own random initialisation and seeds for parent_steps + its checkpoint span (the
-    paper's data; Cheetah-Vel only so far)"""
+    expert SAC from its own random initialisation and seeds (the paper's data): Cheetah-Vel for parent_steps +
+    the children's span; MetaWorld parent_bc_steps of cloning its own demonstrations, then the children's span"""
     parent_only: bool = False
     """train (or check) the parent and stop: the first job of a job array (slurm/), whose tasks then each
     run one --velocities / --tasks entry in the same run directory at once"""
@@ -168,8 +173,6 @@ def validate(args: Args) -> list:
         raise SystemExit(f"error: need --tau <= 1 (got {args.tau}) and, with demonstrations, --batch-size >= 2")
     if args.suite == "cheetah-vel":
         return common.check_velocities(args.velocities)
-    if args.experts == "independent":
-        raise SystemExit("error: --experts independent is built for --suite cheetah-vel only so far")
     if args.parent_demo_episodes == 0 or not args.parent_tasks:
         raise SystemExit("error: the MetaWorld parent needs --parent-demo-episodes > 0 and --parent-tasks")
     common.check_metaworld_tasks(args.parent_tasks)
@@ -638,8 +641,30 @@ PARENT_TRIES = 5  # Cheetah-Vel: a parent ending upside down is trained again fr
 
 def expert_seed(args: Args, task) -> int:
     """An independent expert's own seed (init, noise, environments): the run's seed + 10,000 x (its index in
-    the grid of the 40 Cheetah-Vel velocities + 1), so no two experts or oracles of a run share one."""
-    return args.seed + 10_000 * (1 + common.CHEETAH_GRID.index(round(float(task), 3)))
+    the grid of the 40 Cheetah-Vel velocities, or in common.MW_TASKS, + 1), so no two experts or oracles of a
+    run share one."""
+    if args.suite == "cheetah-vel":
+        return args.seed + 10_000 * (1 + common.CHEETAH_GRID.index(round(float(task), 3)))
+    return args.seed + 10_000 * (1 + common.MW_TASKS.index(task))
+
+
+def bc_warm_start(args: Args, agent: dict, demos: list, seeds: list[int]) -> float:
+    """MetaWorld independent experts: what the pooled parent gives the children, each member from its own
+    demonstrations only: `parent_bc_steps` of behaviour cloning (MSE between tanh(mean) and the scripted
+    actions), each member its own batches. Returns the last step's mean MSE over members."""
+    obs = [torch.as_tensor(np.concatenate([O[:-1] for O, _, _ in eps])) for eps in demos]
+    act = [torch.as_tensor(np.concatenate([A for _, A, _ in eps])) for eps in demos]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    opt, loss = torch.optim.Adam(agent["actor"].parameters(), lr=1e-3), torch.tensor(float("nan"))
+    for _ in range(args.parent_bc_steps):
+        idx = [torch.randint(len(o), (args.batch_size,), generator=g) for o, g in zip(obs, gens)]
+        mean = agent["actor"](torch.stack([o[i] for o, i in zip(obs, idx)]))[0]
+        loss = F.mse_loss(torch.tanh(mean), torch.stack([a[i] for a, i in zip(act, idx)]), reduction="none")
+        loss = loss.mean((1, 2))  # per member; their sum gives each member its own gradient
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+    return float(loss.mean())
 
 
 def parent_velocity(velocities: list[float]) -> float:
@@ -768,13 +793,17 @@ def train_experts(args: Args, tasks: list, parent: dict | None, spec: dict, stag
         if args.suite == "metaworld" and args.demo_episodes > 0:
             demos = [scripted_episodes(t, args.demo_episodes, args.demo_steps, args.demo_noise,
                                        seed=goal_seeds(args)["demonstrations"]) for t in tasks]
-        start = 0 if parent is not None else args.parent_steps  # independent: the parent's steps come first
+        if parent is None and demos:  # independent MetaWorld experts: their own demonstrations instead of a parent
+            mse = bc_warm_start(args, agent, demos, seeds)
+            print(f"stage 0: behaviour cloning of {len(tasks)} independent experts on their own demonstrations, "
+                  f"{args.parent_bc_steps} steps, final MSE {mse:.4f}")
+        start = args.parent_steps if parent is None and args.suite == "cheetah-vel" else 0  # the parent's SAC steps first
         checkpoints = [start + args.first_checkpoint + i * args.checkpoint_every for i in range(args.num_checkpoints)]
         from torch.utils.tensorboard import SummaryWriter
 
         writers = [SummaryWriter(str(Path(args.run_dir) / "tb" / "stage0" / name)) for name in names]
         made_from = made_from_parent(parent)
-        from_parent = parent is not None and (parent["trained_with_sac"] or args.suite == "metaworld")
+        from_parent = args.suite == "metaworld" or (parent is not None and parent["trained_with_sac"])  # act from step 0
         recs = run_sac(args, agent, tasks, seeds, total_steps=checkpoints[-1], checkpoints=checkpoints,
                        from_parent=from_parent, tags=names,
                        state_path=partial_path(stage_dir, names), made_from=made_from,
@@ -938,7 +967,7 @@ def main(args: Args) -> None:
     parts = resumed + split(todo, jobs)
     todo = [t for p in parts for t in p]
     steps_per_task = (args.first_checkpoint + (args.num_checkpoints - 1) * args.checkpoint_every
-                      + (args.parent_steps if parent is None else 0))
+                      + (args.parent_steps if parent is None and args.suite == "cheetah-vel" else 0))
     print(f"stage 0: {len(tasks)} tasks ({len(tasks) - len(todo)} done already), {steps_per_task} SAC steps "
           f"and {args.num_checkpoints} checkpoints each, in {len(parts)} ensemble(s) of "
           f"{'/'.join(str(len(p)) for p in parts) or 0} on {min(jobs, max(len(parts), 1))} worker(s)")

@@ -85,15 +85,15 @@ PAIR_HEAD = ["| {what} | family | mean ± 95% CI | one new run (95% prediction) 
              "|---|---|---|---|---|---|---|---|"]
 
 
-def family_note(pairs) -> str:
+def family_note(pairs, test: str = "paired t-test") -> str:
     """What a page's calls are corrected over: the size of each family its comparisons belong to."""
     sizes = {d["family"]: d["family_size"] for d in pairs}
     if not any(sizes.values()):
         return ("No test: no difference is tested or called from fewer than 3 seeds (DESIGN.md section 12); the "
                 "intervals are 95% t intervals.")
-    fams = " and ".join(f"{sizes[f]} {f}" for f in ("primary", "exploratory") if f in sizes)
+    fams = " and ".join(f"{sizes[f]} {f}" for f in sorted(sizes, key=lambda f: (not f.startswith("primary"), f)))
     return (f"Holm-adjusted over {fams} comparisons (each family corrected on its own; primary: DESIGN.md "
-            "section 12). p: two-sided paired t-test; a call where the Holm-adjusted p is below 0.05, never from "
+            f"section 12). p: two-sided {test}; a call where the Holm-adjusted p is below 0.05, never from "
             "fewer than 3 seeds; the intervals are unadjusted 95% t intervals.")
 
 

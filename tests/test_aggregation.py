@@ -534,3 +534,44 @@ def test_p_values_never_print_a_call_as_0050():
     assert fmt_p(0.04956) == "0.0496"  # called (below 0.05): three decimals would print 0.050
     assert fmt_p(0.0504) == "0.050" and fmt_p(0.123) == "0.123" and fmt_p(0.0004) == "< 0.001"
     assert fmt_p(float("nan")) == "-"
+
+
+def test_regimes_page_pairs_within_a_regime_and_compares_across_with_welch(tmp_path):
+    # per seed (both velocities alike): one parent HypLatent -10, -12, -14, interpolated -8, -9, -10 (d = -2, -3, -4);
+    # independent HypLatent -20, -24, -22, interpolated -40, -50, -45 (d = 20, 26, 23)
+    runs = []
+    for regime, hls, ies in (("one-parent", (-10, -12, -14), (-8, -9, -10)), ("independent", (-20, -24, -22), (-40, -50, -45))):
+        for seed, hl, ie in zip((1, 2, 3), hls, ies):
+            d = tmp_path / f"{regime}-{seed}"
+            fake_results(d, seed, {"hyplatent": (hl, hl), "interpolated-expert": (ie, ie)})
+            res = json.loads((d / "results.json").read_text())
+            res["upstream"]["stage0"]["experts"] = regime
+            res["made_from"]["autoencoder.pt"] += regime
+            (d / "results.json").write_text(json.dumps(res))
+            runs.append(str(d))
+    with pytest.raises(SystemExit, match="other settings .*stage0: experts"):  # the two regimes never pool as seeds
+        agg.main(agg.Args(runs=runs, out=str(tmp_path / "pooled")))
+    agg.main(agg.Args(runs=runs, out=str(tmp_path / "out"), regimes=True))
+    res = json.loads((tmp_path / "out" / "results-regimes.json").read_text())
+    one, ind = res["regimes"]["one-parent"], res["regimes"]["independent"]
+    assert one["seeds"] == ind["seeds"] == [1, 2, 3]
+    # within: paired t-test, Holm over the two regimes' primary comparison (p 0.0351 and 0.00562)
+    d1, d2 = one["pairs"]["hyplatent - interpolated-expert"], ind["pairs"]["hyplatent - interpolated-expert"]
+    assert d1["per_seed"] == pytest.approx([-2, -3, -4]) and d2["per_seed"] == pytest.approx([20, 26, 23])
+    assert (d1["family_size"], d1["p_holm"], d2["p_holm"]) == (2, pytest.approx(0.035099, abs=1e-5), pytest.approx(0.011246, abs=1e-5))
+    assert (d1["verdict"], d2["verdict"]) == ("interpolated expert better", "HypLatent better")
+    # across, HypLatent: -22 - (-12) = -10, se sqrt(4/3 + 4/3), Welch df 4, half-width t(0.975, 4) se = 4.534
+    w = res["across"]["hyplatent"]
+    assert (w["mean"], w["df"], w["ci95"]) == (pytest.approx(-10), pytest.approx(4.0), pytest.approx(4.533916, abs=1e-5))
+    assert w["p"] == pytest.approx(0.0036022, abs=1e-6) and w["family"] == "exploratory"
+    # across, the primary: 23 - (-3) = 26, se sqrt(9/3 + 1/3), df 2.439, a family of its own
+    w = res["across"]["hyplatent - interpolated-expert"]
+    assert (w["mean"], w["df"], w["ci95"]) == (pytest.approx(26), pytest.approx(2.439024, abs=1e-5), pytest.approx(6.644625, abs=1e-5))
+    assert (w["family"], w["family_size"], w["p_holm"]) == ("primary (across regimes)", 1, pytest.approx(0.0020830, abs=1e-6))
+    assert w["verdict"] == "independent better"
+    md = (tmp_path / "out" / "results-regimes.md").read_text()
+    assert "| HypLatent - interpolated expert | primary (across regimes) | 26.00 ± 6.64 | 3 + 3 | 2.4 | 0.002 | 0.002 | independent better |" in md
+    assert_figure(tmp_path / "out" / "regimes.png", (880, 495))
+    # both regimes are needed
+    with pytest.raises(SystemExit, match="no run of the independent regime"):
+        agg.main(agg.Args(runs=runs[:3], out=str(tmp_path / "out2"), regimes=True))
