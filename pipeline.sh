@@ -14,6 +14,10 @@
 #   bash pipeline.sh publish    # every result page under results/ from runs/ and the runs kept beside it
 #                               # (MIXED_CODE=1: pool seeds made by different stage code, each page listing which)
 #   SEED=2 bash pipeline.sh     # any of the above with another seed (every stage)  -> runs/cheetah-vel-quick-seed2
+#   EXPERTS=independent bash pipeline.sh  # stage 0's experts each from its own initialisation, no parent (the
+#                               # paper's data; DESIGN.md section 4)          -> runs/cheetah-vel-quick-independent
+#   bash pipeline.sh regimes [quick|smoke|mw-quick|mw-smoke]  # per seed of SEEDS (default "1 2 3 4 5"): the chain
+#                               # in both regimes, then aggregate.py --regimes -> runs/<suite>-<scale>-regimes
 #   FROM_STAGE=2 bash pipeline.sh seeds  # after a change to stage 2: stages 0-1 taken as they are (not even
 #                               # checked), stages 2.. made again for every seed where their settings, inputs or
 #                               # code changed (a stage whose code fingerprint, settings and inputs are those of its
@@ -167,6 +171,18 @@ if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like t
   done
   exec python aggregate.py "${DIRS[@]}" --out "$RUNS/cheetah-vel-$AB-aggregate"
 fi
+if [ "$SCALE" = regimes ]; then  # both stage-0 regimes per seed (DESIGN.md sections 4 and 12)
+  AB=${2:-quick}
+  case "$AB" in smoke|quick) P=cheetah-vel-$AB ;; mw-smoke|mw-quick) P=metaworld-${AB#mw-} ;;
+    *) echo "error: bash pipeline.sh regimes $AB: give quick, smoke, mw-quick or mw-smoke" >&2; exit 2 ;; esac
+  DIRS=()
+  for s in ${SEEDS:-1 2 3 4 5}; do
+    run_child env SEED="$s" EXPERTS=one-parent AMT_NO_VENV=1 bash "$SELF" "$AB"
+    run_child env SEED="$s" EXPERTS=independent AMT_NO_VENV=1 bash "$SELF" "$AB"
+    DIRS+=("$RUNS/$P-seed$s" "$RUNS/$P-independent-seed$s")
+  done
+  exec python aggregate.py "${DIRS[@]}" --regimes --out "$RUNS/$P-regimes"
+fi
 if [ "$SCALE" = publish ]; then  # every result page under results/ from the run directories that have results
   with() { local f=$1 d; shift; for d in "$@"; do [ -f "$d/$f" ] && echo "$d"; done; return 0; }  # dirs holding $f
   # publish PAGE DIRS... -- AGGREGATE FLAGS...: write PAGE from DIRS and the runs kept beside it in
@@ -204,6 +220,12 @@ if [ "$SCALE" = publish ]; then  # every result page under results/ from the run
   publish results/metaworld.md $(without mt_bc.pt $(with results.json "$RUNS"/metaworld-quick-seed*)) --
   publish results/metaworld-baselines.md $(with mt_bc.pt $(with results.json "$RUNS"/metaworld-quick-seed*)) \
     -- --title "MetaWorld: AMT-Hyp against MAA, MT-BC and Prompt-DT on the same data"
+  # the regimes page: both regimes' runs (made at one code); only once an independent-regime run has results
+  for P in cheetah-vel metaworld; do
+    ind=$(with results.json "$RUNS/$P"-quick-independent-seed*)  # and the one-parent runs of the same seeds
+    one=$(for d in $ind; do with results.json "${d/-independent-seed/-seed}"; done; true)
+    publish "results/$([ $P = cheetah-vel ] && echo regimes || echo metaworld-regimes).md" $ind $one -- --regimes
+  done
   publish results/metaworld-tokens.md $(for d in "$RUNS"/metaworld-quick-seed*; do  # the seeds that ran the tokens
     ls "$d"/results-L*.json > /dev/null 2>&1 && echo "$d"; done; true) -- --tokens
   exit 0

@@ -1,4 +1,4 @@
-"""Shared fixtures: the smoke chains of both suites, run once per test run through pipeline.sh and reused by
+"""Shared fixtures: the smoke chains of both suites (and Cheetah-Vel's with independent experts), run once per test run through pipeline.sh and reused by
 every test that reads them; tests that use them are marked slow. The chains the selected tests need start
 together, side by side with one thread each (THREADS=1: two chains on 2 cores, and no torch thread spinning
 on a core that another process keeps busy)."""
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAINS = {"cheetah_chain": ("smoke", "cheetah-vel-smoke"), "metaworld_chain": ("mw-smoke", "metaworld-smoke")}
+CHAINS = {"cheetah_chain": ("smoke", "cheetah-vel-smoke", {}), "metaworld_chain": ("mw-smoke", "metaworld-smoke", {}),
+          "independent_chain": ("smoke", "cheetah-vel-smoke-independent", {"EXPERTS": "independent"})}
 _needed: set = set()  # the chain fixtures of the selected tests
 _started: dict = {}  # fixture name -> (run directory, running process)
 
@@ -39,7 +40,7 @@ def _chain(fixture: str, tmp_path_factory):
             runs = tmp_path_factory.mktemp("runs")
             with open(runs / "stdout.txt", "w") as out, open(runs / "stderr.txt", "w") as err:  # files: no pipe fills
                 proc = subprocess.Popen(["bash", str(ROOT / "pipeline.sh"), CHAINS[name][0]], cwd=ROOT,
-                                        env=chain_env(runs, threads="1"), stdout=out, stderr=err)
+                                        env={**chain_env(runs, threads="1"), **CHAINS[name][2]}, stdout=out, stderr=err)
             _started[name] = (runs, proc)
     runs, proc = _started[fixture]
     proc.wait(timeout=1200)
@@ -56,6 +57,12 @@ def cheetah_chain(tmp_path_factory):
 @pytest.fixture(scope="session")
 def metaworld_chain(tmp_path_factory):
     return _chain("metaworld_chain", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def independent_chain(tmp_path_factory):
+    """The Cheetah-Vel smoke chain with independent experts (EXPERTS=independent: no parent)."""
+    return _chain("independent_chain", tmp_path_factory)
 
 
 def pytest_collection_modifyitems(items):

@@ -421,3 +421,26 @@ def test_metaworld_tables(metaworld_chain):
     gen = artifacts.load_artifact(run / "generated.pt", artifacts.GENERATED_FORMAT, ("params", "method", "task"),
                                spec=common.policy_spec(39, 4), suite="metaworld")
     assert gen["params"].shape[0] == len(gen["method"]) == len(gen["task"])
+
+
+def test_independent_regime_chain_end_to_end(independent_chain):
+    """EXPERTS=independent bash pipeline.sh smoke: no parent; every expert its own seeds, its checkpoints after
+    the parent's steps (smoke: 600 + 300, every 100); every stage after stage 0 as in the one-parent chain;
+    Table IV with every row but the parent's, the interpolated expert still computed; the upright check
+    reports every expert."""
+    run, r = independent_chain
+    assert run.name == "cheetah-vel-smoke-independent" and not (run / "parent.pt").exists()
+    shards = {v: torch.load(run / "stage0" / f"vel-{v}.pt", weights_only=True) for v in ("0.3", "1.5")}
+    for s in shards.values():
+        assert s["made_from"] == {} and s["settings"]["experts"] == "independent"
+        assert s["step"].tolist() == [900, 1000, 1100, 1200] and s["config"]["seed"] == 1
+    assert s["ensemble"] == ["vel-0.3", "vel-1.5"]  # one ensemble of two members, each from its own init
+    assert not torch.isclose(shards["0.3"]["params"][0], shards["1.5"]["params"][0]).any()
+    summary = (run / "stage0_summary.md").read_text()
+    assert "parent" not in summary and "experts whose last checkpoint ends upside down:" in summary
+    assert summary.count("upright |") + summary.count("UPSIDE DOWN |") == 2
+    res = json.loads((run / "results.json").read_text())
+    methods = {row["method"] for row in res["rows"] if not row["method"].startswith("paper:")}
+    assert methods == {"hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "nearest-expert", "decoded-expert",
+                       "interpolated-expert", "oracle-expert"}
+    assert res["upstream"]["stage0"]["experts"] == "independent" and "parent.pt" not in res["made_from"]

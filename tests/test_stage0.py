@@ -635,3 +635,20 @@ def test_independent_experts_share_no_initial_weights_and_keep_to_their_regime(t
     (run / "parent.pt").write_bytes(b"")
     r = run_stage0("--run-dir", str(run), "--experts", "independent", *flags)
     assert r.returncode == 1 and "this run directory is of experts from one parent" in r.stderr
+
+
+def test_metaworld_independent_warm_start_clones_each_members_own_demonstrations(one_thread):
+    """MetaWorld's independent experts start from cloning their own demonstrations alone: member 0's
+    scripted actions are all +0.5, member 1's all -0.5; after the warm start each acts as its own."""
+    args = common.parse_args(s0.Args, s0.SCALES, "", argv=["--suite", "metaworld", "--scale", "smoke",
+                                                            "--experts", "independent", "--parent-bc-steps", "300"])
+    assert [s0.expert_seed(args, t) for t in ("window-open-v3", common.MW_UNSEEN[0])] == [10_001, 90_001]
+    rng = np.random.default_rng(0)
+    demos = [[(rng.standard_normal((11, 39)).astype(np.float32), np.full((10, 4), a, np.float32), np.zeros(10))]
+             for a in (0.5, -0.5)]
+    agent = s0.new_agent(args, 39, 4, [1, 2])
+    s0.bc_warm_start(args, agent, demos, [1, 2])
+    obs = torch.as_tensor(np.stack([d[0][0][:10] for d in demos]))  # each member on its demonstrations' states
+    act = torch.tanh(agent["actor"](obs)[0])
+    assert torch.allclose(act[0], torch.full((10, 4), 0.5), atol=0.05)
+    assert torch.allclose(act[1], torch.full((10, 4), -0.5), atol=0.05)
