@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import task_name  # noqa: F401 - shard and row names; defined beside the row names (no torch there)
+from names import task_name  # noqa: F401 - shard and row names (names.py: no torch, no row names)
 
 # ----------------------------------------------------------------------------------------------------
 # The generated policy (DESIGN.md section 2)

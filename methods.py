@@ -3,6 +3,8 @@ results.json, aggregate.py reads them back (without importing torch or the stage
 numbers of the paper that the tables show beside ours, marked as printed.
 """
 
+from names import task_name  # noqa: F401 - the tables name tasks as the stages do
+
 # Cheetah-Vel (Table IV): the generated methods, the baselines, the oracle upper bound, in table order
 METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
 LABELS = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
@@ -44,8 +46,3 @@ PAPER_SUMMARY = [("CARE", 82.1, 58.5), ("DT", 80.3, 60.4), ("MAA", 36, 16.25),
                  ("AMT-Hyp w/o HypFormer", 51, 12.13), ("AMT-Hyp", 70.3, 19.8),
                  ("AMT-Hyp w/o HypFormer (top 10)", 100, 54.38), ("AMT-Hyp (top 10)", 100, 80.63),
                  ("AMT-Hyp w/o HypFormer (top 5)", 100, 75.1), ("AMT-Hyp (top 5)", 100, 87.5)]
-
-
-def task_name(suite: str, task) -> str:
-    """Shard and row name of a task: `vel-0.225` for Cheetah-Vel, the metaworld name for MetaWorld."""
-    return f"vel-{float(task):g}" if suite == "cheetah-vel" else str(task)

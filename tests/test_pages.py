@@ -211,7 +211,7 @@ def test_publish_pools_the_kept_runs_with_new_ones(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     for f in ("pipeline.sh", "aggregate.py", "pooling.py", "tables.py", "figures.py", "publish.py", "artifacts.py",
-              "provenance.py", "methods.py"):
+              "provenance.py", "methods.py", "names.py"):
         shutil.copy(ROOT / f, repo / f)
     kept = repo / "results" / "data" / "cheetah-vel"
     runs = tmp_path / "runs"
