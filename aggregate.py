@@ -53,7 +53,7 @@ import provenance
 from figures import plot_ablation, plot_components, plot_metaworld, plot_regimes, plot_tokens, plot_velocity
 from methods import LABELS, METHODS, MW_METHODS, task_name
 from pooling import check_comparable, check_same_seeds, code_difference, differences, group_runs, load_runs
-from publish import PCA_FIGURE, archive_runs, page_commit, pca_source, sync_readme, write_page
+from publish import ABLATION_STAGES, CHAIN_STAGES, PCA_FIGURE, archive_runs, page_commit, pca_source, sync_readme, write_page
 from publish import archive_name  # noqa: F401 - pipeline.sh's publish names the kept runs with aggregate.archive_name
 from tables import (PAIR_HEAD, components_table, family_note, fmt, fmt_p, group_table, headline, metaworld_table, pair_label,
                     pair_row, range_table, size_table, stage0_note, velocities_of)
@@ -400,8 +400,8 @@ def main(args: Args) -> None:
         # a page shows the stages its results come from: the chain's, and for the velocity ablation and the dense
         # sweep the stages `pipeline.sh ablation` adds (not those of other studies run in the same directories)
         sweep = args.tag == "sweep" or (suite == "cheetah-vel" and len(groups) > 1)
-        stages = provenance.CHAIN_STAGES + provenance.ABLATION_STAGES if sweep else \
-            provenance.CHAIN_STAGES if not args.tag and not args.tokens else None
+        stages = CHAIN_STAGES + ABLATION_STAGES if sweep else \
+            CHAIN_STAGES if not args.tag and not args.tokens else None
         head = headline(agg, suite) + ("\n\n" + sizes_md if sizes_md else "")  # the ablation: sizes compared
         head += "".join("\n\n" + t for t in ranges.values() if t)  # a sweep: inside and beyond the training velocities
         write_page(page, title, runs, sys.argv[1:], head, text, figures, commit,
@@ -646,7 +646,7 @@ def main_regimes(args: Args) -> None:
         head = "\n\n".join([*(f"**{reg}**\n\n" + headline({reg: g}, suite) for reg, g in agg.items()),
                              "**independent - one parent**\n\n" + "\n".join(regimes_table(across))])
         write_page(page, title, runs, sys.argv[1:], head, text, {"regimes.png": out / "regimes.png"}, commit,
-                   provenance.CHAIN_STAGES)
+                   CHAIN_STAGES)
         synced = sync_readme(Path(args.readme), page)
         print(f"aggregate: wrote {page}" + (f"; copied its headline into {args.readme}" if synced else ""))
 

@@ -15,6 +15,9 @@ episodes each. Baselines, measured in the same run:
   episode of the oracle expert at v (it sees a demonstration of the test task, which no generator does) and
   given as target return the best return in the data of the nearest training velocity; its episodes run
   beside the others' (same reset seeds), in a lockstep of their own;
+- macaw, macaw-unadapted: MACAW (baselines/macaw.py), meta-trained offline on the same data, adapted by one
+  inner step on that same oracle episode at v (it sees test-task data), then run like the generated policies;
+  unadapted: its meta-learned policy, one for every velocity;
 - oracle-expert (an upper bound, not a competitor): the best checkpoint of a stage-0 expert trained at the
   target velocity itself, same parent and schedule (`stage0_collect_sac.py --shard-dir oracle`; a training
   velocity is its own oracle). Only velocities with such a shard get this row.
@@ -52,6 +55,7 @@ from latents import decode_generated, load_inputs
 from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
 from evaluate_metaworld import (SELECT_MIN_DISTANCE, evaluate_metaworld, generate_metaworld, goal_weights_table,
                                 metaworld_rows, metaworld_tables, pca_figure, prompt_dt_success)
+from baselines.macaw import adapted_policies, load_macaw
 from baselines.mt_bc import fold_condition, load_mt_bc
 from baselines.prompt_dt import load_prompt_dt, prompt_segment, run_prompted
 from offline_data import PROMPT_SEED, record_episodes
@@ -85,6 +89,8 @@ class Args:
     """baselines/mt_bc.py's artifact: the MT-BC row ("" = leave the row out)"""
     prompt_dt: str = "prompt_dt.pt"
     """baselines/prompt_dt.py's artifact: the Prompt-DT row ("" = leave the row out)"""
+    macaw: str = "macaw.pt"
+    """Cheetah-Vel: baselines/macaw.py's artifact, the MACAW rows ("" = leave them out)"""
     from_generated: Optional[str] = None
     """re-evaluate the policies of a generated.pt instead of generating new ones (writes nothing)"""
     conditions: int = 100
@@ -164,8 +170,9 @@ def load_chain(args: Args) -> dict:
         c["maa"], c["maa_art"] = load_diffusion(run / args.diffusion, suite, scale)
         artifacts.check_made_from(run / args.diffusion, c["maa_art"], stage1)
         c["made_from"][args.diffusion] = c["maa_art"]["uid"]
-    c["mt_bc"] = c["mt_bc_art"] = c["prompt_dt"] = c["prompt_dt_art"] = None
-    for key, name, load in (("mt_bc", args.mt_bc, load_mt_bc), ("prompt_dt", args.prompt_dt, load_prompt_dt)):
+    c["mt_bc"] = c["mt_bc_art"] = c["prompt_dt"] = c["prompt_dt_art"] = c["macaw"] = c["macaw_art"] = None
+    for key, name, load in (("mt_bc", args.mt_bc, load_mt_bc), ("prompt_dt", args.prompt_dt, load_prompt_dt),
+                            ("macaw", args.macaw if suite == "cheetah-vel" else "", load_macaw)):
         if name:  # a conditioned-policy baseline: trained on offline data made from this run's stages 0-1
             c[key], c[key + "_art"] = load(run / name, suite, scale)
             if c.get("data_art") is None:
@@ -242,10 +249,31 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         for v in vels:
             z = diffusion_sample(chain["maa"], chain["maa_art"], torch.tensor([[v]]).repeat(K, 1), generator=g)
             add(decode_generated(z, chain["maa_art"], ae), "maa", v)
+    if chain.get("macaw") is not None:  # adapted on the oracle's episode at v (Prompt-DT's prompt episode)
+        demo_vels, demo = oracle_demonstrations(chain, vels)
+        with torch.enable_grad():  # the inner step differentiates its losses
+            adapted, unadapted = adapted_policies(chain["macaw"], chain["macaw_art"], [
+                {k: torch.from_numpy(demo[k][j]) for k in ("obs", "act", "rew")} for j in range(len(demo_vels))])
+        for j, v in enumerate(demo_vels):
+            add(adapted[j], "macaw", v)
+            add(unadapted, "macaw-unadapted", v)
     return {"format": GENERATED_FORMAT, "suite": args.suite, "policy": common.suite_spec(args.suite),
             "params": torch.cat(params).float(), "method": method, "task": [common.task_name(args.suite, v) for v in task],
             "target_velocity": torch.tensor(task, dtype=torch.float32), "train_velocities": train_vels,
             "episodes": args.episodes, "made_from": chain["made_from"], "config": asdict(args)}
+
+
+def oracle_demonstrations(chain: dict, vels: list[float]) -> tuple[list[float], dict]:
+    """The test-task data Prompt-DT and MACAW see: one episode of the oracle's best checkpoint at each velocity
+    of `vels` that has one (reset seed PROMPT_SEED + j, none of the evaluation's). Returns those velocities and
+    `record_episodes`' arrays [n, T, ...]."""
+    oracle_at = {round(float(v), 6): o for v, o in chain.get("oracle", {}).items()}
+    vels = [v for v in vels if round(v, 6) in oracle_at]
+    if not vels:
+        return [], {}
+    oracle = torch.stack([oracle_at[round(v, 6)]["params"][oracle_at[round(v, 6)]["return"].argmax()] for v in vels]).float()
+    return vels, record_episodes(oracle, [common.CheetahVel(v, seed=PROMPT_SEED + j) for j, v in enumerate(vels)],
+                                 common.suite_spec("cheetah-vel"), common.CHEETAH_STEPS)
 
 
 def prompt_dt_episodes(chain: dict, vels: list[float], episodes: int) -> dict:
@@ -254,14 +282,9 @@ def prompt_dt_episodes(chain: dict, vels: list[float], episodes: int) -> dict:
     PROMPT_SEED + j, none of the evaluation's), target return the best data return of the nearest training
     velocity. Returns {"method", "target_velocity", "returns" [n, E]} in the form of `score_rows`."""
     model, art = chain["prompt_dt"], chain["prompt_dt_art"]
-    oracle_at = {round(float(v), 6): o for v, o in chain.get("oracle", {}).items()}
-    vels = [v for v in vels if round(v, 6) in oracle_at]
+    vels, demo = oracle_demonstrations(chain, vels)
     if not vels:
         return {"method": [], "target_velocity": [], "returns": np.zeros((0, episodes))}
-    spec = art["policy"]
-    oracle = torch.stack([oracle_at[round(v, 6)]["params"][oracle_at[round(v, 6)]["return"].argmax()] for v in vels]).float()
-    demo = record_episodes(oracle, [common.CheetahVel(v, seed=PROMPT_SEED + j) for j, v in enumerate(vels)], spec,
-                           common.CHEETAH_STEPS)
     s = art["settings"]
     prompts = [prompt_segment({"obs": torch.from_numpy(demo["obs"][j]), "act": torch.from_numpy(demo["act"][j]),
                                "rtg": torch.from_numpy(demo["rew"][j]).flip(0).cumsum(0).flip(0)},
@@ -480,7 +503,8 @@ def upstream_settings(chain: dict) -> dict:
         out["diffusion"] = chain["maa_art"]["settings"]
     if chain.get("be") is not None:
         out["behavior_embed.pt"] = chain["be"]["settings"]
-    for key, art in (("offline_data.pt", "data_art"), ("mt_bc", "mt_bc_art"), ("prompt_dt", "prompt_dt_art")):
+    for key, art in (("offline_data.pt", "data_art"), ("mt_bc", "mt_bc_art"), ("prompt_dt", "prompt_dt_art"),
+                     ("macaw", "macaw_art")):
         if chain.get(art) is not None:
             out[key] = chain[art]["settings"]
     return out
@@ -491,7 +515,8 @@ def upstream_code(chain: dict) -> dict:
     aggregate.py pools runs as seeds of one method only where these agree."""
     arts = {"autoencoder.pt": chain["ae_art"], "hyplatent": chain["hl_art"], "hypformer": chain["hf_art"],
             "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be"), "mt_bc": chain.get("mt_bc_art"),
-            "prompt_dt": chain.get("prompt_dt_art"), "offline_data.pt": chain.get("data_art")}
+            "prompt_dt": chain.get("prompt_dt_art"), "offline_data.pt": chain.get("data_art"),
+            "macaw": chain.get("macaw_art")}
     out = {k: a.get("code", "unrecorded") for k, a in arts.items() if a is not None}
     stage0 = [a for a in (chain["parent"], *chain["shards"], *(chain.get("oracle") or {}).values()) if a is not None]
     out["stage0"] = ",".join(sorted({a.get("code", "unrecorded") for a in stage0}))  # several: a resumed mix

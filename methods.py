@@ -6,11 +6,13 @@ numbers of the paper that the tables show beside ours, marked as printed.
 from names import task_name  # noqa: F401 - the tables name tasks as the stages do
 
 # Cheetah-Vel (Table IV): the generated methods, the baselines, the oracle upper bound, in table order
-METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "nearest-expert", "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
+METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "macaw", "macaw-unadapted", "nearest-expert",
+           "decoded-expert", "interpolated-expert", "parent", "oracle-expert"]
 LABELS = {"hyplatent": "HypLatent (AMT-Hyp w/o HypFormer)", "hypformer": "HypLatent + HypFormer (AMT-Hyp)",
           "maa": "MAA (diffusion, Make-An-Agent)",
           "mt-bc": "MT-BC (one policy, condition as input)",
           "prompt-dt": "Prompt-DT (prompted with a test-task demonstration)",
+          "macaw": "MACAW (adapted on a test-task episode)", "macaw-unadapted": "MACAW before adaptation",
           "nearest-expert": "nearest expert", "decoded-expert": "decoded nearest expert",
           "interpolated-expert": "interpolated expert", "parent": "parent",
           "oracle-expert": "oracle expert (trained at v*: upper bound)"}

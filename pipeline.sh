@@ -384,6 +384,9 @@ run_from 3 "stage 3 (HypFormer, Eqs. 6-9)" python stage3_hypformer.py "${COMMON[
 run_from 4 "offline data (episodes of the training checkpoints)" python offline_data.py "${COMMON[@]}" "${DONE[@]}"
 run_from 4 "MT-BC (the baseline)" python baselines/mt_bc.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 run_from 4 "Prompt-DT (the baseline)" python baselines/prompt_dt.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+if [ "$SUITE" = cheetah-vel ]; then  # offline meta-RL on the same data, adapted at test time (DESIGN.md section 16)
+  run_from 4 "MACAW (the baseline)" python baselines/macaw.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+fi
 run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${JOBS[@]}" "${DONE[@]}" \
   "${XE[@]}"
 

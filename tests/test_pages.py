@@ -257,6 +257,6 @@ def test_the_chain_stages_are_those_pipeline_sh_logs():
     import provenance
 
     logged = re.findall(r'^\s*run_from \d "([^"]+)"', (ROOT / "pipeline.sh").read_text(), re.M)
-    assert tuple(logged) == provenance.CHAIN_STAGES
+    assert tuple(logged) == publish.CHAIN_STAGES
     ablation = re.findall(r'^\s*study_in \d "\$BASE" "([^"]+)"', (ROOT / "pipeline.sh").read_text(), re.M)
-    assert tuple(ablation) == provenance.ABLATION_STAGES
+    assert tuple(ablation) == publish.ABLATION_STAGES
