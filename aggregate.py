@@ -65,7 +65,10 @@ PAIRS = [("hyplatent", "interpolated-expert"), ("hypformer", "hyplatent"), ("hyp
          ("oracle-expert", "hypformer"), ("oracle-expert", "interpolated-expert"),
          # parameters vs inputs: the generators against the conditioned-policy baselines on the same data
          *((a, b) for b in ("mt-bc", "prompt-dt") for a in ("hyplatent", "hypformer", "maa")),
-         ("mt-bc", "interpolated-expert"), ("prompt-dt", "interpolated-expert")]
+         ("mt-bc", "interpolated-expert"), ("prompt-dt", "interpolated-expert"),
+         # offline meta-RL: MACAW (adapted on a test-task episode) against the generators and the conditioned policies
+         ("hyplatent", "macaw"), ("hypformer", "macaw"), ("maa", "macaw"), ("macaw", "mt-bc"), ("macaw", "prompt-dt"),
+         ("macaw", "macaw-unadapted")]
 # MetaWorld: (a, b, split) differences of the split's average success
 # (the seen-task chain: data vs parent, autoencoder, generation, HypFormer; unseen: vs parent and the oracle)
 MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("checkpoints", "parent", "seen"),
@@ -81,15 +84,19 @@ MW_PAIRS = [("hyplatent", "parent", "seen"), ("hypformer", "parent", "seen"), ("
             # parameters vs inputs: the generators against the conditioned-policy baselines, which against the parent
             *((a, b, split) for split in ("seen", "unseen") for b in ("mt-bc", "prompt-dt")
               for a in ("hyplatent", "hypformer", "maa")),
-            *((b, "parent", split) for split in ("seen", "unseen") for b in ("mt-bc", "prompt-dt"))]
+            *((b, "parent", split) for split in ("seen", "unseen") for b in ("mt-bc", "prompt-dt")),
+            # the online multi-task learner: CARE against the generators, the parent and MT-BC
+            *((a, b, split) for split in ("seen", "unseen") for a, b in (("hyplatent", "care"), ("hypformer", "care"),
+                                                                          ("maa", "care"), ("care", "parent"),
+                                                                          ("care", "mt-bc")))]
 # The primary comparisons of each suite (DESIGN.md section 12, named before the runs): Holm's correction runs
 # over them alone, which keeps their power; every other difference on a page is one exploratory family,
 # corrected over its own size. A comparison absent from a page (a system not run) leaves the family.
 PRIMARY_CV = {"hyplatent - interpolated-expert", "hyplatent - maa", "hypformer - hyplatent",
-              "hyplatent - mt-bc", "hyplatent - prompt-dt"}
+              "hyplatent - mt-bc", "hyplatent - prompt-dt", "hyplatent - macaw"}
 PRIMARY_MW = {f"{a} - {b} ({split})" for split in ("seen", "unseen")
               for a, b in (("hyplatent", "parent"), ("hyplatent", "maa"), ("hypformer", "hyplatent"),
-                           ("hyplatent", "mt-bc"), ("hyplatent", "prompt-dt"))}
+                           ("hyplatent", "mt-bc"), ("hyplatent", "prompt-dt"), ("hyplatent", "care"))}
 ALPHA = 0.05  # a call: Holm-adjusted p below this
 
 @dataclass

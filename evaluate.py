@@ -54,7 +54,8 @@ import provenance
 from latents import decode_generated, load_inputs
 from methods import LABELS, METHODS, PAPER_ROWS, PAPER_ROWS_NOTE
 from evaluate_metaworld import (SELECT_MIN_DISTANCE, evaluate_metaworld, generate_metaworld, goal_weights_table,
-                                metaworld_rows, metaworld_tables, pca_figure, prompt_dt_success)
+                                metaworld_rows, metaworld_tables, pca_figure, prompt_dt_success, care_success)
+from baselines.care import load_care
 from baselines.macaw import adapted_policies, load_macaw
 from baselines.mt_bc import fold_condition, load_mt_bc
 from baselines.prompt_dt import load_prompt_dt, prompt_segment, run_prompted
@@ -91,6 +92,8 @@ class Args:
     """baselines/prompt_dt.py's artifact: the Prompt-DT row ("" = leave the row out)"""
     macaw: str = "macaw.pt"
     """Cheetah-Vel: baselines/macaw.py's artifact, the MACAW rows ("" = leave them out)"""
+    care: str = "care.pt"
+    """MetaWorld: baselines/care.py's artifact, the CARE row ("" = leave it out)"""
     from_generated: Optional[str] = None
     """re-evaluate the policies of a generated.pt instead of generating new ones (writes nothing)"""
     conditions: int = 100
@@ -179,6 +182,11 @@ def load_chain(args: Args) -> dict:
                 c["data_art"] = check_offline_data(run, suite, scale, stage1)
             artifacts.check_made_from(run / name, c[key + "_art"], {"offline_data.pt": c["data_art"]["uid"]})
             c["made_from"] |= {"offline_data.pt": c["data_art"]["uid"], name: c[key + "_art"]["uid"]}
+    c["care"] = c["care_art"] = None
+    if suite == "metaworld" and args.care and args.baselines:  # trained online on the seen tasks: from stages 0-1
+        c["care"], c["care_art"] = load_care(run / args.care, suite, scale)
+        artifacts.check_made_from(run / args.care, c["care_art"], {**artifacts.shard_ids(c["shards"]), **stage1})
+        c["made_from"][args.care] = c["care_art"]["uid"]
     return c
 
 
@@ -504,7 +512,7 @@ def upstream_settings(chain: dict) -> dict:
     if chain.get("be") is not None:
         out["behavior_embed.pt"] = chain["be"]["settings"]
     for key, art in (("offline_data.pt", "data_art"), ("mt_bc", "mt_bc_art"), ("prompt_dt", "prompt_dt_art"),
-                     ("macaw", "macaw_art")):
+                     ("macaw", "macaw_art"), ("care", "care_art")):
         if chain.get(art) is not None:
             out[key] = chain[art]["settings"]
     return out
@@ -516,7 +524,7 @@ def upstream_code(chain: dict) -> dict:
     arts = {"autoencoder.pt": chain["ae_art"], "hyplatent": chain["hl_art"], "hypformer": chain["hf_art"],
             "diffusion": chain.get("maa_art"), "behavior_embed.pt": chain.get("be"), "mt_bc": chain.get("mt_bc_art"),
             "prompt_dt": chain.get("prompt_dt_art"), "offline_data.pt": chain.get("data_art"),
-            "macaw": chain.get("macaw_art")}
+            "macaw": chain.get("macaw_art"), "care": chain.get("care_art")}
     out = {k: a.get("code", "unrecorded") for k, a in arts.items() if a is not None}
     stage0 = [a for a in (chain["parent"], *chain["shards"], *(chain.get("oracle") or {}).values()) if a is not None]
     out["stage0"] = ",".join(sorted({a.get("code", "unrecorded") for a in stage0}))  # several: a resumed mix
@@ -558,9 +566,10 @@ def metaworld_report(generated: dict, chain: dict | None, workers: int, progress
     goals, select_goals = generated["goals"], generated.get("select_goals", 2)
     single = generated.get("single_policy_goals", goals)
     t_eval = time.time()
-    prompted = (lambda pairs: prompt_dt_success(chain, generated, pairs, progress)) if chain else None
+    apart = {"prompt-dt": lambda pairs: prompt_dt_success(chain, generated, pairs, progress),
+             "care": lambda pairs: care_success(chain, generated, pairs, progress)} if chain else None
     success, select, picks, first_pass = evaluate_metaworld(generated, goals, select_goals, workers, progress, single,
-                                                            tie_seed=generated.get("tie_seed", 0), prompted=prompted)
+                                                            tie_seed=generated.get("tie_seed", 0), apart=apart)
     rows = metaworld_rows(generated, success, picks, first_pass)
     print(f"evaluation episodes: {time.time() - t_eval:.0f}s")
     print(goal_weights_table(rows, generated["task"][0]))

@@ -33,6 +33,7 @@ import artifacts
 import common
 from latents import decode_generated
 from baselines.mt_bc import fold_condition
+from baselines.care import run_care
 from baselines.prompt_dt import prompt_segment, run_prompted
 from methods import CONDITIONED, GENERATORS, MW_METHODS, MW_ROWS, PAPER_SEEN, PAPER_SUMMARY, PAPER_UNSEEN, SINGLE
 from offline_data import record_episodes, returns_to_go
@@ -72,6 +73,7 @@ def goal_balanced(rows: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 MAX_ENVS = 128  # metaworld envs alive at once per process (each holds a simulator: this bounds a process's memory)
+APART = ("prompt-dt", "care")  # rows without flat parameters: their episodes run in their own lockstep
 
 
 def run_episodes(params: torch.Tensor, jobs: list, workers: int, record: bool = False, desc: str = "") -> dict:
@@ -191,7 +193,7 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
     cond = conditioning_rollouts(shards, unused, chain["phi"], be, workers, conditions, success_only, progress)
     # each generator its own noise stream: HypLatent's policies do not depend on HypFormer's L, nor either on MAA
     g_hl, g_hf, g_maa = (torch.Generator().manual_seed(s) for s in (seed, seed + 1, seed))
-    params, method, task = [], [], []
+    params, method, task, care_cond = [], [], [], {}
     for name in shards:
         h = cond[name]["h"]
         if h:
@@ -206,6 +208,9 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
                 generated.append(("mt-bc", fold_condition(chain["mt_bc"], torch.stack(h))))
             if baselines and chain.get("prompt_dt") is not None:  # no parameters: its episodes run apart (prompt_dt_success)
                 generated.append(("prompt-dt", torch.zeros(len(h), common.num_params(spec))))
+            if baselines and chain.get("care") is not None:  # one CARE policy per condition, run apart (care_success)
+                generated.append(("care", torch.zeros(len(h), common.num_params(spec))))
+                care_cond[name] = torch.stack(h)
             for m, p in generated:
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         if not baselines:
@@ -228,7 +233,8 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
             "n_conditions": {t: len(c["h"]) for t, c in cond.items()},
             "conditioning": {t: {"checkpoint_step": c["step"], "goal": c["goal"], "attempts": c["attempts"],
                                  "successes": c["successes"]} for t, c in cond.items()},
-            "made_from": chain["made_from"], "config": config, **select}
+            "made_from": chain["made_from"], "config": config, **select,
+            **({"care_cond": care_cond} if care_cond else {})}
 
 
 def first_pass_goals(generated: dict, goals: int, width: int, single_goals: int) -> list[tuple[int, int]]:
@@ -297,9 +303,28 @@ def prompt_dt_success(chain: dict, generated: dict, pairs: list[tuple[int, int]]
     return np.concatenate(out)
 
 
+def care_success(chain: dict, generated: dict, pairs: list[tuple[int, int]], progress: bool) -> np.ndarray:
+    """Success of CARE's episodes (policy i of `generated`, a "care" placeholder, on evaluation goal e, for each
+    (i, e) of `pairs`): the j-th CARE entry of a task acts with the task's j-th conditioning embedding as its
+    context, the one HypLatent's j-th policy reads."""
+    rank, seen = {}, {}
+    for i, (m, t) in enumerate(zip(generated["method"], generated["task"])):
+        if m == "care":
+            rank[i], seen[t] = seen.get(t, 0), seen.get(t, 0) + 1
+    out = []
+    for a in range(0, len(pairs), MAX_ENVS):
+        part = pairs[a : a + MAX_ENVS]
+        envs = [common.make_eval_env("metaworld", generated["task"][i], episode=e) for i, e in part]
+        cond = torch.stack([generated["care_cond"][generated["task"][i]][rank[i]] for i, _ in part])
+        out.append(run_care(chain["care"], envs, cond, common.MW_STEPS))
+        if progress:
+            print(f"CARE: {a + len(part)}/{len(pairs)} episodes", flush=True)
+    return np.concatenate(out)
+
+
 def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: int, progress: bool = True,
                        single_goals: int | None = None, tie_seed: int = 0,
-                       prompted=None) -> tuple[np.ndarray, ...]:
+                       apart: dict | None = None) -> tuple[np.ndarray, ...]:
     """Success of every policy on the task's evaluation goals [N, G] (NaN where it did not run), of every
     generated policy on the top-k selection goals [N, select_goals] (NaN for the baselines, which top-k
     never ranks), the top-k picks {(method, task): policy indices, best first}, and which episodes are of
@@ -308,7 +333,8 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
     goals; then the max(TOP_K) picked policies of each group on the rest of the list, so top-k is scored
     on the same goals as every other row. The selection goals are those `generated` records
     (`selection_goals`, printed); one made before they were recorded used goals 0.. of SELECT_GOAL_SEED.
-    Prompt-DT's entries (no parameters) run their first-pass episodes through `prompted` (pairs -> success)."""
+    Prompt-DT's and CARE's entries (no parameters) run their first-pass episodes through `apart[method]`
+    (pairs -> success)."""
     n, width = len(generated["method"]), max(goals, single_goals or goals)
     ranked = [i for i in range(n) if generated["method"][i] in GENERATORS]
     first = first_pass_goals(generated, goals, width, single_goals or goals)
@@ -320,18 +346,19 @@ def evaluate_metaworld(generated: dict, goals: int, select_goals: int, workers: 
         print(selection_goal_table(generated))
     else:
         ids = {t: [(common.SELECT_GOAL_SEED, e) for e in range(select_goals)] for t in generated["task"]}
-    dt = [(i, e) for i, e in first if generated["method"][i] == "prompt-dt"]
-    first = [(i, e) for i, e in first if generated["method"][i] != "prompt-dt"]
+    own = {m: [(i, e) for i, e in first if generated["method"][i] == m] for m in APART}
+    first = [(i, e) for i, e in first if generated["method"][i] not in APART]
     jobs = [(generated["task"][i], common.EVAL_GOAL_SEED, e) for i, e in first]
     jobs += [(generated["task"][i], *ids[generated["task"][i]][e]) for e in range(select_goals) for i in ranked]
     order = [i for i, _ in first] + [i for _ in range(select_goals) for i in ranked]
     out = run_episodes(generated["params"][order], jobs, workers, desc="evaluation" if progress else "")
     success = np.full((n, width), np.nan)
     success[tuple(np.array(first).T)] = out["success"][:len(first)]
-    if dt:
-        if prompted is None:
-            raise SystemExit("error: Prompt-DT's episodes need its model (re-evaluating a generated.pt runs the others only)")
-        success[tuple(np.array(dt).T)] = prompted(dt)
+    for m, pairs in own.items():
+        if pairs:
+            if m not in (apart or {}):
+                raise SystemExit(f"error: {m}'s episodes need its model (re-evaluating a generated.pt runs the others only)")
+            success[tuple(np.array(pairs).T)] = apart[m](pairs)
     select = np.full((n, select_goals), np.nan)
     select[ranked] = out["success"][len(first):].reshape(select_goals, len(ranked)).T
 
@@ -422,13 +449,13 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
         names = [t for t in dict.fromkeys(generated["task"]) if (t in generated["seen"]) == (split == "seen")]
         if not names:
             continue
-        head = "| task | conditions | HypLatent | HypFormer | MAA | MT-BC | Prompt-DT | " + \
+        head = "| task | conditions | HypLatent | HypFormer | MAA | MT-BC | Prompt-DT | CARE | " + \
             ("expert | decoded expert | all checkpoints | decoded checkpoints | " if split == "seen" else
              "own checkpoints (oracle) | ") + "parent | MAA (paper) | w/o HypFormer (paper) | w/ HypFormer (paper) |"
         out += [f"**{title}** (measured; paper columns as printed)", "", head, "|" + "---|" * (head.count("|") - 1)]
         for t in names + [f"average-{split}"]:
             p = paper.get(t if not t.startswith("average") else "average", ("-", "-", "-"))
-            cells = [conditions_cell(generated, t), *(f(m, t) for m in ("hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt"))]
+            cells = [conditions_cell(generated, t), *(f(m, t) for m in ("hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "care"))]
             cells += [f(m, t) for m in (("expert", "decoded-expert", "checkpoints", "decoded-checkpoints")
                                         if split == "seen" else ("checkpoints",))]
             cells += [f("parent", t), *map(str, p)]
@@ -441,6 +468,8 @@ def metaworld_tables(rows: list[dict], generated: dict) -> str:
                      ("maa", "MAA (diffusion on the same latents and conditions)"), *top,
                      ("mt-bc", "MT-BC (one policy, the behaviour embedding as input; no top-k: no noise to sample)"),
                      ("prompt-dt", "Prompt-DT (prompted with the conditioning rollout; no top-k)"),
+                     ("care", "CARE (one multi-task SAC policy trained online on the seen tasks; context: the "
+                              "behaviour embedding; no top-k)"),
                      ("parent", "parent (shared BC parent)"), ("expert", "expert (best stage-0 checkpoint)"),
                      ("decoded-expert", "decoded expert (its autoencoder round trip)"),
                      ("checkpoints", "all stage-0 checkpoints of the task (seen: the training data; unseen: the "

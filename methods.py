@@ -28,12 +28,13 @@ MW_LABELS = {**LABELS, "expert": "expert (the task's best stage-0 checkpoint)",
              "decoded-expert": "decoded expert (its autoencoder round trip)",
              "checkpoints": "all stage-0 checkpoints of the task (unseen: the oracle)",
              "decoded-checkpoints": "decoded checkpoints (their round trips)",
-             "prompt-dt": "Prompt-DT (prompted with the conditioning rollout)"}
+             "prompt-dt": "Prompt-DT (prompted with the conditioning rollout)",
+             "care": "CARE (one multi-task SAC policy; context: the behaviour embedding)"}
 # MetaWorld (Tables I-III): one policy per task: only more goals sharpen its rate
 SINGLE = ("expert", "decoded-expert", "parent")
 GENERATORS = ("hyplatent", "hypformer", "maa")  # the methods that generate policies (top-k ranks their samples)
-CONDITIONED = (*GENERATORS, "mt-bc", "prompt-dt")  # one policy (Prompt-DT: one prompted episode) per condition
-MW_METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
+CONDITIONED = (*GENERATORS, "mt-bc", "prompt-dt", "care")  # one policy (Prompt-DT: one prompted episode) per condition
+MW_METHODS = ["hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "care", "expert", "decoded-expert", "checkpoints", "decoded-checkpoints", "parent"]
 # every MetaWorld row name: the methods, then top-k of the generated ones (picked on goals never scored)
 MW_ROWS = [*MW_METHODS, *(f"{m}@top{k}" for m in GENERATORS for k in (5, 10))]
 # the paper's printed success rates (%): MAA, AMT-Hyp w/o HypFormer, AMT-Hyp (Tables I and III)

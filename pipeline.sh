@@ -386,6 +386,8 @@ run_from 4 "MT-BC (the baseline)" python baselines/mt_bc.py "${COMMON[@]}" "${TH
 run_from 4 "Prompt-DT (the baseline)" python baselines/prompt_dt.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 if [ "$SUITE" = cheetah-vel ]; then  # offline meta-RL on the same data, adapted at test time (DESIGN.md section 16)
   run_from 4 "MACAW (the baseline)" python baselines/macaw.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
+else  # online multi-task SAC on the seen tasks, with the experts' budget and demonstrations (DESIGN.md section 16)
+  run_from 4 "CARE (the baseline)" python baselines/care.py "${COMMON[@]}" "${TH[@]}" "${DONE[@]}"
 fi
 run_from 4 "evaluation (Table IV or Tables I-III)" python evaluate.py "${COMMON[@]}" "${TH[@]}" "${JOBS[@]}" "${DONE[@]}" \
   "${XE[@]}"

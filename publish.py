@@ -24,7 +24,7 @@ CHAIN_STAGES = ("stage 0 (SAC experts)", "stage 0 (oracle experts at the test ve
                 "stage 1 (autoencoder, Eq. 1)", "stage 1 (behaviour embedding, Eq. 2)", "stage 2 (HypLatent, Eqs. 3-5)",
                 "stage 2 (MAA's diffusion, the baseline)", "stage 3 (HypFormer, Eqs. 6-9)",
                 "offline data (episodes of the training checkpoints)", "MT-BC (the baseline)", "Prompt-DT (the baseline)",
-                "MACAW (the baseline)",
+                "MACAW (the baseline)", "CARE (the baseline)",
                 "evaluation (Table IV or Tables I-III)")
 # the stages `pipeline.sh ablation` adds in a seed's run directory: the velocity ablation's and dense sweep's pages show them
 ABLATION_STAGES = ("stage 0 (the other 25 training velocities, into oracle/)", "evaluation (dense sweep)")

@@ -106,7 +106,8 @@ def pair_row(label: str, d: dict) -> str:
 def pair_label(key: str) -> str:
     """`hyplatent - interpolated-expert (seen)` -> `HypLatent - interpolated expert (seen)`; `hyplatent@top5`
     -> `HypLatent top-5`."""
-    short = {"hyplatent": "HypLatent", "hypformer": "HypFormer", "maa": "MAA", "mt-bc": "MT-BC", "prompt-dt": "Prompt-DT"}
+    short = {"hyplatent": "HypLatent", "hypformer": "HypFormer", "maa": "MAA", "mt-bc": "MT-BC", "prompt-dt": "Prompt-DT",
+             "macaw": "MACAW", "macaw-unadapted": "MACAW unadapted", "care": "CARE"}
     word = lambda w: f"{short[w.split('@top')[0]]} top-{w.split('@top')[1]}" if "@top" in w else \
         short.get(w, w.replace("-", " "))  # noqa: E731 - hyplatent@top5 -> HypLatent top-5
     return " - ".join(" ".join(word(w) for w in part.split(" ")) for part in key.split(" - "))

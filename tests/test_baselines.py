@@ -232,6 +232,10 @@ def test_the_chain_trains_and_scores_both_baselines(chain, request):
     res = json.loads((run / "results.json").read_text())
     tasks = lambda m: {row["task"] for row in res["rows"] if row["method"] == m}  # noqa: E731
     assert tasks("mt-bc") == tasks("hyplatent") and tasks("prompt-dt") == tasks("hyplatent")
+    if suite == "metaworld":  # CARE: one policy per condition, on every task (seen: trained on; unseen: zero-shot)
+        assert tasks("care") == tasks("hyplatent") and "care.pt" in res["made_from"] and "care" in res["code"]
+    else:  # MACAW at every test velocity (each has an oracle episode to adapt on), before and after adaptation
+        assert tasks("macaw") == tasks("macaw-unadapted") == tasks("oracle-expert") and "macaw.pt" in res["made_from"]
     assert {"offline_data.pt", "mt_bc.pt", "prompt_dt.pt"} <= set(res["made_from"])
     assert {"mt_bc", "prompt_dt", "offline_data.pt"} <= set(res["code"])
     from baselines.mt_bc import load_mt_bc
@@ -318,3 +322,25 @@ def test_macaw_outer_gradient_flows_through_the_inner_step():
         with torch.no_grad():
             w[1, 2] -= d
     assert float(w.grad[1, 2]) == pytest.approx((vals[0] - vals[1]) / (2 * eps), rel=2e-2, abs=1e-5)
+
+
+def test_care_attention_sums_to_one_and_routes_by_context():
+    """Two hand-set encoders, E_0 = u0 and E_1 = u1 (constant), and a context path that maps context
+    (1, 0) to attention logits (10, 0) and (0, 1) to (0, 10): the weights sum to one for any context, and the
+    mixed state code is u0 for the first context and u1 for the second."""
+    from baselines.care import Encoder
+
+    enc = Encoder(obs_dim=3, cond_dim=2, k=2, width=2)
+    with torch.no_grad():
+        for lin, scale in ((enc.task[0], 1.0), (enc.task[2], 1.0), (enc.task[4], 1.0), (enc.attention[0], 1.0),
+                           (enc.attention[2], 1.0), (enc.attention[4], 10.0)):
+            lin.weight.copy_(scale * torch.eye(2)), lin.bias.zero_()
+        for e, u in zip(enc.encoders, ([1.0, -2.0], [3.0, 0.5])):
+            e[4].weight.zero_(), e[4].bias.copy_(torch.tensor(u))
+    w = enc.weights(enc.task(torch.rand(100, 2) * 4 - 2))
+    assert torch.allclose(w.sum(-1), torch.ones(100)) and (w >= 0).all()
+    x = enc(torch.randn(2, 3), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    e10 = 1 / (1 + np.exp(10))  # the other encoder's weight
+    assert torch.allclose(x[0, :2], (1 - e10) * torch.tensor([1.0, -2.0]) + e10 * torch.tensor([3.0, 0.5]), atol=1e-6)
+    assert torch.allclose(x[1, :2], e10 * torch.tensor([1.0, -2.0]) + (1 - e10) * torch.tensor([3.0, 0.5]), atol=1e-6)
+    assert torch.allclose(x[:, 2:], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # z_c beside the state code
