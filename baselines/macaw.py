@@ -28,8 +28,8 @@ advantage-head weight c = 0.01, advantage clip 20, T = 1, sigma = 0.2, gamma = 0
 policy is the generated policies' network (2 x 128, ELU then ReLU, tanh mean; theirs 3 x 100 with
 weight-transform layers), so its adapted parameters run in the same lockstep as every other row; the value
 function is 3 x 100 as theirs, without weight transforms; the value targets are divided by the data's return
-standard deviation; outer learning rates 1e-3 (theirs 1e-5 for the value, 1e-4 for the policy, over
-millions of steps) for the quick scale's 2,000 steps.
+standard deviation; the value function's outer learning rate 1e-3 (theirs 1e-5, over up to a million outer
+steps; the policy's is theirs, 1e-4) for the quick scale's 2,000 steps.
 
     python baselines/macaw.py --run-dir runs/cheetah-vel-quick           # -> <run_dir>/macaw.pt
 """
@@ -79,8 +79,8 @@ class Args:
     """Adam learning rate of the inner step sizes"""
     value_lr: float = 1e-3
     """outer Adam learning rate of the value function"""
-    policy_lr: float = 1e-3
-    """outer Adam learning rate of the policy and its advantage head"""
+    policy_lr: float = 1e-4
+    """outer Adam learning rate of the policy and its advantage head (the authors')"""
     gamma: float = 0.99
     """discount of the Monte Carlo value targets"""
     temperature: float = 1.0
