@@ -246,7 +246,7 @@ if [ "$SCALE" = ablation ]; then
     study_in 0 "$BASE" "stage 0 (the other 25 training velocities, into oracle/)" python stage0_collect_sac.py \
       --scale "$AB" --run-dir "$BASE" --seed "$s" --no-progress "${JOBS[@]}" --shard-dir oracle --velocities $(nested 10:)
     study_in 4 "$BASE" "evaluation (dense sweep)" python evaluate.py --scale "$AB" --run-dir "$BASE" --seed "$s" \
-      --no-progress "${TH[@]}" "${DONE[@]}" --tag sweep --mt-bc "" --prompt-dt "" \
+      --no-progress "${TH[@]}" "${DONE[@]}" --tag sweep --mt-bc "" --prompt-dt "" --macaw "" \
       --velocities $(python -c 'import common; print(*common.CHEETAH_GRID)')
     for n in ${SIZES:-20 25 35}; do  # SIZES=35: one nested set (another process or machine can take the others)
       mkdir -p "$BASE/n$n/stage0" "$BASE/n$n/oracle"
@@ -287,7 +287,7 @@ if [ "$SCALE" = fork ]; then  # a fork against the unchanged default, per seed o
     study_in 3 "$RUN" "stage 3 (fork $F)" python stage3_hypformer.py "${C[@]}" --hyplatent "$HL" --out "hypformer-$F.pt" \
       "${X3[@]}"
     study_in 4 "$RUN" "evaluation (fork $F)" python evaluate.py "${C[@]}" --hyplatent "$HL" --hypformer "hypformer-$F.pt" \
-      --tag "$F" --diffusion "" --mt-bc "" --prompt-dt "" "${XE[@]}"
+      --tag "$F" --diffusion "" --mt-bc "" --prompt-dt "" --macaw "" "${XE[@]}"
     DIRS+=("$RUN")
   done
   exec python aggregate.py "${DIRS[@]}" --fork "$F" --out "$RUNS/cheetah-vel-$AB-fork-$F"
@@ -310,7 +310,7 @@ if [ "$SCALE" = components ]; then
       study_in 3 "$RUN" "stage 3 ($tag)" python stage3_hypformer.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
         --out "hypformer-$tag.pt"
       study_in 4 "$RUN" "evaluation ($tag)" python evaluate.py "${C[@]}" --hyplatent "hyplatent-$tag.pt" \
-        --hypformer "hypformer-$tag.pt" --tag "$tag" --diffusion "" --mt-bc "" --prompt-dt ""  # the baselines: the same in every variant
+        --hypformer "hypformer-$tag.pt" --tag "$tag" --diffusion "" --mt-bc "" --prompt-dt "" --macaw ""  # the baselines: the same in every variant
     done
     DIRS+=("$RUN")
   done
@@ -332,7 +332,7 @@ if [ "$SCALE" = mw-seeds ] || [ "$SCALE" = mw-tokens ]; then
         study_in 3 "$DIR" "stage 3 (HypFormer, L = $L)" python stage3_hypformer.py "${C[@]}" --num-tokens "$L" \
           --out "hypformer-L$L.pt"
         study_in 4 "$DIR" "evaluation (L = $L)" python evaluate.py "${C[@]}" "${JOBS[@]}" --hypformer "hypformer-L$L.pt" \
-          --tag "L$L" --no-baselines --diffusion "" --mt-bc "" --prompt-dt ""
+          --tag "L$L" --no-baselines --diffusion "" --mt-bc "" --prompt-dt "" --macaw ""
       done
     fi
   done
