@@ -257,8 +257,8 @@ def generate(args: Args, chain: dict, vels: list[float]) -> dict:
         for v in vels:
             z = diffusion_sample(chain["maa"], chain["maa_art"], torch.tensor([[v]]).repeat(K, 1), generator=g)
             add(decode_generated(z, chain["maa_art"], ae), "maa", v)
-    if chain.get("macaw") is not None:  # adapted on the oracle's episode at v (Prompt-DT's prompt episode)
-        demo_vels, demo = oracle_demonstrations(chain, vels)
+    demo_vels, demo = oracle_demonstrations(chain, vels) if chain.get("macaw") is not None else ([], {})
+    if demo_vels:  # MACAW, adapted on the oracle's episode at v (Prompt-DT's prompt episode)
         with torch.enable_grad():  # the inner step differentiates its losses
             adapted, unadapted = adapted_policies(chain["macaw"], chain["macaw_art"], [
                 {k: torch.from_numpy(demo[k][j]) for k in ("obs", "act", "rew")} for j in range(len(demo_vels))])

@@ -325,7 +325,7 @@ def test_metaworld_chain_artifacts(metaworld_chain):
 def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path, monkeypatch):
     run, _ = cheetah_chain
     for f in ("parent.pt", "autoencoder.pt", "hyplatent.pt", "hypformer.pt", "diffusion.pt", "offline_data.pt",
-              "mt_bc.pt", "prompt_dt.pt"):
+              "mt_bc.pt", "prompt_dt.pt", "macaw.pt"):
         (tmp_path / f).write_bytes((run / f).read_bytes())
     (tmp_path / "stage0").symlink_to(run / "stage0")
     seen = {}
@@ -365,7 +365,7 @@ def test_generator_stays_frozen_in_stage3_and_evaluation(cheetah_chain, tmp_path
     torch.manual_seed(0)
     gen = ev.generate(args_at(ev, run_dir=str(tmp_path)), ev.load_chain(args_at(ev, run_dir=str(tmp_path))), [0.6])
     torch.manual_seed(0)
-    bare = args_at(ev, run_dir=str(tmp_path), mt_bc="", prompt_dt="")
+    bare = args_at(ev, run_dir=str(tmp_path), mt_bc="", prompt_dt="", macaw="")
     no_bl = ev.generate(bare, ev.load_chain(bare), [0.6])
     keep = [i for i, m in enumerate(gen["method"]) if m != "mt-bc"]
     assert "mt-bc" in gen["method"] and torch.equal(no_bl["params"], gen["params"][keep])

@@ -441,6 +441,6 @@ def test_independent_regime_chain_end_to_end(independent_chain):
     assert summary.count("upright |") + summary.count("UPSIDE DOWN |") == 2
     res = json.loads((run / "results.json").read_text())
     methods = {row["method"] for row in res["rows"] if not row["method"].startswith("paper:")}
-    assert methods == {"hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "nearest-expert", "decoded-expert",
-                       "interpolated-expert", "oracle-expert"}
+    assert methods == {"hyplatent", "hypformer", "maa", "mt-bc", "prompt-dt", "macaw", "macaw-unadapted",
+                       "nearest-expert", "decoded-expert", "interpolated-expert", "oracle-expert"}
     assert res["upstream"]["stage0"]["experts"] == "independent" and "parent.pt" not in res["made_from"]

@@ -297,8 +297,9 @@ def test_from_stage_remakes_only_what_changed_and_says_so(smoke_copy):
     logged = [json.loads(line) for line in (smoke_copy / "provenance.jsonl").read_text().splitlines()[n_before:]]
     assert [(x["stage"].split(" (")[0], x["remake"], x["exit"]) for x in logged if x.get("event") == "stage"] == \
         [("stage 2", 1, 0), ("stage 2", 0, 0), ("stage 3", 1, 0),  # the baselines read stage 0-1 alone: kept
-         ("offline data", 0, 0), ("MT-BC", 0, 0), ("Prompt-DT", 0, 0), ("evaluation", 1, 0)]
-    assert "--paired-weight 0" in logged[-7]["command"]  # stage 2's HypLatent, with the flag passed to it
+         ("offline data", 0, 0), ("MT-BC", 0, 0), ("Prompt-DT", 0, 0), ("MACAW", 0, 0),
+         ("evaluation", 1, 0)]
+    assert "--paired-weight 0" in logged[-8]["command"]  # stage 2's HypLatent, with the flag passed to it
     r = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "smoke"], cwd=ROOT, env={**env, "FROM_STAGE": "4"},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "is up to date (same settings, artifacts and code); skipped" in r.stdout

@@ -60,9 +60,9 @@ def test_job_array_bodies_make_the_chain(cheetah_chain, tmp_path):
         shutil.rmtree(run / d)
         shutil.copytree(chain_run / d, run / d)
     for f in ("autoencoder.pt", "hyplatent.pt", "diffusion.pt", "hypformer.pt", "offline_data.pt", "mt_bc.pt",
-              "prompt_dt.pt", "generated.pt", "results.json", "results.md"):
+              "prompt_dt.pt", "macaw.pt", "generated.pt", "results.json", "results.md"):
         shutil.copy(chain_run / f, run / f)
     r = job("chain")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "stage 0: already made" in r.stdout
-    assert r.stdout.count("is up to date") == 8, r.stdout  # stages 1, 2 (both), 3, the baselines' three, the evaluation
+    assert r.stdout.count("is up to date") == 9, r.stdout  # stages 1, 2 (both), 3, the baselines' four, the evaluation
