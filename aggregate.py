@@ -245,7 +245,8 @@ def aggregate_group(rs: list[dict], primary: set = frozenset()) -> dict:
                     mem.setdefault(f"{k}: {kk}", []).append(vv)
             else:
                 mem.setdefault(k, []).append(v)
-    stage0s = len({r["made_from"].get("parent.pt") for r in rs})  # distinct parents: 1 = one stage 0 for every run
+    # distinct stage 0s: the parent, or (independent experts, no parent) each run its own; 1 = one for every run
+    stage0s = len({r["made_from"].get("parent.pt") or r["dir"] for r in rs})
     return {"n_seeds": n, "seeds": [r["seed"] for r in rs], "dirs": [r["dir"] for r in rs], "cells": cells,
             "shared_stage0": n > 1 and stage0s == 1, "stage0s": stage0s,
             "pairs": pairs, "memorisation": {k: float(np.mean(v)) for k, v in mem.items()}}

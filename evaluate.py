@@ -276,7 +276,7 @@ def oracle_demonstrations(chain: dict, vels: list[float]) -> tuple[list[float], 
     of `vels` that has one (reset seed PROMPT_SEED + j, none of the evaluation's). Returns those velocities and
     `record_episodes`' arrays [n, T, ...]."""
     oracle_at = {round(float(v), 6): o for v, o in chain.get("oracle", {}).items()}
-    vels = [v for v in vels if round(v, 6) in oracle_at]
+    vels = sorted(v for v in vels if round(v, 6) in oracle_at)  # numbered in one order for Prompt-DT and MACAW
     if not vels:
         return [], {}
     oracle = torch.stack([oracle_at[round(v, 6)]["params"][oracle_at[round(v, 6)]["return"].argmax()] for v in vels]).float()

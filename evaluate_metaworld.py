@@ -223,7 +223,8 @@ def generate_metaworld(chain: dict, workers: int, conditions: int, success_only:
                 params.append(p), method.extend([m] * len(p)), task.extend([name] * len(p))
         else:  # the oracle bound of zero-shot: the unseen task's own SAC checkpoints (no stage trained on them)
             params.append(s["params"]), method.extend(["checkpoints"] * len(s["params"])), task.extend([name] * len(s["params"]))
-        params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
+        if chain["parent"] is not None:  # independent experts (stage 0's --experts independent) have none
+            params.append(chain["parent"]["params"][None]), method.append("parent"), task.append(name)
     if not params:  # --no-baselines, and no task got a conditioning embedding
         raise SystemExit("error: no task got a conditioning rollout" + (" that succeeded (try --no-success-only)"
                          if success_only else "") + ": no policy to generate or evaluate")

@@ -162,6 +162,10 @@ if [ "$SCALE" = test ]; then
   shift
   exec python -m pytest "$@"
 fi
+if [ "${EXPERTS:-one-parent}" != one-parent ] && [[ $SCALE =~ ^(seeds|ablation|components|fork|mw-seeds|mw-tokens)$ ]]; then
+  echo "error: EXPERTS=$EXPERTS: the $SCALE study runs the one-parent chains; run each regime's chains with EXPERTS alone" >&2
+  exit 2
+fi
 if [ "$SCALE" = seeds ]; then  # one run directory per seed; each resumes like the chain
   AB=${2:-quick}  # bash pipeline.sh seeds smoke: the same at smoke scale
   DIRS=()

@@ -247,11 +247,12 @@ def main(args: Args) -> None:
     demo_data = [demo_rows(eps) for eps in demos] if demos else None
     if demo_data and s0.parent_bc_steps:  # the warm start the pooled parent gives the experts: cloning the demos
         bc_opt = torch.optim.Adam([*critic.encoder.parameters(), *actor.parameters()], lr=1e-3)
+        n = max(1, s0.batch_size // T)  # the parent's batch of `batch_size` rows, pooled over the tasks
         for _ in range(s0.parent_bc_steps):
-            i = [int(torch.randint(len(d["obs"]), (1,), generator=g)) for d in demo_data]
-            obs = torch.stack([d["obs"][j] for d, j in zip(demo_data, i)])
-            cond = torch.stack([c[int(torch.randint(len(c), (1,), generator=g))] for c in contexts])
-            act = torch.stack([d["act"][j] for d, j in zip(demo_data, i)])
+            rows = [torch.randint(len(d["obs"]), (n,), generator=g) for d in demo_data]
+            obs = torch.cat([d["obs"][j] for d, j in zip(demo_data, rows)])
+            cond = torch.cat([c[torch.randint(len(c), (n,), generator=g)] for c in contexts])
+            act = torch.cat([d["act"][j] for d, j in zip(demo_data, rows)])
             loss = F.mse_loss(torch.tanh(actor(critic.encoder(obs, cond))[0]), act)
             bc_opt.zero_grad(set_to_none=True)
             loss.backward()
